@@ -1,0 +1,193 @@
+"""Static KV cache: preallocated, indexed by position, O(1) rollback.
+
+Full-attention layers keep one slot per position. Sliding-window layers keep a ring of
+`window + max_draft + 1` slots, so memory does not grow with the context and rejecting up to
+`max_draft` drafted tokens never evicts an entry a later query still needs. Every buffer has one
+extra "trash" slot at the end: writes of padding positions (< 0) go there, so writing is branch-free.
+
+`lengths[b]` is the number of committed positions of sequence b. A forward over positions
+`lengths[b] ... lengths[b] + T - 1` writes their KV and advances `lengths`; `rollback` moves it back.
+Entries past `lengths` are stale and masked by position, never copied or cleared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .config import FULL, SLIDING, TextConfig
+
+__all__ = ["KVCache", "SharedKV", "ForwardPlan"]
+
+
+@dataclass(frozen=True)
+class SharedKV:
+    """Read-only view of one layer's KV for a drafter (live: follows the cache's `lengths`).
+
+    keys/values: [B, kv_heads, S, head_dim]; positions: [B, S] position held by each slot (-1 empty);
+    lengths: [B]; a drafter may attend to slots with 0 <= position < lengths (and, when `window`
+    is set, position > query - window).
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    positions: torch.Tensor
+    lengths: torch.Tensor
+    window: int | None
+
+    def mask(self, query_positions: torch.Tensor) -> torch.Tensor:
+        """[B, 1, Tq, S] boolean mask (True = attend) for queries at `query_positions` [B, Tq]."""
+        pos = self.positions[:, None, :]  # [B, 1, S]
+        q = query_positions[:, :, None]  # [B, Tq, 1]
+        ok = (pos >= 0) & (pos < self.lengths[:, None, None])
+        if self.window is not None:
+            ok = ok & (pos > q - self.window)
+        return ok[:, None]
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    """Where one forward writes and what its queries may see, computed once per forward."""
+
+    positions: torch.Tensor  # [B, T]
+    full_slots: torch.Tensor  # [B, T] slot per token in full buffers (trash for padding)
+    full_span: int  # number of leading full slots any query can see
+    full_mask: torch.Tensor  # [B, 1, T, full_span]
+    ring_slots: torch.Tensor  # [B, T] slot per token in sliding rings (trash when not kept)
+    sliding_mask: torch.Tensor  # [B, 1, T, ring + T]: [old ring slots | this forward's tokens]
+
+
+class KVCache:
+    def __init__(
+        self,
+        config: TextConfig,
+        *,
+        batch_size: int = 1,
+        max_context: int = 4096,
+        max_draft: int = 8,
+        dtype: torch.dtype = torch.float32,
+        devices: list[torch.device] | torch.device | str = "cpu",
+    ) -> None:
+        if isinstance(devices, (str, torch.device)):
+            devices = [torch.device(devices)] * config.num_layers
+        self.config = config
+        self.batch_size = batch_size
+        self.max_context = max_context
+        self.max_draft = max_draft
+        self.window = config.sliding_window
+        self.ring_size = min(self.window + max_draft + 1, max_context)
+        self.device = devices[0]
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.ring_positions = torch.full((batch_size, self.ring_size + 1), -1, dtype=torch.long, device=self.device)
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+        for spec in config.layers:
+            if not spec.owns_kv:
+                continue
+            slots = (self.max_context if spec.kind == FULL else self.ring_size) + 1
+            shape = (batch_size, spec.kv_heads, slots, spec.head_dim)
+            self.keys[spec.index] = torch.zeros(shape, dtype=dtype, device=devices[spec.index])
+            self.values[spec.index] = torch.zeros(shape, dtype=dtype, device=devices[spec.index])
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def rollback(self, lengths: torch.Tensor | list[int]) -> None:
+        """Forget everything at or past `lengths[b]` (O(1): stale slots are masked by position)."""
+        new = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+        if bool((new > self.lengths).any()) or bool((new < 0).any()):
+            raise ValueError(f"rollback to {new.tolist()} from {self.lengths.tolist()}: can only shrink")
+        self.lengths.copy_(new)
+
+    def reset(self, rows: list[int] | None = None) -> None:
+        rows_t = slice(None) if rows is None else torch.as_tensor(rows, device=self.device)
+        self.lengths[rows_t] = 0
+        self.ring_positions[rows_t] = -1
+
+    def memory_bytes(self) -> dict[str, int]:
+        out = {FULL: 0, SLIDING: 0}
+        for spec in self.config.layers:
+            if spec.owns_kv:
+                out[spec.kind] += 2 * self.keys[spec.index].numel() * self.keys[spec.index].element_size()
+        return out
+
+    # -- one forward ---------------------------------------------------------------------------
+    def plan(self, positions: torch.Tensor) -> ForwardPlan:
+        """Slots and masks for a forward over `positions` [B, T] (-1 = padding).
+
+        Valid positions of a row must be lengths[b], lengths[b]+1, ... in order.
+        """
+        positions = positions.to(self.device)
+        valid = positions >= 0
+        end = torch.where(valid, positions + 1, 0).amax(dim=1)  # [B] new length per row
+        end = torch.maximum(end, self.lengths)
+        if int(end.max()) > self.max_context:
+            raise ValueError(f"position {int(end.max()) - 1} is past the cache size {self.max_context}")
+        q = positions[:, None, :, None]  # [B, 1, T, 1]
+
+        full_span = max(int(end.max()), 1)
+        kv_idx = torch.arange(full_span, device=self.device)
+        full_mask = (kv_idx <= q) & (q >= 0)
+        full_mask[..., 0] |= ~(q[..., 0] >= 0)  # padding queries see slot 0: finite, ignored output
+        full_slots = torch.where(valid, positions, self.max_context)
+
+        ring = self.ring_size
+        old = self.ring_positions[:, None, None, :ring]  # [B, 1, 1, ring]
+        old_ok = (old >= 0) & (old < self.lengths[:, None, None, None]) & (old > q - self.window) & (q >= 0)
+        new = positions[:, None, None, :]  # [B, 1, 1, T]
+        new_ok = (new >= 0) & (new <= q) & (new > q - self.window)
+        sliding_mask = torch.cat([old_ok, new_ok], dim=-1)
+        sliding_mask[..., ring] |= ~(q[..., 0] >= 0)  # first new column: padding queries stay finite
+        kept = valid & (positions >= end[:, None] - ring)  # only the last `ring` positions survive
+        ring_slots = torch.where(kept, positions % ring, ring)
+        return ForwardPlan(positions, full_slots, full_span, full_mask, ring_slots, sliding_mask)
+
+    def attend_full(self, layer: int, plan: ForwardPlan, k: torch.Tensor, v: torch.Tensor):
+        """Write this forward's KV ([B, H, T, D]) and return (keys, values, mask) to attend to."""
+        kb, vb = self.keys[layer], self.values[layer]
+        rows = torch.arange(kb.shape[0], device=kb.device)[:, None]
+        slots = plan.full_slots.to(kb.device)
+        kb[rows, :, slots] = k.transpose(1, 2).to(kb.dtype)
+        vb[rows, :, slots] = v.transpose(1, 2).to(vb.dtype)
+        span = plan.full_span
+        return kb[:, :, :span], vb[:, :, :span], plan.full_mask.to(kb.device)
+
+    def attend_sliding(self, layer: int, plan: ForwardPlan, k: torch.Tensor, v: torch.Tensor):
+        """Return ([old ring | new] keys, values, mask), then store the new KV in the ring."""
+        kb, vb = self.keys[layer], self.values[layer]
+        ring = self.ring_size
+        keys = torch.cat([kb[:, :, :ring], k.to(kb.dtype)], dim=2)
+        values = torch.cat([vb[:, :, :ring], v.to(vb.dtype)], dim=2)
+        rows = torch.arange(kb.shape[0], device=kb.device)[:, None]
+        slots = plan.ring_slots.to(kb.device)
+        kb[rows, :, slots] = k.transpose(1, 2).to(kb.dtype)
+        vb[rows, :, slots] = v.transpose(1, 2).to(vb.dtype)
+        return keys, values, plan.sliding_mask.to(kb.device)
+
+    def finish(self, plan: ForwardPlan) -> None:
+        """Commit a forward: record ring positions and advance `lengths`."""
+        rows = torch.arange(self.batch_size, device=self.device)[:, None]
+        self.ring_positions[rows, plan.ring_slots] = torch.where(
+            plan.ring_slots < self.ring_size, plan.positions, -1
+        )
+        self.ring_positions[:, self.ring_size] = -1
+        valid = plan.positions >= 0
+        end = torch.where(valid, plan.positions + 1, 0).amax(dim=1)
+        self.lengths.copy_(torch.maximum(end, self.lengths))
+
+    def shared_kv(self, kind: str, layer: int | None = None) -> SharedKV:
+        """Live view of the KV of `layer` (default: the last KV-owning layer of `kind`)."""
+        layer = self.config.last_kv_owner(kind) if layer is None else layer
+        if layer is None:
+            raise ValueError(f"the model has no {kind} layer with its own KV")
+        if kind == FULL:
+            span = max(int(self.lengths.max()), 1)
+            pos = torch.arange(span, device=self.device).expand(self.batch_size, span)
+            return SharedKV(self.keys[layer][:, :, :span], self.values[layer][:, :, :span], pos, self.lengths, None)
+        ring = self.ring_size
+        return SharedKV(
+            self.keys[layer][:, :, :ring],
+            self.values[layer][:, :, :ring],
+            self.ring_positions[:, :ring],
+            self.lengths,
+            self.window,
+        )

@@ -1,0 +1,107 @@
+"""Building blocks shared by the Gemma 3 and Gemma 4 families (pure modules, no state beyond weights)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cache import SharedKV
+from ..config import RopeSpec
+
+__all__ = ["RMSNorm", "GatedMLP", "Rotary", "attention", "apply_rope", "softcap", "SharedKV", "ACTIVATIONS"]
+
+ACTIVATIONS = {
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "silu": F.silu,
+}
+
+
+class RMSNorm(nn.Module):
+    """RMS norm computed in float32. Gemma 4 scales by `weight`; Gemma 3 by `1 + weight`."""
+
+    def __init__(self, dim: int, eps: float, *, with_scale: bool = True, offset: float = 0.0) -> None:
+        super().__init__()
+        self.eps = eps
+        self.offset = offset
+        self.weight = nn.Parameter(torch.ones(dim) if offset == 0.0 else torch.zeros(dim)) if with_scale else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        out = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
+        if self.weight is not None:
+            out = out * (self.weight.float() + self.offset)
+        return out.type_as(x)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int, activation: str) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.act = ACTIVATIONS[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rope_inv_freq(spec: RopeSpec, head_dim: int) -> torch.Tensor:
+    """Inverse frequencies, length head_dim // 2 (proportional RoPE pads the non-rotated part with 0)."""
+    if spec.kind == "proportional":
+        n_rot = int(spec.partial_rotary_factor * head_dim // 2)
+        rot = 1.0 / (spec.theta ** (torch.arange(0, 2 * n_rot, 2, dtype=torch.float) / head_dim))
+        inv = torch.cat([rot, torch.zeros(head_dim // 2 - n_rot)])
+    else:
+        inv = 1.0 / (spec.theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+    return inv / spec.factor
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for one (rope spec, head dim) pair, computed from positions on the fly."""
+
+    def __init__(self, spec: RopeSpec, head_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("inv_freq", rope_inv_freq(spec, head_dim), persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions.clamp(min=0)[..., None].float() * self.inv_freq.to(positions.device)
+        emb = torch.cat([freqs, freqs], dim=-1)  # [B, T, head_dim]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, T, H, D]; cos/sin: [B, T, D]."""
+    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    logit_cap: float | None = None,
+) -> torch.Tensor:
+    """q: [B, Hq, T, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, T, S] bool (True = attend) -> [B, T, Hq*D]."""
+    if logit_cap is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    else:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, logit_cap)
+        scores = scores.masked_fill(~mask, -math.inf)
+        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
+    b, h, t, d = out.shape
+    return out.transpose(1, 2).reshape(b, t, h * d)

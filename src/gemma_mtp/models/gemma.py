@@ -1,0 +1,210 @@
+"""Gemma 3 and Gemma 4 text targets (gemma3_text, gemma4_text, gemma4_unified_text).
+
+One decoder covers the three families; the config decides which parts exist:
+- Gemma 4: plain-scale RMS norms, v_norm, attention scale 1.0, proportional RoPE on full layers,
+  per-layer head dims, `layer_scalar`, and optionally PLE, KV-shared layers, k_eq_v, MoE, double-wide MLP.
+- 12B unified: Gemma 4 without PLE and MoE.
+- Gemma 3: `1 + weight` norms, no v_norm, scale query_pre_attn_scalar**-0.5, no layer_scalar.
+Module names mirror the Hugging Face checkpoints so that the HF name table is a prefix rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..cache import ForwardPlan, KVCache, SharedKV
+from ..config import FULL, LayerSpec, TextConfig
+from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, apply_rope, attention, softcap
+from .moe import Experts, Router
+
+__all__ = ["GemmaModel", "TargetOutput"]
+
+
+@dataclass(frozen=True)
+class TargetOutput:
+    hidden: torch.Tensor  # [B, T, D] after the final norm
+    shared_kv: dict[str, SharedKV]  # what an assistant reads, keyed by layer kind
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TextConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.scale = config.attention_scale
+        self.logit_cap = config.attn_logit_softcapping
+        gemma3 = config.family == "gemma3"
+        offset = 1.0 if gemma3 else 0.0
+        h, d, kvh = config.num_heads, spec.head_dim, spec.kv_heads
+        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=False)
+        self.q_norm = RMSNorm(d, config.rms_norm_eps, offset=offset)
+        if spec.owns_kv:
+            self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=False)
+            self.v_proj = None if spec.k_eq_v else nn.Linear(config.hidden_size, kvh * d, bias=False)
+            self.k_norm = RMSNorm(d, config.rms_norm_eps, offset=offset)
+            self.v_norm = None if gemma3 else RMSNorm(d, config.rms_norm_eps, with_scale=False)
+        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, plan: ForwardPlan, cache: KVCache, shared: dict):
+        b, t, _ = x.shape
+        d = self.spec.head_dim
+        q = apply_rope(self.q_norm(self.q_proj(x).view(b, t, -1, d)), cos, sin).transpose(1, 2)
+        if self.spec.owns_kv:
+            k = self.k_proj(x).view(b, t, -1, d)
+            v = k if self.v_proj is None else self.v_proj(x).view(b, t, -1, d)
+            k = apply_rope(self.k_norm(k), cos, sin).transpose(1, 2)
+            v = (v if self.v_norm is None else self.v_norm(v)).transpose(1, 2)
+            attend = cache.attend_full if self.spec.kind == FULL else cache.attend_sliding
+            kv = attend(self.spec.index, plan, k, v)
+            shared[self.spec.index] = kv
+        else:
+            kv = shared[self.spec.kv_source]
+        keys, values, mask = kv
+        out = attention(q, keys, values, mask, scale=self.scale, logit_cap=self.logit_cap)
+        return self.o_proj(out)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: TextConfig, spec: LayerSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        offset = 1.0 if config.family == "gemma3" else 0.0
+        hidden, eps = config.hidden_size, config.rms_norm_eps
+        self.self_attn = Attention(config, spec)
+        width = config.intermediate_size * (2 if spec.double_wide_mlp else 1)
+        self.mlp = GatedMLP(hidden, width, config.hidden_activation)
+        for name in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm"):
+            setattr(self, name, RMSNorm(hidden, eps, offset=offset))
+        self.post_feedforward_layernorm = RMSNorm(hidden, eps, offset=offset)
+        self.has_scalar = config.family != "gemma3"
+        if self.has_scalar:
+            self.register_buffer("layer_scalar", torch.ones(1))
+        self.ple_dim = config.ple_dim
+        if self.ple_dim:
+            self.act = ACTIVATIONS[config.hidden_activation]
+            self.per_layer_input_gate = nn.Linear(hidden, self.ple_dim, bias=False)
+            self.per_layer_projection = nn.Linear(self.ple_dim, hidden, bias=False)
+            self.post_per_layer_input_norm = RMSNorm(hidden, eps)
+        self.moe = config.num_experts > 0
+        if self.moe:
+            self.router = Router(config)
+            self.experts = Experts(config)
+            self.post_feedforward_layernorm_1 = RMSNorm(hidden, eps)
+            self.post_feedforward_layernorm_2 = RMSNorm(hidden, eps)
+            self.pre_feedforward_layernorm_2 = RMSNorm(hidden, eps)
+
+    def forward(self, x, ple, cos, sin, plan, cache, shared):
+        attn = self.self_attn(self.input_layernorm(x), cos, sin, plan, cache, shared)
+        x = x + self.post_attention_layernorm(attn)
+        residual = x
+        y = self.mlp(self.pre_feedforward_layernorm(x))
+        if self.moe:
+            flat = residual.reshape(-1, residual.shape[-1])
+            weights, ids = self.router(flat)
+            routed = self.experts(self.pre_feedforward_layernorm_2(flat), weights, ids).reshape(residual.shape)
+            y = self.post_feedforward_layernorm_1(y) + self.post_feedforward_layernorm_2(routed)
+        x = residual + self.post_feedforward_layernorm(y)
+        if self.ple_dim:
+            gate = self.act(self.per_layer_input_gate(x)) * ple
+            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))
+        if self.has_scalar:
+            x = x * self.layer_scalar
+        return x
+
+
+class ScaledEmbedding(nn.Embedding):
+    """Embedding multiplied by sqrt(width), the scale rounded to the weight dtype as the reference does."""
+
+    def __init__(self, num: int, dim: int, scale: float) -> None:
+        super().__init__(num, dim)
+        self.scale = scale
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        return super().forward(tokens) * torch.tensor(self.scale, dtype=w.dtype, device=w.device)
+
+
+class GemmaModel(nn.Module):
+    """A text target: `forward(tokens, positions, cache) -> TargetOutput`; `logits(hidden)` separately."""
+
+    def __init__(self, config: TextConfig) -> None:
+        super().__init__()
+        self.config = config
+        hidden = config.hidden_size
+        self.embed_tokens = ScaledEmbedding(config.vocab_size, hidden, hidden**0.5)
+        self.layers = nn.ModuleList(DecoderLayer(config, spec) for spec in config.layers)
+        self.norm = RMSNorm(hidden, config.rms_norm_eps, offset=1.0 if config.family == "gemma3" else 0.0)
+        # one rotary table per (kind, head_dim): full layers may use a larger head dim
+        self.rotary = nn.ModuleDict()
+        for spec in config.layers:
+            key = self._rope_key(spec)
+            if key not in self.rotary:
+                self.rotary[key] = Rotary(config.rope[spec.kind], spec.head_dim)
+        if config.ple_dim:
+            n, p = config.num_layers, config.ple_dim
+            self.embed_tokens_per_layer = ScaledEmbedding(config.ple_vocab_size, n * p, p**0.5)
+            self.per_layer_model_projection = nn.Linear(hidden, n * p, bias=False)
+            self.per_layer_projection_norm = RMSNorm(p, config.rms_norm_eps)
+
+    @staticmethod
+    def _rope_key(spec: LayerSpec) -> str:
+        return f"{spec.kind}_{spec.head_dim}"
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def make_cache(self, *, batch_size: int = 1, max_context: int = 4096, max_draft: int = 8) -> KVCache:
+        devices = [next(layer.parameters()).device for layer in self.layers]
+        return KVCache(
+            self.config,
+            batch_size=batch_size,
+            max_context=max_context,
+            max_draft=max_draft,
+            dtype=self.dtype,
+            devices=devices,
+        )
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The scaled input embedding (also what an assistant consumes for the last token)."""
+        return self.embed_tokens(tokens.to(self.device))
+
+    def _per_layer_inputs(self, tokens: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        n, p = self.config.num_layers, self.config.ple_dim
+        token_part = self.embed_tokens_per_layer(tokens).reshape(*tokens.shape, n, p)
+        context = self.per_layer_model_projection(h) * self.config.hidden_size**-0.5
+        context = self.per_layer_projection_norm(context.reshape(*h.shape[:-1], n, p))
+        return (context + token_part) * 2**-0.5  # [B, T, layers, ple_dim]
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> TargetOutput:
+        plan = cache.plan(positions)
+        tokens = tokens.to(self.device)
+        h = self.embed(tokens)
+        ple = self._per_layer_inputs(tokens, h) if self.config.ple_dim else None
+        tables: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        shared: dict[int, tuple] = {}
+        for i, layer in enumerate(self.layers):
+            dev = layer.input_layernorm.weight.device
+            h = h.to(dev)
+            key = self._rope_key(layer.spec)
+            if (key, dev) not in tables:
+                tables[key, dev] = self.rotary[key].to(dev)(positions.to(dev), h.dtype)
+            cos, sin = tables[key, dev]
+            layer_ple = ple[:, :, i, :].to(dev) if ple is not None else None
+            h = layer(h, layer_ple, cos, sin, plan, cache, shared)
+        h = self.norm(h.to(self.norm.weight.device))
+        cache.finish(plan)
+        kinds = {spec.kind for spec in self.config.layers if spec.owns_kv}
+        return TargetOutput(hidden=h, shared_kv={kind: cache.shared_kv(kind) for kind in kinds})
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Tied head + final softcap, float32. Pass only the positions you need."""
+        w = self.embed_tokens.weight
+        out = torch.nn.functional.linear(hidden.to(w.device, w.dtype), w).float()
+        return softcap(out, self.config.final_logit_softcapping)
