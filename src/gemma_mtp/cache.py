@@ -79,7 +79,9 @@ class KVCache:
         self.ring_size = min(self.window + max_draft + 1, max_context)
         self.device = devices[0]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
-        self.ring_positions = torch.full((batch_size, self.ring_size + 1), -1, dtype=torch.long, device=self.device)
+        self.ring_positions = torch.full(
+            (batch_size, self.ring_size + 1), -1, dtype=torch.long, device=self.device
+        )
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
         for spec in config.layers:
@@ -182,7 +184,9 @@ class KVCache:
         if kind == FULL:
             span = max(int(self.lengths.max()), 1)
             pos = torch.arange(span, device=self.device).expand(self.batch_size, span)
-            return SharedKV(self.keys[layer][:, :, :span], self.values[layer][:, :, :span], pos, self.lengths, None)
+            return SharedKV(
+                self.keys[layer][:, :, :span], self.values[layer][:, :, :span], pos, self.lengths, None
+            )
         ring = self.ring_size
         return SharedKV(
             self.keys[layer][:, :, :ring],

@@ -27,7 +27,9 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.offset = offset
-        self.weight = nn.Parameter(torch.ones(dim) if offset == 0.0 else torch.zeros(dim)) if with_scale else None
+        self.weight = (
+            nn.Parameter(torch.ones(dim) if offset == 0.0 else torch.zeros(dim)) if with_scale else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
@@ -96,7 +98,9 @@ def attention(
 ) -> torch.Tensor:
     """q: [B, Hq, T, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, T, S] bool (True = attend) -> [B, T, Hq*D]."""
     if logit_cap is None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+        )
     else:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)

@@ -60,7 +60,9 @@ class Attention(nn.Module):
             kv = attend(self.spec.index, plan, k, v)
             shared[self.spec.index] = kv
         else:
-            kv = shared[self.spec.kv_source]
+            # a KV-shared target layer reads an earlier layer; an assistant layer (kv_source -1)
+            # reads the target's KV of its own kind
+            kv = shared[self.spec.kv_source if self.spec.kv_source >= 0 else self.spec.kind]
         keys, values, mask = kv
         out = attention(q, keys, values, mask, scale=self.scale, logit_cap=self.logit_cap)
         return self.o_proj(out)
@@ -103,7 +105,9 @@ class DecoderLayer(nn.Module):
         if self.moe:
             flat = residual.reshape(-1, residual.shape[-1])
             weights, ids = self.router(flat)
-            routed = self.experts(self.pre_feedforward_layernorm_2(flat), weights, ids).reshape(residual.shape)
+            routed = self.experts(self.pre_feedforward_layernorm_2(flat), weights, ids).reshape(
+                residual.shape
+            )
             y = self.post_feedforward_layernorm_1(y) + self.post_feedforward_layernorm_2(routed)
         x = residual + self.post_feedforward_layernorm(y)
         if self.ple_dim:
@@ -194,7 +198,9 @@ class GemmaModel(nn.Module):
             h = h.to(dev)
             key = self._rope_key(layer.spec)
             if (key, dev) not in tables:
-                tables[key, dev] = self.rotary[key].to(dev)(positions.to(dev), h.dtype)
+                rotary = self.rotary[key]
+                cos, sin = rotary(positions.to(rotary.inv_freq.device), h.dtype)
+                tables[key, dev] = cos.to(dev), sin.to(dev)
             cos, sin = tables[key, dev]
             layer_ple = ple[:, :, i, :].to(dev) if ple is not None else None
             h = layer(h, layer_ple, cos, sin, plan, cache, shared)

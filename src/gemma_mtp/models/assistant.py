@@ -1,0 +1,118 @@
+"""Gemma 4 assistant drafters (`gemma4_assistant`, `gemma4_unified_assistant`).
+
+An assistant has no KV of its own: each of its layers attends (queries only) to the target's KV of
+the last KV-owning layer of the same kind. One draft step maps
+concat(target embedding of the last token, a backbone-width hidden state) -> pre_projection ->
+layers -> norm -> (logits, post_projection(state)); the projected state feeds the next step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..cache import SharedKV
+from ..config import AssistantConfig
+from .common import RMSNorm, Rotary
+from .gemma import DecoderLayer, GemmaModel, ScaledEmbedding
+
+__all__ = ["AssistantModel", "AssistantOutput", "CentroidHead"]
+
+
+@dataclass(frozen=True)
+class AssistantOutput:
+    logits: torch.Tensor  # [B, T, V] float32
+    hidden: torch.Tensor  # [B, T, backbone] post-projected state for the next step
+
+
+class CentroidHead(nn.Module):
+    """ "Ordered embeddings": score `num_centroids` clusters, expand the top-k clusters' tokens only.
+
+    Tokens outside the chosen clusters get the row's smallest candidate logit minus 1, as the
+    reference does (it uses the batch-wide minimum; per row keeps rows independent).
+    """
+
+    def __init__(self, config: AssistantConfig) -> None:
+        super().__init__()
+        text = config.text
+        self.top_k = config.centroid_top_k
+        self.num_centroids = config.num_centroids
+        self.per_centroid = text.vocab_size // config.num_centroids
+        self.centroids = nn.Linear(text.hidden_size, config.num_centroids, bias=False)
+        self.register_buffer("token_ordering", torch.zeros(text.vocab_size, dtype=torch.long))
+
+    def candidates(self, x: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [N, D] -> (candidate token ids [N, k*per], their logits [N, k*per] float32)."""
+        top = torch.topk(self.centroids(x), k=self.top_k, dim=-1).indices  # [N, k]
+        clusters = self.token_ordering.view(self.num_centroids, self.per_centroid)
+        ids = clusters[top].reshape(x.shape[0], -1)  # [N, k*per]
+        emb = table[ids]  # [N, k*per, D]
+        return ids, torch.einsum("nd,nkd->nk", x.to(emb.dtype), emb).float()
+
+    def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        ids, cand = self.candidates(flat, table)
+        out = (cand.min(dim=-1, keepdim=True).values - 1.0).expand(-1, table.shape[0]).clone()
+        out.scatter_(1, ids, cand)
+        return out.view(*x.shape[:-1], table.shape[0])
+
+
+class AssistantBody(nn.Module):
+    def __init__(self, config: AssistantConfig) -> None:
+        super().__init__()
+        text = config.text
+        self.embed_tokens = ScaledEmbedding(text.vocab_size, text.hidden_size, text.hidden_size**0.5)
+        self.layers = nn.ModuleList(DecoderLayer(text, spec) for spec in text.layers)
+        self.norm = RMSNorm(text.hidden_size, text.rms_norm_eps)
+        self.rotary = nn.ModuleDict()
+        for spec in text.layers:
+            key = GemmaModel._rope_key(spec)
+            if key not in self.rotary:
+                self.rotary[key] = Rotary(text.rope[spec.kind], spec.head_dim)
+
+
+class AssistantModel(nn.Module):
+    def __init__(self, config: AssistantConfig) -> None:
+        super().__init__()
+        self.config = config
+        width, backbone = config.text.hidden_size, config.backbone_hidden_size
+        self.model = AssistantBody(config)
+        self.pre_projection = nn.Linear(2 * backbone, width, bias=False)
+        self.post_projection = nn.Linear(width, backbone, bias=False)
+        self.masked_embedding = CentroidHead(config) if config.use_ordered_embeddings else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.pre_projection.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.pre_projection.weight.dtype
+
+    def forward(
+        self, inputs_embeds: torch.Tensor, positions: torch.Tensor, shared_kv: dict[str, SharedKV]
+    ) -> AssistantOutput:
+        """inputs_embeds: [B, T, 2*backbone] (T is 1 when drafting); positions: [B, T]."""
+        dev = self.device
+        x = self.pre_projection(inputs_embeds.to(dev, self.dtype))
+        positions = positions.to(dev)
+        shared = {
+            kind: (kv.keys.to(dev), kv.values.to(dev), kv.mask(positions.to(kv.positions.device)).to(dev))
+            for kind, kv in shared_kv.items()
+        }
+        tables = {}
+        for layer in self.model.layers:
+            key = GemmaModel._rope_key(layer.spec)
+            if key not in tables:
+                tables[key] = self.model.rotary[key](positions, x.dtype)
+            x = layer(x, None, *tables[key], None, None, shared)
+        x = self.model.norm(x)
+        return AssistantOutput(logits=self.head(x), hidden=self.post_projection(x))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        table = self.model.embed_tokens.weight
+        if self.masked_embedding is not None:
+            return self.masked_embedding(x, table)
+        return torch.nn.functional.linear(x, table).float()
