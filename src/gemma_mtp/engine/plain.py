@@ -39,8 +39,9 @@ def decode_plain(
     t_prompt = time.perf_counter()
     decode_s = 0.0
     result.stop_reason = "length" if n_predict >= 0 and n_predict <= limit else "context"
+    token: int | None = None
     for i in range(budget):
-        if i > 0:
+        if token is not None:  # feed the previous token: one forward per generated token
             t_step = time.perf_counter()
             pos = torch.tensor([[len(prompt_ids) + i - 1]], device=device)
             hidden = target(torch.tensor([[token]], device=device), pos, cache).hidden
