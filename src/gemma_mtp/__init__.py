@@ -1,0 +1,41 @@
+"""gemma-mtp: Gemma with multi-token-prediction drafters, in PyTorch.
+
+``load``, ``Engine`` and ``Result`` are imported lazily from ``gemma_mtp.api`` so that importing
+the package stays cheap (no torch-heavy modules) and works before the engine is needed.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from gemma_mtp.errors import GemmaMTPError
+
+if TYPE_CHECKING:
+    from gemma_mtp.api import Engine, Result, load
+    from gemma_mtp.sampling import SamplingParams
+
+__all__ = ["load", "Engine", "Result", "SamplingParams", "GemmaMTPError", "__version__"]
+
+try:
+    __version__ = version("gemma-mtp")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+_LAZY = {"load": "gemma_mtp.api", "Engine": "gemma_mtp.api", "Result": "gemma_mtp.api"}
+_LAZY["SamplingParams"] = "gemma_mtp.sampling"
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'gemma_mtp' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
