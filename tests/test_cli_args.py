@@ -1,0 +1,284 @@
+"""`gemma-mtp` argument parsing, exit codes and output, with a fake `gemma_mtp.api`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+
+import pytest
+
+import gemma_mtp
+from gemma_mtp.cli.args import RunOptions
+from gemma_mtp.cli.main import PLANNED_COMMANDS, build_parser, main
+from gemma_mtp.errors import GemmaMTPError, ModelFormatError, UsageError
+from gemma_mtp.sampling import SamplingParams
+
+RESULT_DICT = {
+    "text": "",
+    "token_ids": [7, 8, 9],
+    "n_prompt": 3,
+    "n_generated": 3,
+    "stop_reason": "length",
+    "timings": {"load_s": 0.5, "prompt_ms": 1.0, "decode_ms": 2.0, "decode_tokens_per_s": 1000.0},
+    "speculative": None,
+}
+
+
+class FakeResult:
+    def __init__(self, text: str = "") -> None:
+        self.text = text
+        self.token_ids = list(RESULT_DICT["token_ids"])
+        self.timings = types.SimpleNamespace(**RESULT_DICT["timings"])
+
+    def to_dict(self) -> dict:
+        return {**RESULT_DICT, "text": self.text}
+
+
+class FakeApi(types.ModuleType):
+    """Stands in for gemma_mtp.api: records calls; `error` makes `load` raise it."""
+
+    def __init__(self) -> None:
+        super().__init__("gemma_mtp.api")
+        self.load_calls: list[tuple] = []
+        self.generate_calls: list[tuple] = []
+        self.error: BaseException | None = None
+        self.text = ""
+
+    def load(self, model, draft=None, **options):
+        self.load_calls.append((model, draft, options))
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def generate(self, prompt_ids, *, n_predict, sampling):
+        self.generate_calls.append((prompt_ids, n_predict, sampling))
+        return FakeResult(self.text)
+
+
+@pytest.fixture
+def api(monkeypatch):
+    fake = FakeApi()
+    monkeypatch.setitem(sys.modules, "gemma_mtp.api", fake)
+    monkeypatch.setattr(gemma_mtp, "api", fake, raising=False)
+    return fake
+
+
+def parse_run(*argv: str):
+    return build_parser().parse_args(["run", *argv])
+
+
+RUN = ("run", "-m", "model-dir", "--prompt-ids", "2,105,7")
+
+
+@pytest.mark.parametrize(
+    "dest, aliases, value, expected",
+    [
+        ("model", ["-m", "--model"], "dir", "dir"),
+        ("model_draft", ["-md", "--model-draft", "--spec-draft-model"], "d", "d"),
+        ("spec_draft_n_max", ["--spec-draft-n-max", "--draft-max", "--draft"], "5", 5),
+        ("spec_draft_n_min", ["--spec-draft-n-min", "--draft-min"], "2", 2),
+        ("spec_draft_p_min", ["--spec-draft-p-min", "--draft-p-min"], "0.5", 0.5),
+        ("prompt", ["-p", "--prompt"], "hi", "hi"),
+        ("file", ["-f", "--file"], "x.txt", "x.txt"),
+        ("n_predict", ["-n", "--n-predict"], "-1", -1),
+        ("ctx_size", ["-c", "--ctx-size"], "512", 512),
+        ("seed", ["-s", "--seed"], "42", 42),
+        ("n_gpu_layers", ["-ngl", "--n-gpu-layers"], "10", 10),
+        ("n_gpu_layers_draft", ["-ngld", "--n-gpu-layers-draft"], "4", 4),
+        ("temperature", ["--temp"], "0.3", 0.3),
+        ("top_k", ["--top-k"], "7", 7),
+        ("top_p", ["--top-p"], "0.5", 0.5),
+        ("min_p", ["--min-p"], "0.1", 0.1),
+        ("device", ["--device"], "cuda", "cuda"),
+        ("dtype", ["--dtype"], "bfloat16", "bfloat16"),
+        ("spec_type", ["--spec-type"], "ngram", "ngram"),
+        ("prompt_ids", ["--prompt-ids"], "2, 105,7", [2, 105, 7]),
+    ],
+)
+def test_every_alias_sets_the_same_dest(dest, aliases, value, expected):
+    for alias in aliases:
+        assert getattr(parse_run(alias, value), dest) == expected, alias
+
+
+@pytest.mark.parametrize(
+    "dest, aliases",
+    [("chat", ["--jinja", "--chat"]), ("spec_autotune", ["--spec-autotune"]), ("json", ["--json"])],
+)
+def test_every_switch_alias_sets_the_same_dest(dest, aliases):
+    assert getattr(parse_run(), dest) is False
+    for alias in aliases:
+        assert getattr(parse_run(alias), dest) is True, alias
+
+
+def test_run_defaults_come_from_the_dataclasses():
+    args = parse_run()
+    for field in dataclasses.fields(RunOptions):
+        if field.name != "verbose":  # --verbose is also a top-level flag; see the next test
+            assert getattr(args, field.name) == field.default, field.name
+    for field in dataclasses.fields(SamplingParams):
+        if field.name != "seed":
+            assert getattr(args, field.name) == field.default, field.name
+    assert args.seed == -1  # the CLI's "random", i.e. SamplingParams(seed=None)
+
+
+def test_documented_defaults():
+    args = parse_run()
+    assert (args.n_predict, args.ctx_size, args.spec_draft_n_max) == (128, 4096, 3)
+
+
+@pytest.mark.parametrize("argv", [["--verbose", "run"], ["run", "--verbose"]])
+def test_verbose_is_accepted_before_or_after_the_command(argv):
+    assert build_parser().parse_args(argv).verbose is True
+    assert build_parser().parse_args(["run"]).verbose is False
+
+
+@pytest.mark.parametrize(
+    "draft, spec_type, resolved",
+    [(None, None, "none"), ("d", None, "mtp"), ("d", "none", "none"), (None, "draft-mtp", "mtp")],
+)
+def test_spec_type_resolution(draft, spec_type, resolved):
+    assert RunOptions(model_draft=draft, spec_type=spec_type).resolved_spec_type == resolved
+
+
+def test_json_prints_one_object_of_the_design_shape(api, capsys):
+    assert main([*RUN, "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    assert json.loads(out) == RESULT_DICT
+
+
+def test_run_passes_flags_to_load_and_generate(api):
+    argv = [*RUN, "-n", "16", "-c", "256", "--temp", "0", "--top-k", "5", "-s", "9"]
+    argv += ["--device", "cpu", "--dtype", "float32", "-ngl", "3", "-ngld", "2"]
+    assert main(argv) == 0
+    options = {
+        "dtype": "float32",
+        "device": "cpu",
+        "n_gpu_layers": 3,
+        "n_gpu_layers_draft": 2,
+        "ctx_size": 256,
+    }
+    assert api.load_calls == [("model-dir", None, options)]
+    sampling = SamplingParams(temperature=0.0, top_k=5, seed=9)
+    assert api.generate_calls == [([2, 105, 7], 16, sampling)]
+
+
+def test_seed_minus_one_means_random(api):
+    assert main([*RUN, "-s", "-1"]) == 0
+    assert api.generate_calls[0][2].seed is None
+
+
+def test_n_predict_minus_one_is_passed_through(api):
+    assert main([*RUN, "-n", "-1"]) == 0
+    assert api.generate_calls[0][1] == -1
+
+
+def test_plain_output_prints_ids_and_a_summary(api, capsys):
+    assert main(list(RUN)) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "7,8,9\n"
+    assert captured.err.endswith("tok/s\n") and captured.err.startswith("3 tokens in ")
+
+
+def test_plain_output_prefers_text(api, capsys):
+    api.text = "hello"
+    assert main(list(RUN)) == 0
+    assert capsys.readouterr().out == "hello\n"
+
+
+def test_help_exits_zero(capsys):
+    assert main(["run", "--help"]) == 0
+    assert "--spec-draft-n-max" in capsys.readouterr().out
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv", [["run", "--no-such-flag"], ["--no-such-flag", "run"], ["run", "-m"], []])
+def test_usage_errors_exit_2_with_one_line(argv, capsys):
+    assert main(argv) == 2
+    assert "error:" in one_line_error(capsys)
+
+
+def test_unknown_flag_is_named(capsys):
+    assert main([*RUN, "--bogus"]) == 2
+    assert "unrecognized arguments: --bogus" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("ids, bad", [("2,x,7", "'x'"), ("2,,7", "''"), ("1.5", "'1.5'"), ("2,-3", "-3")])
+def test_bad_prompt_ids_exit_2_naming_the_item(ids, bad, capsys):
+    assert main(["run", "-m", "d", "--prompt-ids", ids]) == 2
+    err = one_line_error(capsys)
+    assert "--prompt-ids" in err and bad in err
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--top-k", "-1"], "--top-k"),
+        (["--top-p", "2"], "--top-p"),
+        (["--min-p", "-0.5"], "--min-p"),
+        (["-s", "-5"], "--seed"),
+        (["-n", "-2"], "--n-predict"),
+        (["-c", "0"], "--ctx-size"),
+    ],
+)
+def test_bad_values_exit_2_naming_the_flag(flags, named, api, capsys):
+    assert main([*RUN, *flags]) == 2
+    assert named in one_line_error(capsys)
+    assert api.load_calls == []
+
+
+def test_missing_prompt_or_model_is_a_usage_error(api, capsys):
+    assert main(["run", "-m", "d"]) == 2
+    assert "--prompt-ids" in one_line_error(capsys)
+    assert main(["run", "--prompt-ids", "1"]) == 2
+    assert "--model" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("flags", [["-p", "hi"], ["-f", "prompt.txt"]])
+def test_text_prompts_need_a_tokenizer(flags, api, capsys):
+    assert main(["run", "-m", "d", *flags]) == 1
+    assert (
+        one_line_error(capsys) == "error: text prompts need a tokenizer; this version accepts --prompt-ids\n"
+    )
+
+
+@pytest.mark.parametrize("flags, spec_type", [(["--spec-type", "draft-mtp"], "mtp"), (["-md", "d"], "mtp")])
+def test_speculative_decoding_is_not_available_yet(flags, spec_type, api, capsys):
+    assert main([*RUN, *flags]) == 1
+    assert f"(--spec-type {spec_type}) is not available" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    "error, code",
+    [(GemmaMTPError("bad\nthing"), 1), (ModelFormatError("missing x"), 1), (UsageError("no"), 2)],
+)
+def test_library_errors_print_one_line(error, code, api, capsys):
+    api.error = error
+    assert main(list(RUN)) == code
+    assert one_line_error(capsys) == f"error: {' '.join(str(error).split())}\n"
+
+
+def test_unexpected_errors_print_type_and_message(api, capsys):
+    api.error = RuntimeError("boom")
+    assert main(list(RUN)) == 1
+    assert one_line_error(capsys) == "error: RuntimeError: boom\n"
+
+
+def test_verbose_shows_the_traceback(api, capsys):
+    api.error = RuntimeError("boom")
+    assert main([*RUN, "--verbose"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.endswith("error: RuntimeError: boom\n")
+
+
+@pytest.mark.parametrize("name", PLANNED_COMMANDS)
+def test_planned_commands_exit_2(name, capsys):
+    assert main([name, "--any", "flag"]) == 2
+    assert one_line_error(capsys) == f"error: 'gemma-mtp {name}' is not available in this version yet\n"
