@@ -10,19 +10,30 @@ from pathlib import Path
 import torch
 
 from .config import AssistantConfig, TextConfig
-from .engine.plain import decode_plain
+from .engine.batch import BatchDecoder, Slot
 from .engine.results import Result, Step, Timings
 from .errors import ContextOverflowError, ModelFormatError, UsageError
-from .sampling import SamplingParams, make_generator
+from .models.assistant import AssistantModel
+from .models.gemma import GemmaModel
+from .sampling import SamplingParams
+from .speculative.base import MAX_DRAFT, Drafter, SpecOptions
+from .speculative.draft_model import DraftModelDrafter
+from .speculative.mtp import MTPDrafter
+from .speculative.ngram import NgramDrafter
+from .speculative.stats import SpecStats
 from .weights.hf import LoadReport, load_hf_model
 
-__all__ = ["load", "Engine", "Result", "Step", "Timings"]
+__all__ = ["load", "Engine", "Result", "Step", "Timings", "SpecOptions"]
 
 
-def _load_any(path: str | Path, **options) -> tuple[torch.nn.Module, TextConfig | AssistantConfig, LoadReport]:
+def _load_any(
+    path: str | Path, **options
+) -> tuple[torch.nn.Module, TextConfig | AssistantConfig, LoadReport]:
     path = Path(path)
     if path.suffix == ".gguf":
-        raise ModelFormatError(f"{path}: GGUF files are not supported by this version yet; use a HF directory")
+        raise ModelFormatError(
+            f"{path}: GGUF files are not supported by this version yet; use a HF directory"
+        )
     return load_hf_model(path, **options)
 
 
@@ -61,11 +72,12 @@ def load(
             f"{model}: this is an assistant (drafter) model, not a target; pass it with -md/--model-draft "
             "and give its target model with -m"
         )
-    drafter = draft_config = None
+    drafter = None
     if draft is not None:
-        drafter, draft_config, _ = _load_any(draft, dtype=dtype, device=device, n_gpu_layers=n_gpu_layers_draft)
-    engine = Engine(target, config, ctx_size=ctx_size, stop_ids=_stop_ids(Path(model), config))
-    engine.drafter, engine.draft_config = drafter, draft_config
+        drafter, _, _ = _load_any(draft, dtype=dtype, device=device, n_gpu_layers=n_gpu_layers_draft)
+    engine = Engine(
+        target, config, ctx_size=ctx_size, stop_ids=_stop_ids(Path(model), config), drafter=drafter
+    )
     engine.load_report = report
     engine.load_s = time.perf_counter() - t0
     return engine
@@ -74,20 +86,48 @@ def load(
 class Engine:
     """Owns a target (and drafter), its KV cache, and runs generations one at a time."""
 
-    def __init__(self, target, config: TextConfig, *, ctx_size: int, stop_ids: frozenset[int]) -> None:
+    def __init__(
+        self,
+        target: GemmaModel,
+        config: TextConfig,
+        *,
+        ctx_size: int,
+        stop_ids: frozenset[int],
+        drafter: torch.nn.Module | None = None,
+        max_batch: int = 1,
+    ) -> None:
         self.target = target
         self.config = config
         self.ctx_size = ctx_size
         self.stop_ids = stop_ids
-        self.drafter = None
-        self.draft_config = None
+        self.drafter = drafter
         self.load_report: LoadReport | None = None
         self.load_s = 0.0
-        self._cache = None
+        self.stats: dict[str, SpecStats] = {}  # cumulative, per strategy
+        self.decoder = BatchDecoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
+        drafters: dict[str, Drafter] = {"ngram": NgramDrafter()}
+        if isinstance(drafter, AssistantModel):
+            drafters["mtp"] = MTPDrafter(target, drafter, self.decoder.cache)
+        elif drafter is not None:
+            drafters["draft"] = DraftModelDrafter(config, drafter, batch_size=max_batch, max_context=ctx_size)
+        self.decoder.drafters = drafters
+
+    def default_spec(self) -> SpecOptions:
+        """mtp with an assistant, draft with a draft model, none otherwise (DESIGN.md)."""
+        kind = (
+            "mtp"
+            if "mtp" in self.decoder.drafters
+            else "draft"
+            if "draft" in self.decoder.drafters
+            else "none"
+        )
+        return SpecOptions(type=kind)
 
     def _prompt_ids(self, prompt: list[int] | str) -> list[int]:
         if isinstance(prompt, str):
-            raise UsageError("text prompts need a tokenizer, which this version does not have; pass token ids")
+            raise UsageError(
+                "text prompts need a tokenizer, which this version does not have; pass token ids"
+            )
         ids = [int(t) for t in prompt]
         if not ids:
             raise UsageError("the prompt is empty; give at least one token id")
@@ -103,11 +143,11 @@ class Engine:
             )
         return ids
 
-    def _fresh_cache(self):
-        if self._cache is None:
-            self._cache = self.target.make_cache(batch_size=1, max_context=self.ctx_size, max_draft=8)
-        self._cache.reset()
-        return self._cache
+    def _check_spec(self, spec: SpecOptions) -> None:
+        if spec.type in ("none", "ngram") or spec.type in self.decoder.drafters:
+            return
+        need = "an MTP assistant" if spec.type == "mtp" else "a draft model"
+        raise UsageError(f"--spec-type {spec.type} needs {need}: pass it with -md/--model-draft")
 
     def stream(
         self,
@@ -115,31 +155,53 @@ class Engine:
         *,
         n_predict: int = 128,
         sampling: SamplingParams | None = None,
+        spec: SpecOptions | None = None,
         result: Result | None = None,
     ) -> Iterator[Step]:
+        """Generate, yielding the tokens each round commits; fills `result` (if given) as it goes."""
         sampling = sampling or SamplingParams()
+        spec = spec or self.default_spec()
+        self._check_spec(spec)
         ids = self._prompt_ids(prompt)
         result = result if result is not None else Result()
         result.n_prompt = len(ids)
-        result.timings.load_s = self.load_s
-        generator = None if sampling.greedy else make_generator(sampling.seed, self.target.device)
-        yield from decode_plain(
-            self.target,
-            self._fresh_cache(),
-            ids,
-            n_predict=n_predict,
-            sampling=sampling,
-            stop_ids=self.stop_ids,
-            generator=generator,
-            result=result,
+        slot = self.decoder.add(
+            ids, n_predict=n_predict, sampling=sampling, spec=spec, stop_ids=self.stop_ids
         )
+        try:
+            while not slot.done:
+                new = self.decoder.step().get(slot.row, [])
+                result.token_ids.extend(new)
+                if new:
+                    yield Step(token_ids=new)
+        finally:
+            self.decoder.release(slot)
+            self._finish(slot, result)
+
+    def _finish(self, slot: Slot, result: Result) -> None:
+        result.n_generated = len(result.token_ids)
+        result.stop_reason = slot.stop_reason or "cancelled"
+        n_after_first = max(result.n_generated - 1, 0)
+        decode_ms = slot.decode_ms - slot.first_round_ms
+        result.timings = Timings(
+            load_s=self.load_s,
+            prompt_ms=slot.prompt_ms + slot.first_round_ms,
+            decode_ms=decode_ms,
+            decode_tokens_per_s=n_after_first / (decode_ms / 1e3) if decode_ms > 0 else 0.0,
+        )
+        if slot.spec.type != "none":
+            result.speculative = slot.stats.to_dict()
+            self.stats.setdefault(slot.spec.type, SpecStats(type=slot.spec.type)).merge(slot.stats)
 
     def generate(
-        self, prompt: list[int] | str, *, n_predict: int = 128, sampling: SamplingParams | None = None
+        self,
+        prompt: list[int] | str,
+        *,
+        n_predict: int = 128,
+        sampling: SamplingParams | None = None,
+        spec: SpecOptions | None = None,
     ) -> Result:
         result = Result()
-        for _ in self.stream(prompt, n_predict=n_predict, sampling=sampling, result=result):
+        for _ in self.stream(prompt, n_predict=n_predict, sampling=sampling, spec=spec, result=result):
             pass
         return result
-
-

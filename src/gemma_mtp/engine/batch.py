@@ -1,0 +1,217 @@
+"""Batched decoding with speculation: several rows share one target forward per round.
+
+Each row ("slot") holds a request. Invariant between rounds: the target cache of a row holds every
+token of `slot.tokens` but the last ("pending") one, and `hidden[row]` is the target's final hidden
+state at the position before it. A round: drafts for every active row, one target forward over
+[pending, drafts...] of all rows (padded with position -1), acceptance per row, rollback per row.
+Plain decoding is the same round with no drafts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import ContextOverflowError
+from ..models.gemma import GemmaModel
+from ..sampling import SamplingParams, make_generator, probs_from_logits
+from ..speculative.acceptance import accept_greedy, accept_sampled
+from ..speculative.base import Draft, Drafter, DraftRequest, SpecOptions
+from ..speculative.stats import SpecStats
+
+__all__ = ["BatchDecoder", "Slot"]
+
+
+@dataclass
+class Slot:
+    row: int
+    tokens: list[int]  # prompt + generated; the last one is pending
+    n_prompt: int
+    budget: int  # tokens still allowed
+    sampling: SamplingParams
+    spec: SpecOptions
+    stop_ids: frozenset[int]
+    generator: torch.Generator | None
+    stats: SpecStats = field(default_factory=SpecStats)
+    stop_reason: str | None = None
+    prompt_ms: float = 0.0  # prefill of all prompt tokens but the last
+    first_round_ms: float = 0.0  # the round that fed the last prompt token and sampled the first token
+    decode_ms: float = 0.0  # every round, the first included
+
+    @property
+    def generated(self) -> list[int]:
+        return self.tokens[self.n_prompt :]
+
+    @property
+    def done(self) -> bool:
+        return self.stop_reason is not None
+
+
+class BatchDecoder:
+    def __init__(
+        self,
+        target: GemmaModel,
+        *,
+        max_batch: int = 1,
+        ctx_size: int = 4096,
+        max_draft: int = 16,
+        drafters: dict[str, Drafter] | None = None,
+        cache=None,
+    ) -> None:
+        self.target = target
+        self.cache = cache or target.make_cache(
+            batch_size=max_batch, max_context=ctx_size, max_draft=max_draft
+        )
+        self.ctx_size = self.cache.max_context
+        self.max_draft = self.cache.max_draft
+        self.drafters = drafters or {}
+        self.slots: list[Slot | None] = [None] * self.cache.batch_size
+        self.hidden = torch.zeros(self.cache.batch_size, 1, target.config.hidden_size, dtype=target.dtype)
+
+    # -- slots ---------------------------------------------------------------------------------
+    def free_rows(self) -> list[int]:
+        return [i for i, s in enumerate(self.slots) if s is None]
+
+    def active(self) -> list[Slot]:
+        return [s for s in self.slots if s is not None and not s.done]
+
+    @torch.inference_mode()
+    def add(
+        self,
+        prompt_ids: list[int],
+        *,
+        n_predict: int,
+        sampling: SamplingParams,
+        spec: SpecOptions,
+        stop_ids: frozenset[int],
+    ) -> Slot:
+        """Prefill a prompt into a free row and sample its first token."""
+        free = self.free_rows()
+        if not free:
+            raise RuntimeError("no free slot")
+        if len(prompt_ids) >= self.ctx_size:
+            raise ContextOverflowError(
+                f"the prompt has {len(prompt_ids)} tokens but the context holds {self.ctx_size} "
+                "(-c/--ctx-size); raise -c or shorten the prompt"
+            )
+        if spec.type != "none" and spec.type not in self.drafters:
+            raise ValueError(f"no drafter loaded for --spec-type {spec.type}")
+        row = free[0]
+        t0 = time.perf_counter()
+        self.cache.reset([row])
+        for drafter in self.drafters.values():
+            drafter.reset_row(row)
+        limit = self.ctx_size - len(prompt_ids)
+        budget = limit if n_predict < 0 else min(n_predict, limit)
+        generator = None if sampling.greedy else make_generator(sampling.seed, self.target.device)
+        slot = Slot(
+            row=row,
+            tokens=list(prompt_ids),
+            n_prompt=len(prompt_ids),
+            budget=budget,
+            sampling=sampling,
+            spec=spec,
+            stop_ids=stop_ids,
+            generator=generator,
+            stats=SpecStats(type=spec.type, n_max=spec.n_max if spec.type != "none" else 0),
+        )
+        self.slots[row] = slot
+        # prefill all but the last prompt token; the last one is fed by the first round like a pending token
+        if len(prompt_ids) > 1:
+            self._forward_rows({row: prompt_ids[:-1]}, {row: 0})
+        slot.prompt_ms = (time.perf_counter() - t0) * 1e3
+        if budget <= 0:
+            slot.stop_reason = "length" if n_predict >= 0 else "context"
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        self.slots[slot.row] = None
+
+    # -- one round -------------------------------------------------------------------------------
+    def _forward_rows(self, feeds: dict[int, list[int]], starts: dict[int, int]) -> torch.Tensor:
+        """One target forward over each row's feed (others padded). Returns hidden [B, T, D]."""
+        batch = self.cache.batch_size
+        width = max(len(f) for f in feeds.values())
+        tokens = torch.zeros(batch, width, dtype=torch.long)
+        positions = torch.full((batch, width), -1, dtype=torch.long)
+        for row, feed in feeds.items():
+            tokens[row, : len(feed)] = torch.tensor(feed)
+            positions[row, : len(feed)] = torch.arange(starts[row], starts[row] + len(feed))
+        dev = self.target.device
+        return self.target(tokens.to(dev), positions.to(dev), self.cache).hidden
+
+    def _n_draft(self, slot: Slot) -> int:
+        if slot.spec.type == "none":
+            return 0
+        # leave room for the bonus token in both the budget and the cache
+        room = min(slot.budget - 1, self.ctx_size - len(slot.tokens) - 1, self.max_draft)
+        return max(0, min(slot.spec.n_max, room))
+
+    @torch.inference_mode()
+    def step(self) -> dict[int, list[int]]:
+        """Run one round for every active slot; returns the tokens each row committed."""
+        slots = self.active()
+        if not slots:
+            return {}
+        t0 = time.perf_counter()
+        drafts = self._draft(slots)
+        t1 = time.perf_counter()
+        feeds = {s.row: [s.tokens[-1], *drafts[s.row].tokens] for s in slots}
+        starts = {s.row: len(s.tokens) - 1 for s in slots}
+        hidden = self._forward_rows(feeds, starts)
+        logits = self.target.logits(hidden)  # [B, T, V]
+        committed: dict[int, list[int]] = {}
+        new_lengths = self.cache.lengths.clone()
+        for s in slots:
+            draft = drafts[s.row]
+            n = len(draft.tokens)
+            if s.sampling.greedy:
+                k, nxt = accept_greedy(logits[s.row, : n + 1], draft.tokens)
+            else:
+                p = probs_from_logits(logits[s.row, : n + 1], s.sampling)
+                k, nxt = accept_sampled(p, draft.q, draft.tokens, s.generator)
+            s.stats.record(n, k)
+            new_lengths[s.row] = starts[s.row] + k + 1
+            self.hidden[s.row, 0] = hidden[s.row, k].to(self.hidden.device)
+            committed[s.row] = self._commit(s, [*draft.tokens[:k], nxt])
+        self.cache.rollback(new_lengths)
+        t2 = time.perf_counter()
+        for s in slots:
+            s.stats.draft_ms += (t1 - t0) * 1e3
+            s.stats.verify_ms += (t2 - t1) * 1e3
+            if s.decode_ms == 0.0:
+                s.first_round_ms = (t2 - t0) * 1e3
+            s.decode_ms += (t2 - t0) * 1e3
+        return committed
+
+    def _draft(self, slots: list[Slot]) -> dict[int, Draft]:
+        drafts = {s.row: Draft([], None) for s in slots}
+        by_type: dict[str, list[DraftRequest]] = {}
+        for s in slots:
+            n = self._n_draft(s)
+            if n > 0:
+                req = DraftRequest(s.row, s.tokens, n, s.sampling, s.spec, s.generator)
+                by_type.setdefault(s.spec.type, []).append(req)
+        for kind, requests in by_type.items():
+            for row, draft in self.drafters[kind].propose(requests, self.hidden).items():
+                if len(draft.tokens) >= max(self.slots[row].spec.n_min, 1):
+                    drafts[row] = draft
+        return drafts
+
+    def _commit(self, s: Slot, new: list[int]) -> list[int]:
+        """Append accepted tokens, cut at a stop id or the budget, and finish the slot if needed."""
+        out = []
+        for token in new:
+            if s.budget <= 0:
+                break
+            out.append(token)
+            s.budget -= 1
+            if token in s.stop_ids:
+                s.stop_reason = "eos"
+                break
+        s.tokens.extend(out)
+        if s.stop_reason is None and s.budget <= 0:
+            s.stop_reason = "length" if len(s.tokens) < self.ctx_size else "context"
+        return out

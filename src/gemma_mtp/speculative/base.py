@@ -1,0 +1,86 @@
+"""The drafting interface every strategy implements, and the per-request speculative options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..errors import UsageError
+from ..sampling import SamplingParams, probs_from_logits, sample
+
+__all__ = ["SPEC_TYPES", "SpecOptions", "Draft", "DraftRequest", "Drafter", "choose_token"]
+
+SPEC_TYPES = ("none", "mtp", "ngram", "draft")
+MAX_DRAFT = 16  # the KV cache's rollback headroom (sliding rings keep window + MAX_DRAFT + 1 slots)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpecOptions:
+    """Speculation knobs; settable per request. Defaults follow llama.cpp where it has one."""
+
+    type: str = "none"
+    n_max: int = 3  # --spec-draft-n-max / --draft-max / --draft
+    n_min: int = 0  # --spec-draft-n-min: a shorter draft is dropped (a plain step instead)
+    p_min: float = 0.0  # --spec-draft-p-min: stop drafting when a draft's probability is below it
+    ngram_max: int = 3  # n-gram lookup tries this length down to ngram_min
+    ngram_min: int = 1
+
+    def __post_init__(self) -> None:
+        if self.type == "draft-mtp":
+            object.__setattr__(self, "type", "mtp")
+        if self.type not in SPEC_TYPES:
+            raise UsageError(f"--spec-type {self.type!r} is not one of {', '.join(SPEC_TYPES)}")
+        if not 0 <= self.n_max <= MAX_DRAFT:
+            raise UsageError(f"--spec-draft-n-max {self.n_max} is out of range; use 0..{MAX_DRAFT}")
+        if not 0 <= self.n_min <= max(self.n_max, 0):
+            raise UsageError(f"--spec-draft-n-min {self.n_min} must be between 0 and n_max ({self.n_max})")
+        if not 0.0 <= self.p_min <= 1.0:
+            raise UsageError(f"--spec-draft-p-min {self.p_min} must be between 0 and 1")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise UsageError("ngram sizes must satisfy 1 <= ngram_min <= ngram_max")
+
+
+@dataclass(frozen=True)
+class Draft:
+    tokens: list[int]
+    q: torch.Tensor | None  # [n, V] distributions the tokens were drawn from; None = deterministic
+
+
+@dataclass
+class DraftRequest:
+    """What a drafter may look at for one row of the batch in one round."""
+
+    row: int
+    tokens: list[int]  # prompt + output so far; the last one is pending (not yet in the target cache)
+    n_max: int
+    sampling: SamplingParams
+    options: SpecOptions
+    generator: torch.Generator | None
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, requests: list[DraftRequest], hidden: torch.Tensor) -> dict[int, Draft]:
+        """Drafts for each request's row. `hidden` [B, 1, D]: the target's last hidden state per
+        row (at the position before the pending token)."""
+        ...
+
+    def reset_row(self, row: int) -> None: ...
+
+
+def choose_token(logits: torch.Tensor, request: DraftRequest) -> tuple[int, torch.Tensor | None, float]:
+    """Pick a draft token from drafter logits [V] under the request's sampling transform.
+
+    Returns (token, q or None when greedy, the token's probability for p_min). Greedy drafting is
+    deterministic, so its q is one-hot (None); p_min then reads the drafter's softmax.
+    """
+    if request.sampling.greedy:
+        token = int(logits.argmax())
+        p = float(torch.softmax(logits.float(), dim=-1)[token]) if request.options.p_min > 0 else 1.0
+        return token, None, p
+    q = probs_from_logits(logits, request.sampling)
+    token = int(sample(q, request.generator))
+    return token, q, float(q[token])

@@ -1,0 +1,88 @@
+"""Drafting with a separate small target of the same vocabulary (e.g. E2B for 31B).
+
+The draft model keeps its own cache. Before each round it is brought up to date with the row's
+committed tokens (rolled back past anything the target rejected, then fed what it has not seen),
+and then drafts autoregressively.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import TextConfig
+from ..errors import ModelFormatError
+from ..models.gemma import GemmaModel
+from .base import Draft, DraftRequest, choose_token
+
+__all__ = ["DraftModelDrafter"]
+
+
+class DraftModelDrafter:
+    name = "draft"
+
+    def __init__(
+        self, target_config: TextConfig, draft: GemmaModel, *, batch_size: int, max_context: int
+    ) -> None:
+        if not isinstance(draft, GemmaModel):
+            raise ModelFormatError(
+                "--spec-type draft needs a small target model as -md, not an MTP assistant"
+            )
+        if draft.config.vocab_size != target_config.vocab_size:
+            raise ModelFormatError(
+                f"vocabulary mismatch: draft model {draft.config.vocab_size} tokens, "
+                f"target {target_config.vocab_size}; the draft model must share the target's tokenizer"
+            )
+        self.model = draft
+        self.cache = draft.make_cache(batch_size=batch_size, max_context=max_context, max_draft=16)
+
+    @torch.inference_mode()
+    def propose(self, requests: list[DraftRequest], hidden: torch.Tensor) -> dict[int, Draft]:
+        if not requests:
+            return {}
+        dev = self.model.device
+        batch = self.cache.batch_size
+        # 1. sync: keep the cached prefix that is still committed, feed the rest plus the pending token
+        lengths = self.cache.lengths.clone()
+        feeds: dict[int, list[int]] = {}
+        for r in requests:
+            keep = min(int(lengths[r.row]), len(r.tokens) - 1)
+            lengths[r.row] = keep
+            feeds[r.row] = r.tokens[keep:]
+        self.cache.rollback(lengths)
+        width = max(len(f) for f in feeds.values())
+        tokens = torch.zeros(batch, width, dtype=torch.long)
+        positions = torch.full((batch, width), -1, dtype=torch.long)
+        for row, feed in feeds.items():
+            tokens[row, : len(feed)] = torch.tensor(feed)
+            positions[row, : len(feed)] = torch.arange(int(lengths[row]), int(lengths[row]) + len(feed))
+        hidden_out = self.model(tokens.to(dev), positions.to(dev), self.cache).hidden
+        last = torch.tensor([len(feeds.get(row, [0])) - 1 for row in range(batch)], device=dev)
+        h = hidden_out[torch.arange(batch, device=dev), last][:, None]  # [B, 1, D]
+        # 2. draft: one forward per further step over the rows still drafting
+        drafts: dict[int, list[int]] = {r.row: [] for r in requests}
+        qs: dict[int, list[torch.Tensor]] = {r.row: [] for r in requests}
+        active = {r.row: r for r in requests if r.n_max > 0}
+        while active:
+            logits = self.model.logits(h)[:, 0]
+            step_tokens = torch.zeros(batch, 1, dtype=torch.long)
+            step_pos = torch.full((batch, 1), -1, dtype=torch.long)
+            for row, r in list(active.items()):
+                tok, q, p = choose_token(logits[row], r)
+                if p < r.options.p_min:
+                    del active[row]
+                    continue
+                drafts[row].append(tok)
+                if q is not None:
+                    qs[row].append(q)
+                if len(drafts[row]) >= r.n_max:
+                    del active[row]
+                    continue
+                step_tokens[row, 0] = tok
+                step_pos[row, 0] = int(self.cache.lengths[row])
+            if not active:
+                break
+            h = self.model(step_tokens.to(dev), step_pos.to(dev), self.cache).hidden
+        return {row: Draft(drafts[row], torch.stack(qs[row]) if qs[row] else None) for row in drafts}
+
+    def reset_row(self, row: int) -> None:
+        self.cache.reset([row])
