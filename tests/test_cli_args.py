@@ -14,6 +14,7 @@ from gemma_mtp.cli.args import RunOptions
 from gemma_mtp.cli.main import PLANNED_COMMANDS, build_parser, main
 from gemma_mtp.errors import GemmaMTPError, ModelFormatError, UsageError
 from gemma_mtp.sampling import SamplingParams
+from gemma_mtp.speculative.base import SpecOptions
 
 RESULT_DICT = {
     "text": "",
@@ -31,6 +32,7 @@ class FakeResult:
         self.text = text
         self.token_ids = list(RESULT_DICT["token_ids"])
         self.timings = types.SimpleNamespace(**RESULT_DICT["timings"])
+        self.speculative = None
 
     def to_dict(self) -> dict:
         return {**RESULT_DICT, "text": self.text}
@@ -52,8 +54,8 @@ class FakeApi(types.ModuleType):
             raise self.error
         return self
 
-    def generate(self, prompt_ids, *, n_predict, sampling):
-        self.generate_calls.append((prompt_ids, n_predict, sampling))
+    def generate(self, prompt_ids, *, n_predict, sampling, spec):
+        self.generate_calls.append((prompt_ids, n_predict, sampling, spec))
         return FakeResult(self.text)
 
 
@@ -162,7 +164,7 @@ def test_run_passes_flags_to_load_and_generate(api):
     }
     assert api.load_calls == [("model-dir", None, options)]
     sampling = SamplingParams(temperature=0.0, top_k=5, seed=9)
-    assert api.generate_calls == [([2, 105, 7], 16, sampling)]
+    assert api.generate_calls == [([2, 105, 7], 16, sampling, SpecOptions(type="none"))]
 
 
 def test_seed_minus_one_means_random(api):
@@ -249,10 +251,25 @@ def test_text_prompts_need_a_tokenizer(flags, api, capsys):
     )
 
 
-@pytest.mark.parametrize("flags, spec_type", [(["--spec-type", "draft-mtp"], "mtp"), (["-md", "d"], "mtp")])
-def test_speculative_decoding_is_not_available_yet(flags, spec_type, api, capsys):
-    assert main([*RUN, *flags]) == 1
-    assert f"(--spec-type {spec_type}) is not available" in one_line_error(capsys)
+@pytest.mark.parametrize(
+    "flags, spec_type, draft",
+    [
+        (["--spec-type", "draft-mtp", "-md", "d"], "mtp", "d"),
+        (["-md", "d"], "mtp", "d"),
+        (["--spec-type", "ngram"], "ngram", None),
+    ],
+)
+def test_speculative_flags_reach_the_engine(flags, spec_type, draft, api):
+    assert main([*RUN, *flags, "--draft-max", "5", "--draft-p-min", "0.25"]) == 0
+    assert api.load_calls[0][1] == draft
+    spec = api.generate_calls[0][3]
+    assert (spec.type, spec.n_max, spec.p_min) == (spec_type, 5, 0.25)
+
+
+@pytest.mark.parametrize("spec_type", ["mtp", "draft"])
+def test_a_drafting_spec_type_needs_a_drafter(spec_type, api, capsys):
+    assert main([*RUN, "--spec-type", spec_type]) == 2
+    assert "needs a drafter: pass -md/--model-draft" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize(

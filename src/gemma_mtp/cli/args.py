@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from gemma_mtp.errors import UsageError
 from gemma_mtp.sampling import SamplingParams
+from gemma_mtp.speculative.base import SPEC_TYPES, SpecOptions
 
 __all__ = [
     "RunOptions",
@@ -21,7 +22,7 @@ __all__ = [
     "parse_token_ids",
 ]
 
-SPEC_TYPES = ("none", "mtp", "ngram", "draft")
+_SPEC = SpecOptions()  # the speculative defaults live in the engine's options, not here
 _SPEC_ALIASES = {"draft-mtp": "mtp"}
 
 
@@ -32,9 +33,9 @@ class RunOptions:
     model: str | None = None
     model_draft: str | None = None
     spec_type: str | None = None  # None: "mtp" when a drafter is given, else "none"
-    spec_draft_n_max: int = 3
-    spec_draft_n_min: int = 0
-    spec_draft_p_min: float = 0.0
+    spec_draft_n_max: int = _SPEC.n_max
+    spec_draft_n_min: int = _SPEC.n_min
+    spec_draft_p_min: float = _SPEC.p_min
     spec_autotune: bool = False
     prompt: str | None = None
     file: str | None = None
@@ -56,15 +57,7 @@ class RunOptions:
             )
         if self.ctx_size < 1:
             raise UsageError(f"-c/--ctx-size must be >= 1, got {self.ctx_size}")
-        if self.spec_draft_n_max < 1:
-            raise UsageError(f"--spec-draft-n-max must be >= 1, got {self.spec_draft_n_max}")
-        if not 0 <= self.spec_draft_n_min <= self.spec_draft_n_max:
-            raise UsageError(
-                f"--spec-draft-n-min must be in [0, --spec-draft-n-max={self.spec_draft_n_max}], "
-                f"got {self.spec_draft_n_min}"
-            )
-        if not 0.0 <= self.spec_draft_p_min <= 1.0:
-            raise UsageError(f"--spec-draft-p-min must be in [0, 1], got {self.spec_draft_p_min}")
+        # speculative knobs are validated by SpecOptions when run builds it
 
     @property
     def resolved_spec_type(self) -> str:
