@@ -1,0 +1,150 @@
+"""Conversions: a HF checkpoint -> GGUF (targets and drafters, any drafter layout), and a drafter
+GGUF -> another drafter layout (tensor bytes copied unchanged)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFValueType
+from safetensors import safe_open
+
+from ..config import FULL, AssistantConfig, TextConfig, load_config
+from ..errors import ModelFormatError, UsageError
+from ..weights.hf import _build, _is_shared_layer_kv, _rename, _skipped_part, safetensors_files
+from .keys import DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
+from .metadata import config_from_gguf
+from .names import DRAFTER_HEADS, ROPE_FREQS, name_map, norm_offset
+from .reader import GGUFFile, open_gguf
+from .writer import (
+    Entry,
+    check_out_type,
+    drafter_entries,
+    encode_tensor,
+    metadata_entries,
+    rope_freqs_table,
+    write_gguf,
+)
+
+__all__ = ["convert_hf_to_gguf", "convert_drafter_layout", "LAYOUTS"]
+
+LAYOUTS = tuple(DRAFTER_LAYOUTS)
+
+
+def _check_layout(layout: str) -> None:
+    if layout not in DRAFTER_LAYOUTS:
+        raise UsageError(f"--layout {layout!r} is not supported; use {', '.join(DRAFTER_LAYOUTS)}")
+
+
+def _rope_freqs(config: TextConfig | AssistantConfig, layout: str) -> np.ndarray | None:
+    """The derived proportional-RoPE tensor, where the target family / drafter layout carries one."""
+    text = config.text if isinstance(config, AssistantConfig) else config
+    if text.family == "gemma3" or (config.is_assistant and not DRAFTER_LAYOUTS[layout].rope_freqs):
+        return None
+    full = [s for s in text.layers if s.kind == FULL]
+    if not full:
+        return None
+    return rope_freqs_table(full[0].head_dim, text.rope[FULL].partial_rotary_factor)
+
+
+def _hf_tensors(src: Path, config: TextConfig | AssistantConfig) -> dict[str, np.ndarray]:
+    """Every tensor of the checkpoint under our names, strictly checked against the config."""
+    expected = _build(config).state_dict()
+    text = config.text if isinstance(config, AssistantConfig) else config
+    shared_layers = {s.index for s in text.layers if not s.owns_kv}
+    out: dict[str, np.ndarray] = {}
+    for f in safetensors_files(src):
+        with safe_open(str(f), framework="pt") as handle:
+            for name in handle.keys():
+                ours = None if _skipped_part(name) else _rename(name, config.is_assistant)
+                if ours is None or (ours not in expected and _is_shared_layer_kv(ours, shared_layers)):
+                    continue
+                if ours not in expected:
+                    raise ModelFormatError(
+                        f"{f}: unexpected tensor {name}; the weights do not match config.json"
+                    )
+                tensor = handle.get_tensor(name)
+                if tuple(tensor.shape) != tuple(expected[ours].shape):
+                    raise ModelFormatError(
+                        f"{f}: tensor {name} has shape {list(tensor.shape)}, the config expects "
+                        f"{list(expected[ours].shape)}"
+                    )
+                out[ours] = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+    missing = [k for k in expected if k not in out]
+    if missing:
+        raise ModelFormatError(f"{src}: missing tensor {missing[0]}; the checkpoint is incomplete")
+    return {k: out[k] for k in expected}
+
+
+def _encoded(
+    tensors: dict[str, np.ndarray], config: TextConfig | AssistantConfig, layout: str, out_type: str
+) -> Iterator[tuple[str, np.ndarray, GGMLQuantizationType]]:
+    text = config.text if isinstance(config, AssistantConfig) else config
+    names = name_map(config, layout)
+    for ours, values in tensors.items():
+        offset = norm_offset(text.family, ours)
+        if offset:
+            values = values + np.float32(offset)  # llama.cpp stores Gemma 3 norms as 1 + w
+        data, qtype = encode_tensor(values, out_type)
+        yield names[ours], data, qtype
+    freqs = _rope_freqs(config, layout)
+    if freqs is not None:
+        yield ROPE_FREQS, freqs, GGMLQuantizationType.F32
+
+
+def convert_hf_to_gguf(
+    src_dir: str | Path, out_path: str | Path, *, layout: str = "mainline", out_type: str = "F32"
+) -> Path:
+    """HF checkpoint (target or assistant) -> GGUF. Drafters keep their centroid tensors in every layout."""
+    _check_layout(layout)
+    check_out_type(out_type)
+    src = Path(src_dir)
+    config = load_config(src)
+    tensors = _hf_tensors(src, config)
+    arch, entries = metadata_entries(config, layout=layout, out_type=out_type)
+    entries.insert(0, Entry("general.type", "model", GGUFValueType.STRING))
+    entries.insert(1, Entry("general.name", src.name, GGUFValueType.STRING))
+    return write_gguf(out_path, arch, entries, list(_encoded(tensors, config, layout, out_type)))
+
+
+def _copied_entries(gf: GGUFFile, src_arch: str, dst_arch: str) -> list[Entry]:
+    """Every key but the layout's own, the architecture prefix swapped; types kept."""
+    out = []
+    for key in gf.fields:
+        if key == K.ARCHITECTURE:
+            continue
+        if key.startswith(src_arch + "."):
+            suffix = key[len(src_arch) + 1 :]
+            if suffix in LAYOUT_ONLY_KEYS:
+                continue
+            new_key = f"{dst_arch}.{suffix}"
+        else:
+            new_key = key
+        vtype, sub_type = gf.value_type(key)
+        out.append(Entry(new_key, gf.value(key), vtype, sub_type))
+    return out
+
+
+def convert_drafter_layout(in_gguf: str | Path, out_gguf: str | Path, layout: str) -> Path:
+    """A drafter GGUF in any layout -> the same drafter in `layout`; tensor data is copied byte for byte."""
+    _check_layout(layout)
+    gf = open_gguf(in_gguf)
+    if gf.arch not in LAYOUT_BY_ARCH:
+        raise ModelFormatError(
+            f"{gf.path}: general.architecture {gf.arch!r} is not a drafter; layouts apply to "
+            f"{', '.join(sorted(LAYOUT_BY_ARCH))}"
+        )
+    config, src_layout, _ = config_from_gguf(gf)
+    src, dst = DRAFTER_LAYOUTS[src_layout], DRAFTER_LAYOUTS[layout]
+    entries = _copied_entries(gf, src.arch, dst.arch) + drafter_entries(config, dst.arch, layout)
+    heads = {theirs: DRAFTER_HEADS[layout][ours] for ours, theirs in DRAFTER_HEADS[src_layout].items()}
+    tensors = []
+    for name, t in gf.tensors.items():
+        if name == ROPE_FREQS and not dst.rope_freqs:
+            continue
+        tensors.append((heads.get(name, name), np.asarray(t.data), t.tensor_type))
+    freqs = _rope_freqs(config, layout)
+    if freqs is not None and ROPE_FREQS not in gf.tensors:
+        tensors.append((ROPE_FREQS, freqs, GGMLQuantizationType.F32))
+    return write_gguf(out_gguf, dst.arch, entries, tensors)

@@ -1,0 +1,122 @@
+"""GGUF checkpoints: targets (`gemma4`, `gemma3`) and drafters in the three layouts, strict names.
+
+Metadata becomes the same config dataclasses the HF loader makes; tensor names go through the
+layout's table in `gguf/names.py`. For now every tensor is dequantized to the requested float
+dtype (quantized kernels come later) and the report says so: memory is then the float size, not
+the file size.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from torch import nn
+
+from ..config import AssistantConfig, TextConfig
+from ..errors import ModelFormatError
+from ..gguf.metadata import config_from_gguf
+from ..gguf.names import ROPE_FREQS, SHARED_LAYER_KV, name_map, norm_offset
+from ..gguf.reader import FLOAT_TYPES, GGUFFile, open_gguf, tensor_shape, tensor_values
+from .hf import LoadReport, _build, _restore_buffers
+from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
+
+__all__ = ["load_gguf_model"]
+
+
+def _auto_dtype(gf: GGUFFile) -> str:
+    """`auto`: float32 for an all-F32 file, else bfloat16 (half the memory; the fast CPU float path)."""
+    types = {t.tensor_type for t in gf.tensors.values() if len(t.shape) > 1}
+    return "float32" if types <= {GGMLQuantizationType.F32} else "bfloat16"
+
+
+def _shared_layer_kv(gguf_name: str, shared_layers: set[int]) -> bool:
+    parts = gguf_name.split(".", 2)
+    return (
+        len(parts) == 3
+        and parts[0] == "blk"
+        and parts[1].isdigit()
+        and int(parts[1]) in shared_layers
+        and parts[2] in SHARED_LAYER_KV
+    )
+
+
+def load_gguf_model(
+    path: str | Path,
+    *,
+    dtype: str = "auto",
+    device: str = "cpu",
+    n_gpu_layers: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[nn.Module, TextConfig | AssistantConfig, LoadReport]:
+    """Load a target or drafter from a .gguf file. Raises ModelFormatError on any mismatch."""
+    gf = open_gguf(path)
+    config, layout, notices = config_from_gguf(gf)
+    text = config.text if isinstance(config, AssistantConfig) else config
+    model = _build(config)
+    expected = model.state_dict()
+    to_ours = {theirs: ours for ours, theirs in name_map(config, layout).items() if ours in expected}
+    shared_layers = {s.index for s in text.layers if not s.owns_kv} if not config.is_assistant else set()
+
+    want_dtype = resolve_dtype(_auto_dtype(gf) if dtype == "auto" else dtype)
+    report = LoadReport(path=str(gf.path), dtype=want_dtype, device=device, notices=notices)
+    loaded: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    dequantized: Counter[str] = Counter()
+    for name, t in gf.tensors.items():
+        ours = to_ours.get(name)
+        if ours is None:
+            if name != ROPE_FREQS and not _shared_layer_kv(name, shared_layers):
+                unexpected.append(name)
+            continue
+        want = expected[ours]
+        shape = tensor_shape(t)
+        if shape != tuple(want.shape):
+            raise ModelFormatError(
+                f"{gf.path}: tensor {name} has shape {list(shape)}, the metadata implies {list(want.shape)} "
+                f"(for {ours}); the file is inconsistent"
+            )
+        values = torch.from_numpy(np.require(tensor_values(t), requirements=["C", "W"]))
+        if want.dtype.is_floating_point:
+            offset = norm_offset(text.family, ours)
+            if offset:
+                values = values - offset  # llama.cpp stores Gemma 3 norms as 1 + w
+            values = values.to(want_dtype)
+            if t.tensor_type not in FLOAT_TYPES:
+                dequantized[t.tensor_type.name] += 1
+        else:
+            values = values.to(want.dtype)
+        loaded[ours] = values
+        report.n_tensors += 1
+        report.n_bytes += values.numel() * values.element_size()
+        if progress is not None:
+            progress(len(loaded), len(expected))
+    if unexpected:
+        more = f" and {len(unexpected) - 1} more" if len(unexpected) > 1 else ""
+        raise ModelFormatError(
+            f"{gf.path}: unexpected tensor {unexpected[0]}{more} for a {gf.arch} model with this metadata"
+        )
+    missing = [ours for ours in expected if ours not in loaded]
+    if missing:
+        names = {ours: theirs for theirs, ours in to_ours.items()}
+        first = f"{names.get(missing[0], missing[0])} ({missing[0]})"
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise ModelFormatError(f"{gf.path}: missing tensor {first}{more}; the file is incomplete")
+    if dequantized:
+        kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(dequantized.items()))
+        dtype_name = next(k for k, v in DTYPES.items() if v == want_dtype)
+        report.notices.append(
+            f"dequantized {kinds} tensors to {dtype_name}: quantized kernels are not implemented yet, "
+            f"so the weights take {report.n_bytes / 2**20:.0f} MiB instead of the file's "
+            f"{gf.path.stat().st_size / 2**20:.0f} MiB"
+        )
+    model.load_state_dict(loaded, strict=True, assign=True)
+    _restore_buffers(model)
+    report.device = place_layers(model, resolve_device(device), n_gpu_layers)
+    model.eval()
+    model.requires_grad_(False)
+    return model, config, report
