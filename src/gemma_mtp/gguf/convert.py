@@ -121,8 +121,8 @@ def _copied_entries(gf: GGUFFile, src_arch: str, dst_arch: str) -> list[Entry]:
             new_key = f"{dst_arch}.{suffix}"
         else:
             new_key = key
-        vtype, sub_type = gf.value_type(key)
-        out.append(Entry(new_key, gf.value(key), vtype, sub_type))
+        field = gf.fields[key]
+        out.append(Entry(new_key, field.value, field.type, field.sub_type))
     return out
 
 
@@ -143,7 +143,7 @@ def convert_drafter_layout(in_gguf: str | Path, out_gguf: str | Path, layout: st
     for name, t in gf.tensors.items():
         if name == ROPE_FREQS and not dst.rope_freqs:
             continue
-        tensors.append((heads.get(name, name), np.asarray(t.data), t.tensor_type))
+        tensors.append((heads.get(name, name), np.asarray(t.data), t.tensor_type))  # raw bytes
     freqs = _rope_freqs(config, layout)
     if freqs is not None and ROPE_FREQS not in gf.tensors:
         tensors.append((ROPE_FREQS, freqs, GGMLQuantizationType.F32))
