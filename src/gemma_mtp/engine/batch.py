@@ -36,6 +36,7 @@ class Slot:
     generator: torch.Generator | None
     stats: SpecStats = field(default_factory=SpecStats)
     stop_reason: str | None = None
+    has_hidden: bool = False  # the target's hidden state before the pending token is known (MTP needs it)
     prompt_ms: float = 0.0  # prefill of all prompt tokens but the last
     first_round_ms: float = 0.0  # the round that fed the last prompt token and sampled the first token
     decode_ms: float = 0.0  # every round, the first included
@@ -119,8 +120,10 @@ class BatchDecoder:
         )
         self.slots[row] = slot
         # prefill all but the last prompt token; the last one is fed by the first round like a pending token
-        if len(prompt_ids) > 1:
-            self._forward_rows({row: prompt_ids[:-1]}, {row: 0})
+        slot.has_hidden = len(prompt_ids) > 1
+        if slot.has_hidden:
+            hidden = self._forward_rows({row: prompt_ids[:-1]}, {row: 0})
+            self.hidden[row, 0] = hidden[row, len(prompt_ids) - 2].to(self.hidden.device)
         slot.prompt_ms = (time.perf_counter() - t0) * 1e3
         if budget <= 0:
             slot.stop_reason = "length" if n_predict >= 0 else "context"
@@ -143,7 +146,7 @@ class BatchDecoder:
         return self.target(tokens.to(dev), positions.to(dev), self.cache).hidden
 
     def _n_draft(self, slot: Slot) -> int:
-        if slot.spec.type == "none":
+        if slot.spec.type == "none" or (slot.spec.type == "mtp" and not slot.has_hidden):
             return 0
         # leave room for the bonus token in both the budget and the cache
         room = min(slot.budget - 1, self.ctx_size - len(slot.tokens) - 1, self.max_draft)
@@ -175,6 +178,7 @@ class BatchDecoder:
             s.stats.record(n, k)
             new_lengths[s.row] = starts[s.row] + k + 1
             self.hidden[s.row, 0] = hidden[s.row, k].to(self.hidden.device)
+            s.has_hidden = True
             committed[s.row] = self._commit(s, [*draft.tokens[:k], nxt])
         self.cache.rollback(new_lengths)
         t2 = time.perf_counter()
