@@ -27,7 +27,7 @@ class SharedKV:
 
     keys/values: [B, kv_heads, S, head_dim]; positions: [B, S] position held by each slot (-1 empty);
     lengths: [B]; a drafter may attend to slots with 0 <= position < lengths (and, when `window`
-    is set, position > query - window).
+    is set, position >= query - window - 1, as the reference assistant does).
     """
 
     keys: torch.Tensor
@@ -42,7 +42,9 @@ class SharedKV:
         q = query_positions[:, :, None]  # [B, Tq, 1]
         ok = (pos >= 0) & (pos < self.lengths[:, None, None])
         if self.window is not None:
-            ok = ok & (pos > q - self.window)
+            # the reference assistant attends to the last window + 1 entries before its query
+            # (a bidirectional |q - kv| <= window mask, flipped); the ring keeps them (see module doc)
+            ok = ok & (pos >= q - self.window - 1)
         return ok[:, None]
 
 

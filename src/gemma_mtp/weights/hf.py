@@ -78,16 +78,16 @@ def safetensors_files(path: Path) -> list[Path]:
     return files
 
 
-def _rename(name: str, is_assistant: bool) -> str | None:
-    """Checkpoint name -> our state_dict name; None to skip."""
+def _rename(name: str, is_assistant: bool) -> tuple[str, str] | None:
+    """Checkpoint name -> (our state_dict name, the checkpoint prefix it had); None to skip."""
     if name in TIED:
         return None
     if is_assistant:
-        return name
+        return name, ""
     for src, dst in TARGET_PREFIXES:
         if name.startswith(src):
-            return dst + name[len(src) :]
-    return name
+            return dst + name[len(src) :], src
+    return name, ""
 
 
 def _skipped_part(name: str) -> str | None:
@@ -136,6 +136,7 @@ def load_hf_model(
     want_dtype = resolve_dtype(dtype, config.raw.get("torch_dtype") or config.raw.get("dtype"))
     report = LoadReport(path=str(path), dtype=want_dtype, device=device)
     loaded: dict[str, torch.Tensor] = {}
+    prefix = ""  # the checkpoint's text-model prefix, to name missing tensors as the file would
     skipped: set[str] = set()
     unexpected: list[str] = []
     for f in files:
@@ -149,9 +150,10 @@ def load_hf_model(
                 if part is not None:
                     skipped.add(part)
                     continue
-                ours = _rename(name, config.is_assistant)
-                if ours is None:
+                renamed = _rename(name, config.is_assistant)
+                if renamed is None:
                     continue
+                ours, prefix = renamed
                 if ours not in expected:
                     if _is_shared_layer_kv(ours, shared_layers):
                         continue
@@ -179,7 +181,9 @@ def load_hf_model(
     missing = [k for k in expected if k not in loaded]
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise ModelFormatError(f"{path}: missing tensor {missing[0]}{more}; the checkpoint is incomplete")
+        raise ModelFormatError(
+            f"{path}: missing tensor {prefix}{missing[0]}{more}; the checkpoint is incomplete"
+        )
     if skipped:
         report.notices.append(f"skipped non-text weights: {', '.join(sorted(skipped))} (text-only runtime)")
     model.load_state_dict(loaded, strict=True, assign=True)
