@@ -12,7 +12,8 @@ from safetensors import safe_open
 
 from ..config import FULL, AssistantConfig, TextConfig, load_config
 from ..errors import ModelFormatError, UsageError
-from ..weights.hf import _build, _is_shared_layer_kv, _rename, _skipped_part, safetensors_files
+from ..weights.gguf_loader import empty_model
+from ..weights.hf import SKIPPED_PREFIXES, TARGET_PREFIXES, safetensors_files
 from .keys import DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
 from .metadata import config_from_gguf
 from .names import DRAFTER_HEADS, ROPE_FREQS, name_map, norm_offset
@@ -48,17 +49,37 @@ def _rope_freqs(config: TextConfig | AssistantConfig, layout: str) -> np.ndarray
     return rope_freqs_table(full[0].head_dim, text.rope[FULL].partial_rotary_factor)
 
 
+# Checkpoint tensors that are not ours: the tied head; KV of KV-shared layers (transformers ignores them).
+TIED_HEAD = "lm_head.weight"
+SHARED_LAYER_KV = ("self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.k_norm.weight")
+
+
+def _our_name(name: str, config: TextConfig | AssistantConfig, shared_layers: set[int]) -> str | None:
+    """Checkpoint name -> our state_dict name (the HF loader's prefix rules); None to skip."""
+    if name == TIED_HEAD or name.startswith(SKIPPED_PREFIXES):
+        return None
+    if not config.is_assistant:
+        for src, dst in TARGET_PREFIXES:
+            if name.startswith(src):
+                name = dst + name[len(src) :]
+                break
+    parts = name.split(".", 2)
+    if parts[0] == "layers" and int(parts[1]) in shared_layers and parts[2] in SHARED_LAYER_KV:
+        return None
+    return name
+
+
 def _hf_tensors(src: Path, config: TextConfig | AssistantConfig) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint under our names, strictly checked against the config."""
-    expected = _build(config).state_dict()
+    expected = empty_model(config).state_dict()
     text = config.text if isinstance(config, AssistantConfig) else config
-    shared_layers = {s.index for s in text.layers if not s.owns_kv}
+    shared_layers = {s.index for s in text.layers if not s.owns_kv} if not config.is_assistant else set()
     out: dict[str, np.ndarray] = {}
     for f in safetensors_files(src):
         with safe_open(str(f), framework="pt") as handle:
             for name in handle.keys():
-                ours = None if _skipped_part(name) else _rename(name, config.is_assistant)
-                if ours is None or (ours not in expected and _is_shared_layer_kv(ours, shared_layers)):
+                ours = _our_name(name, config, shared_layers)
+                if ours is None:
                     continue
                 if ours not in expected:
                     raise ModelFormatError(

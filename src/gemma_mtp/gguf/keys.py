@@ -51,7 +51,9 @@ class K:
     EXPERT_COUNT = "expert_count"
     EXPERT_USED_COUNT = "expert_used_count"
     EXPERT_FF_LENGTH = "expert_feed_forward_length"
-    K_EQ_V = "attention.k_eq_v"  # legacy drafters only; elsewhere a missing attn_v says it
+    # legacy drafters carry it; we write it in every drafter layout (a drafter has no attn_v to say
+    # it). Targets: a full layer with attn_k and no attn_v says it.
+    K_EQ_V = "attention.k_eq_v"
 
     # absolute keys
     ARCHITECTURE = "general.architecture"
@@ -79,7 +81,6 @@ class DrafterLayout:
     ordered_key: str | None  # None: the presence of the centroid tensors says it
     nextn_key: bool  # writes nextn_predict_layers (= block count)
     requires_target_arch: str | None  # legacy: "gemma4"
-    k_eq_v_key: bool
     rope_freqs: bool  # carries rope_freqs.weight (the engine that reads it needs it)
 
 
@@ -95,7 +96,6 @@ DRAFTER_LAYOUTS = {
         ordered_key=None,
         nextn_key=True,
         requires_target_arch=None,
-        k_eq_v_key=False,
         rope_freqs=True,
     ),
     "legacy": DrafterLayout(
@@ -107,7 +107,6 @@ DRAFTER_LAYOUTS = {
         ordered_key="use_ordered_embeddings",
         nextn_key=False,
         requires_target_arch="gemma4",
-        k_eq_v_key=True,
         rope_freqs=True,
     ),
     "ik": DrafterLayout(
@@ -119,7 +118,6 @@ DRAFTER_LAYOUTS = {
         ordered_key="use_ordered_embeddings",
         nextn_key=False,
         requires_target_arch=None,
-        k_eq_v_key=False,
         rope_freqs=False,
     ),
 }

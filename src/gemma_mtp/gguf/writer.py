@@ -189,9 +189,8 @@ def drafter_entries(config: AssistantConfig, arch: str, layout: str) -> list[Ent
     entries.append(_u32(a + spec.centroid_top_k_key, config.centroid_top_k))
     if spec.ordered_key:
         entries.append(Entry(a + spec.ordered_key, config.use_ordered_embeddings, GGUFValueType.BOOL))
-    if spec.k_eq_v_key:
-        k_eq_v = any(s.k_eq_v for s in config.text.layers)
-        entries.append(Entry(a + K.K_EQ_V, k_eq_v, GGUFValueType.BOOL))
+    k_eq_v = any(s.k_eq_v for s in config.text.layers)
+    entries.append(Entry(a + K.K_EQ_V, k_eq_v, GGUFValueType.BOOL))
     if spec.requires_target_arch:
         entries.append(Entry(a + "requires_target_arch", spec.requires_target_arch, GGUFValueType.STRING))
     return entries

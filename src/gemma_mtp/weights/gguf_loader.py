@@ -22,10 +22,28 @@ from ..errors import ModelFormatError
 from ..gguf.metadata import config_from_gguf
 from ..gguf.names import ROPE_FREQS, SHARED_LAYER_KV, name_map, norm_offset
 from ..gguf.reader import FLOAT_TYPES, GGUFFile, open_gguf, tensor_shape, tensor_values
-from .hf import LoadReport, _build, _restore_buffers
+from ..models.assistant import AssistantModel
+from ..models.common import Rotary, rope_inv_freq
+from ..models.gemma import GemmaModel
+from .hf import LoadReport
 from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
 
-__all__ = ["load_gguf_model"]
+__all__ = ["load_gguf_model", "empty_model"]
+
+
+def empty_model(config: TextConfig | AssistantConfig) -> nn.Module:
+    """The model for `config` on the meta device: names and shapes, no memory."""
+    with torch.device("meta"):
+        return AssistantModel(config) if isinstance(config, AssistantConfig) else GemmaModel(config)
+
+
+def _restore_rotary(model: nn.Module, text: TextConfig) -> None:
+    """Rotary tables are non-persistent buffers: rebuild them after a meta-device load."""
+    specs = {GemmaModel._rope_key(s): s for s in text.layers}
+    for name, module in model.named_modules():
+        if isinstance(module, Rotary):
+            spec = specs[name.split(".")[-1]]
+            module.inv_freq = rope_inv_freq(text.rope[spec.kind], spec.head_dim)
 
 
 def _auto_dtype(gf: GGUFFile) -> str:
@@ -57,7 +75,7 @@ def load_gguf_model(
     gf = open_gguf(path)
     config, layout, notices = config_from_gguf(gf)
     text = config.text if isinstance(config, AssistantConfig) else config
-    model = _build(config)
+    model = empty_model(config)
     expected = model.state_dict()
     to_ours = {theirs: ours for ours, theirs in name_map(config, layout).items() if ours in expected}
     shared_layers = {s.index for s in text.layers if not s.owns_kv} if not config.is_assistant else set()
@@ -115,7 +133,7 @@ def load_gguf_model(
             f"{gf.path.stat().st_size / 2**20:.0f} MiB"
         )
     model.load_state_dict(loaded, strict=True, assign=True)
-    _restore_buffers(model)
+    _restore_rotary(model, text)
     report.device = place_layers(model, resolve_device(device), n_gpu_layers)
     model.eval()
     model.requires_grad_(False)
