@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from test_gguf_helpers import rewrite_gguf
 
 from gemma_mtp.config import FULL, SLIDING
@@ -96,3 +97,21 @@ def test_gemma3_file_without_our_explicit_keys_gets_llama_cpp_defaults(gemma3_gg
     assert [s.kind for s in config.layers] == [SLIDING] * 5 + [FULL]  # every 6th layer is full
     assert config.rope[SLIDING].theta == 10_000.0
     assert math.isclose(config.attention_scale, config.layers[0].head_dim ** -0.5)
+
+
+def test_kv_tensors_of_kv_shared_layers_are_tolerated(reference_models, tmp_path):
+    """Files converted from checkpoints that still carry K/V for KV-shared layers load as llama.cpp's do."""
+    source = convert_hf_to_gguf(reference_models.target("e2b").path, tmp_path / "e2b.gguf")
+    _, config, _ = load_gguf_model(source, dtype="float32")
+    shared = next(s for s in config.layers if not s.owns_kv)
+    width = shared.kv_heads * shared.head_dim
+    extra = {f"blk.{shared.index}.attn_k.weight": np.zeros((width, config.hidden_size), dtype=np.float32)}
+    path = rewrite_gguf(source, tmp_path / "with_kv.gguf", extra_tensors=extra)
+    load_gguf_model(path, dtype="float32")
+
+
+@pytest.mark.parametrize(("out_type", "dtype"), [("F32", torch.float32), ("Q8_0", torch.bfloat16)])
+def test_auto_dtype_keeps_f32_files_f32_and_halves_the_others(reference_models, tmp_path, out_type, dtype):
+    path = convert_hf_to_gguf(reference_models.target("gemma3").path, tmp_path / "m.gguf", out_type=out_type)
+    model, _, report = load_gguf_model(path)
+    assert report.dtype == dtype and model.embed_tokens.weight.dtype == dtype
