@@ -133,8 +133,10 @@ def _kind_value(gf: GGUFFile, suffix: str, values: list, types: list[str], kind:
     return of_kind.pop() if of_kind else None
 
 
-def _partial_rotary_factor(gf: GGUFFile, head_full: int, notices: list[str]) -> float:
+def _partial_rotary_factor(gf: GGUFFile, head_full: int, types: list[str], notices: list[str]) -> float:
     t = gf.tensors.get(ROPE_FREQS)
+    if t is None and FULL not in types:
+        return DEFAULT_PARTIAL_ROTARY_FACTOR  # unused: no full-attention layer
     if t is None:
         notices.append(
             f"no {ROPE_FREQS} in the file: full-attention layers use the default partial rotary factor "
@@ -209,7 +211,7 @@ def _gemma4_text(gf: GGUFFile, notices: list[str], *, assistant: bool) -> dict[s
         SLIDING: {"rope_type": "default", "rope_theta": _arch_float(gf, K.ROPE_FREQ_BASE_SWA, 10_000.0)},
         FULL: {
             "rope_type": "proportional",
-            "partial_rotary_factor": _partial_rotary_factor(gf, head_full, notices),
+            "partial_rotary_factor": _partial_rotary_factor(gf, head_full, types, notices),
             "rope_theta": _arch_float(gf, K.ROPE_FREQ_BASE, 1_000_000.0),
             "factor": _rope_scaling(gf),
         },
