@@ -69,7 +69,9 @@ class BatchDecoder:
         self.max_draft = self.cache.max_draft
         self.drafters = drafters or {}
         self.slots: list[Slot | None] = [None] * self.cache.batch_size
-        self.hidden = torch.zeros(self.cache.batch_size, 1, target.config.hidden_size, dtype=target.dtype)
+        self.hidden = torch.zeros(
+            self.cache.batch_size, 1, target.config.hidden_size, dtype=target.dtype, device=target.device
+        )
 
     # -- slots ---------------------------------------------------------------------------------
     def free_rows(self) -> list[int]:
