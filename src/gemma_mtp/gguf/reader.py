@@ -187,14 +187,16 @@ def tensor_shape(t: TensorInfo) -> tuple[int, ...]:
     return tuple(reversed(t.shape))
 
 
-def tensor_values(t: TensorInfo) -> np.ndarray:
-    """Float tensors (any quant type) as float32, integer tensors as their integer type; numpy order."""
+def tensor_values(t: TensorInfo, *, whole: bool = True) -> np.ndarray:
+    """Float tensors (any quant type) as float32, integer tensors as their integer type; numpy order.
+    `whole=False` decodes `t.data` as it is (a slab of rows of the tensor), without the final reshape."""
+    shape = tensor_shape(t) if whole else (*t.data.shape[:-1], -1)
     if t.tensor_type in INT_TYPES:
-        return t.data.view(INT_TYPES[t.tensor_type]).reshape(tensor_shape(t))
+        return t.data.view(INT_TYPES[t.tensor_type]).reshape(shape)
     try:
         values = gguf_dequantize(t.data, t.tensor_type)
     except NotImplementedError:
         raise ModelFormatError(
             f"tensor {t.name}: type {t.tensor_type.name} cannot be dequantized yet"
         ) from None
-    return np.asarray(values, dtype=np.float32).reshape(tensor_shape(t))
+    return np.asarray(values, dtype=np.float32).reshape(shape)

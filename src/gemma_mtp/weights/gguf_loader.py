@@ -21,7 +21,7 @@ from ..config import AssistantConfig, TextConfig
 from ..errors import ModelFormatError
 from ..gguf.metadata import config_from_gguf
 from ..gguf.names import ROPE_FREQS, SHARED_LAYER_KV, name_map, norm_offset
-from ..gguf.reader import FLOAT_TYPES, GGUFFile, open_gguf, tensor_shape, tensor_values
+from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_shape, tensor_values
 from ..models.assistant import AssistantModel
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel
@@ -29,6 +29,8 @@ from .hf import LoadReport
 from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
 
 __all__ = ["load_gguf_model", "empty_model"]
+
+CHUNK_BYTES = 32 << 20  # quantized bytes dequantized at once
 
 
 def empty_model(config: TextConfig | AssistantConfig) -> nn.Module:
@@ -50,6 +52,23 @@ def _auto_dtype(gf: GGUFFile) -> str:
     """`auto`: float32 for an all-F32 file, else bfloat16 (half the memory; the fast CPU float path)."""
     types = {t.tensor_type for t in gf.tensors.values() if len(t.shape) > 1}
     return "float32" if types <= {GGMLQuantizationType.F32} else "bfloat16"
+
+
+def _float_tensor(t: TensorInfo, dtype: torch.dtype, offset: float) -> torch.Tensor:
+    """Dequantize into a tensor of `dtype`, a slab of rows at a time: the float32 intermediate of a
+    262,144-row embedding would otherwise double the peak memory of a load. `offset` is what the
+    file adds to the weights (llama.cpp stores Gemma 3 norms as 1 + w)."""
+    if t.data.ndim == 1:  # a vector: one row of blocks
+        values = torch.from_numpy(np.require(tensor_values(t), requirements=["C", "W"]))
+        return (values - offset).to(dtype)
+    out = torch.empty(tensor_shape(t), dtype=dtype)
+    n_rows = t.data.shape[0]
+    step = max(1, CHUNK_BYTES // max(1, t.n_bytes // n_rows))
+    for start in range(0, n_rows, step):
+        part = TensorInfo(t.name, t.tensor_type, t.shape, t.data_offset, 0, t.data[start : start + step])
+        values = torch.from_numpy(np.require(tensor_values(part, whole=False), requirements=["C", "W"]))
+        out[start : start + step] = values - offset if offset else values
+    return out
 
 
 def _shared_layer_kv(gguf_name: str, shared_layers: set[int]) -> bool:
@@ -98,16 +117,12 @@ def load_gguf_model(
                 f"{gf.path}: tensor {name} has shape {list(shape)}, the metadata implies {list(want.shape)} "
                 f"(for {ours}); the file is inconsistent"
             )
-        values = torch.from_numpy(np.require(tensor_values(t), requirements=["C", "W"]))
         if want.dtype.is_floating_point:
-            offset = norm_offset(text.family, ours)
-            if offset:
-                values = values - offset  # llama.cpp stores Gemma 3 norms as 1 + w
-            values = values.to(want_dtype)
+            values = _float_tensor(t, want_dtype, norm_offset(text.family, ours))
             if t.tensor_type not in FLOAT_TYPES:
                 dequantized[t.tensor_type.name] += 1
         else:
-            values = values.to(want.dtype)
+            values = torch.from_numpy(np.array(tensor_values(t))).to(want.dtype)
         loaded[ours] = values
         report.n_tensors += 1
         report.n_bytes += values.numel() * values.element_size()
