@@ -285,6 +285,16 @@ def test_shared_kv_view_reads_the_last_kv_owning_layer_of_its_kind(model):
     view = cache.shared_kv(SLIDING)
     owner = CONFIG.last_kv_owner(SLIDING)
     assert owner == 3
-    ring = cache.ring_size
-    assert torch.equal(view.keys, cache.keys[owner][:, :, :ring])
+    span = min(cache.ring_size, 6)  # only the slots filled so far, until the ring wraps
+    assert torch.equal(view.keys, cache.keys[owner][:, :, :span])
     assert view.window == WINDOW
+
+
+def test_rolling_back_past_what_the_ring_holds_is_refused(model):
+    cache = model.make_cache(max_context=64, max_draft=2)
+    forward(model, cache, tokens_of(23, 20), 0)
+    forward(model, cache, tokens_of(24, 5), 20)  # more than max_draft + 1 past the commit point
+    with pytest.raises(ValueError, match="past the sliding ring"):
+        cache.rollback([20])
+    cache.rollback([23])  # max_draft (2) back from what was written: still fine
+    cache.rollback([0])  # forgetting everything is always fine

@@ -57,7 +57,10 @@ class ForwardPlan:
     full_span: int  # number of leading full slots any query can see
     full_mask: torch.Tensor  # [B, 1, T, full_span]
     ring_slots: torch.Tensor  # [B, T] slot per token in sliding rings (trash when not kept)
-    sliding_mask: torch.Tensor  # [B, 1, T, ring + T]: [old ring slots | this forward's tokens]
+    ring_positions: torch.Tensor  # [B, ring + 1] what the ring holds once this forward is written
+    ring_span: int  # leading ring slots that can hold anything (all of them once the ring wrapped)
+    write_first: bool  # short forwards write the ring, then attend to it; long ones attend to [ring | new]
+    sliding_mask: torch.Tensor  # [B, 1, T, span] (write_first) or [B, 1, T, ring + T]
 
 
 class KVCache:
@@ -81,6 +84,9 @@ class KVCache:
         self.ring_size = min(self.window + max_draft + 1, max_context)
         self.device = devices[0]
         self.lengths = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.written = torch.zeros(
+            batch_size, dtype=torch.long, device=self.device
+        )  # highest end ever written
         self.ring_positions = torch.full(
             (batch_size, self.ring_size + 1), -1, dtype=torch.long, device=self.device
         )
@@ -100,11 +106,23 @@ class KVCache:
         new = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
         if bool((new > self.lengths).any()) or bool((new < 0).any()):
             raise ValueError(f"rollback to {new.tolist()} from {self.lengths.tolist()}: can only shrink")
+        # the ring holds positions > written - ring; a query at `new` (or a drafter) needs new - window - 1 on
+        oldest_needed = (new - self.window - 1).clamp(min=0)
+        lost = (
+            (new > 0) & (oldest_needed < self.written - self.ring_size) & (self.ring_size < self.max_context)
+        )
+        if bool(lost.any()):
+            raise ValueError(
+                f"rollback to {new.tolist()} reaches past the sliding ring (written up to "
+                f"{self.written.tolist()}, ring {self.ring_size}); at most max_draft={self.max_draft} "
+                "positions can be rolled back"
+            )
         self.lengths.copy_(new)
 
     def reset(self, rows: list[int] | None = None) -> None:
         rows_t = slice(None) if rows is None else torch.as_tensor(rows, device=self.device)
         self.lengths[rows_t] = 0
+        self.written[rows_t] = 0
         self.ring_positions[rows_t] = -1
 
     def memory_bytes(self) -> dict[str, int]:
@@ -135,15 +153,41 @@ class KVCache:
         full_slots = torch.where(valid, positions, self.max_context)
 
         ring = self.ring_size
-        old = self.ring_positions[:, None, None, :ring]  # [B, 1, 1, ring]
-        old_ok = (old >= 0) & (old < self.lengths[:, None, None, None]) & (old > q - self.window) & (q >= 0)
-        new = positions[:, None, None, :]  # [B, 1, 1, T]
-        new_ok = (new >= 0) & (new <= q) & (new > q - self.window)
-        sliding_mask = torch.cat([old_ok, new_ok], dim=-1)
-        sliding_mask[..., ring] |= ~(q[..., 0] >= 0)  # first new column: padding queries stay finite
         kept = valid & (positions >= end[:, None] - ring)  # only the last `ring` positions survive
         ring_slots = torch.where(kept, positions % ring, ring)
-        return ForwardPlan(positions, full_slots, full_span, full_mask, ring_slots, sliding_mask)
+        rows = torch.arange(self.batch_size, device=self.device)[:, None]
+        ring_positions = self.ring_positions.clone()
+        ring_positions[rows, ring_slots] = torch.where(kept, positions, -1)
+        ring_positions[:, ring] = -1
+        # Writing T tokens evicts positions up to (last - ring); the first query needs (first - window)
+        # onwards, so up to max_draft + 1 tokens (decode, verify) can be written before attending.
+        write_first = positions.shape[1] <= ring - self.window + 1
+        if write_first:
+            span = min(ring, int(end.max()))  # slots are filled in order until the ring wraps
+            held = ring_positions[:, None, None, :span]  # [B, 1, 1, span]
+            sliding_mask = (held >= 0) & (held <= q) & (held > q - self.window)
+            sliding_mask[..., 0] |= ~(q[..., 0] >= 0)
+        else:
+            span = ring
+            old = self.ring_positions[:, None, None, :ring]  # [B, 1, 1, ring]
+            old_ok = (
+                (old >= 0) & (old < self.lengths[:, None, None, None]) & (old > q - self.window) & (q >= 0)
+            )
+            new = positions[:, None, None, :]  # [B, 1, 1, T]
+            new_ok = (new >= 0) & (new <= q) & (new > q - self.window)
+            sliding_mask = torch.cat([old_ok, new_ok], dim=-1)
+            sliding_mask[..., ring] |= ~(q[..., 0] >= 0)  # first new column: padding queries stay finite
+        return ForwardPlan(
+            positions,
+            full_slots,
+            full_span,
+            full_mask,
+            ring_slots,
+            ring_positions,
+            span,
+            write_first,
+            sliding_mask,
+        )
 
     def attend_full(self, layer: int, plan: ForwardPlan, k: torch.Tensor, v: torch.Tensor):
         """Write this forward's KV ([B, H, T, D]) and return (keys, values, mask) to attend to."""
@@ -156,27 +200,27 @@ class KVCache:
         return kb[:, :, :span], vb[:, :, :span], plan.full_mask.to(kb.device)
 
     def attend_sliding(self, layer: int, plan: ForwardPlan, k: torch.Tensor, v: torch.Tensor):
-        """Return ([old ring | new] keys, values, mask), then store the new KV in the ring."""
+        """Store the new KV in the ring and return (keys, values, mask) to attend to."""
         kb, vb = self.keys[layer], self.values[layer]
         ring = self.ring_size
-        keys = torch.cat([kb[:, :, :ring], k.to(kb.dtype)], dim=2)
-        values = torch.cat([vb[:, :, :ring], v.to(vb.dtype)], dim=2)
+        if not plan.write_first:  # a long chunk would evict what its own first queries need
+            keys = torch.cat([kb[:, :, :ring], k.to(kb.dtype)], dim=2)
+            values = torch.cat([vb[:, :, :ring], v.to(vb.dtype)], dim=2)
         rows = torch.arange(kb.shape[0], device=kb.device)[:, None]
         slots = plan.ring_slots.to(kb.device)
         kb[rows, :, slots] = k.transpose(1, 2).to(kb.dtype)
         vb[rows, :, slots] = v.transpose(1, 2).to(vb.dtype)
+        if plan.write_first:
+            keys, values = kb[:, :, : plan.ring_span], vb[:, :, : plan.ring_span]
         return keys, values, plan.sliding_mask.to(kb.device)
 
     def finish(self, plan: ForwardPlan) -> None:
         """Commit a forward: record ring positions and advance `lengths`."""
-        rows = torch.arange(self.batch_size, device=self.device)[:, None]
-        self.ring_positions[rows, plan.ring_slots] = torch.where(
-            plan.ring_slots < self.ring_size, plan.positions, -1
-        )
-        self.ring_positions[:, self.ring_size] = -1
+        self.ring_positions.copy_(plan.ring_positions)
         valid = plan.positions >= 0
         end = torch.where(valid, plan.positions + 1, 0).amax(dim=1)
         self.lengths.copy_(torch.maximum(end, self.lengths))
+        self.written = torch.maximum(self.written, end)
 
     def shared_kv(self, kind: str, layer: int | None = None) -> SharedKV:
         """Live view of the KV of `layer` (default: the last KV-owning layer of `kind`)."""
@@ -189,11 +233,13 @@ class KVCache:
             return SharedKV(
                 self.keys[layer][:, :, :span], self.values[layer][:, :, :span], pos, self.lengths, None
             )
-        ring = self.ring_size
+        span = max(
+            min(self.ring_size, int(self.written.max())), 1
+        )  # slots fill in order until the ring wraps
         return SharedKV(
-            self.keys[layer][:, :, :ring],
-            self.values[layer][:, :, :ring],
-            self.ring_positions[:, :ring],
+            self.keys[layer][:, :, :span],
+            self.values[layer][:, :, :span],
+            self.ring_positions[:, :span],
             self.lengths,
             self.window,
         )
