@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from .speculative.mtp import MTPDrafter
 from .speculative.ngram import NgramDrafter
 from .speculative.stats import SpecStats
 from .weights.hf import LoadReport, load_hf_model
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 __all__ = ["load", "Engine", "Result", "Step", "Timings", "SpecOptions"]
 
@@ -59,14 +63,20 @@ def load(
     n_gpu_layers: int | None = None,
     n_gpu_layers_draft: int | None = None,
     ctx_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Engine:
-    """Load a target (and optionally its drafter) from HF directories."""
+    """Load a target (and optionally its drafter) from HF directories.
+
+    ``progress(n_loaded, n_total)`` is called as the target's tensors load (for a progress bar).
+    """
     if model is None:
         raise UsageError("no model given: pass -m/--model with a Hugging Face model directory")
     if ctx_size < 2:
         raise UsageError(f"-c/--ctx-size {ctx_size} is too small; use at least 2")
     t0 = time.perf_counter()
-    target, config, report = _load_any(model, dtype=dtype, device=device, n_gpu_layers=n_gpu_layers)
+    target, config, report = _load_any(
+        model, dtype=dtype, device=device, n_gpu_layers=n_gpu_layers, progress=progress
+    )
     if isinstance(config, AssistantConfig):
         raise ModelFormatError(
             f"{model}: this is an assistant (drafter) model, not a target; pass it with -md/--model-draft "
@@ -102,6 +112,8 @@ class Engine:
         self.stop_ids = stop_ids
         self.drafter = drafter
         self.load_report: LoadReport | None = None
+        # Optional: set it to take text prompts, fill `Result.text`/`Step.text`, and stop on its ids too.
+        self.tokenizer: Tokenizer | None = None
         self.load_s = 0.0
         self.stats: dict[str, SpecStats] = {}  # cumulative, per strategy
         self.decoder = BatchDecoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
@@ -125,9 +137,9 @@ class Engine:
 
     def _prompt_ids(self, prompt: list[int] | str) -> list[int]:
         if isinstance(prompt, str):
-            raise UsageError(
-                "text prompts need a tokenizer, which this version does not have; pass token ids"
-            )
+            if self.tokenizer is None:
+                raise UsageError("text prompts need a tokenizer: set engine.tokenizer, or pass token ids")
+            prompt = self.tokenizer.encode(prompt)
         ids = [int(t) for t in prompt]
         if not ids:
             raise UsageError("the prompt is empty; give at least one token id")
@@ -165,18 +177,26 @@ class Engine:
         ids = self._prompt_ids(prompt)
         result = result if result is not None else Result()
         result.n_prompt = len(ids)
-        slot = self.decoder.add(
-            ids, n_predict=n_predict, sampling=sampling, spec=spec, stop_ids=self.stop_ids
-        )
+        tokenizer, stop_ids, text = self.tokenizer, self.stop_ids, None
+        if tokenizer is not None:  # the model's EOS ids and the tokenizer's end-of-generation ids
+            stop_ids, text = stop_ids | tokenizer.stop_ids, tokenizer.incremental_decoder()
+        slot = self.decoder.add(ids, n_predict=n_predict, sampling=sampling, spec=spec, stop_ids=stop_ids)
         try:
             while not slot.done:
                 new = self.decoder.step().get(slot.row, [])
                 result.token_ids.extend(new)
                 if new:
-                    yield Step(token_ids=new)
+                    piece = ""
+                    if text is not None:  # the stop token ends the text; it is not part of it
+                        piece = text.push(new[:-1] if slot.stop_reason == "eos" else new)
+                        piece += text.flush() if slot.done else ""
+                    yield Step(token_ids=new, text=piece)
         finally:
             self.decoder.release(slot)
             self._finish(slot, result)
+            if tokenizer is not None:
+                generated = result.token_ids
+                result.text = tokenizer.decode(generated[:-1] if result.stop_reason == "eos" else generated)
 
     def _finish(self, slot: Slot, result: Result) -> None:
         result.n_generated = len(result.token_ids)
