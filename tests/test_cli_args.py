@@ -10,7 +10,7 @@ import types
 import pytest
 
 import gemma_mtp
-from gemma_mtp.cli.args import RunOptions
+from gemma_mtp.cli.args import ChatOptions, RunOptions
 from gemma_mtp.cli.main import PLANNED_COMMANDS, build_parser, main
 from gemma_mtp.errors import GemmaMTPError, ModelFormatError, UsageError
 from gemma_mtp.sampling import SamplingParams
@@ -39,7 +39,7 @@ class FakeResult:
 
 
 class FakeApi(types.ModuleType):
-    """Stands in for gemma_mtp.api: records calls; `error` makes `load` raise it."""
+    """Stands in for gemma_mtp.api and the engine it loads: records calls; `error` makes `load` raise it."""
 
     def __init__(self) -> None:
         super().__init__("gemma_mtp.api")
@@ -47,6 +47,8 @@ class FakeApi(types.ModuleType):
         self.generate_calls: list[tuple] = []
         self.error: BaseException | None = None
         self.text = ""
+        self.load_report = None
+        self.config = types.SimpleNamespace(vocab_size=256)
 
     def load(self, model, draft=None, **options):
         self.load_calls.append((model, draft, options))
@@ -57,6 +59,13 @@ class FakeApi(types.ModuleType):
     def generate(self, prompt_ids, *, n_predict, sampling, spec):
         self.generate_calls.append((prompt_ids, n_predict, sampling, spec))
         return FakeResult(self.text)
+
+    def stream(self, prompt_ids, *, n_predict, sampling, spec, result):
+        self.generate_calls.append((prompt_ids, n_predict, sampling, spec))
+        result.token_ids.extend(RESULT_DICT["token_ids"])
+        result.timings.decode_tokens_per_s = RESULT_DICT["timings"]["decode_tokens_per_s"]
+        if self.text:
+            yield types.SimpleNamespace(token_ids=result.token_ids, text=self.text)
 
 
 @pytest.fixture
@@ -97,6 +106,9 @@ RUN = ("run", "-m", "model-dir", "--prompt-ids", "2,105,7")
         ("dtype", ["--dtype"], "bfloat16", "bfloat16"),
         ("spec_type", ["--spec-type"], "ngram", "ngram"),
         ("prompt_ids", ["--prompt-ids"], "2, 105,7", [2, 105, 7]),
+        ("system_prompt", ["-sys", "--system-prompt"], "be brief", "be brief"),
+        ("chat_template_file", ["--chat-template-file"], "t.jinja", "t.jinja"),
+        ("reasoning", ["-rea", "--reasoning"], "off", "off"),
     ],
 )
 def test_every_alias_sets_the_same_dest(dest, aliases, value, expected):
@@ -106,7 +118,12 @@ def test_every_alias_sets_the_same_dest(dest, aliases, value, expected):
 
 @pytest.mark.parametrize(
     "dest, aliases",
-    [("chat", ["--jinja", "--chat"]), ("spec_autotune", ["--spec-autotune"]), ("json", ["--json"])],
+    [
+        ("chat", ["--jinja", "--chat"]),
+        ("spec_autotune", ["--spec-autotune"]),
+        ("json", ["--json"]),
+        ("quiet", ["-q", "--quiet", "--log-disable"]),
+    ],
 )
 def test_every_switch_alias_sets_the_same_dest(dest, aliases):
     assert getattr(parse_run(), dest) is False
@@ -128,6 +145,13 @@ def test_run_defaults_come_from_the_dataclasses():
 def test_documented_defaults():
     args = parse_run()
     assert (args.n_predict, args.ctx_size, args.spec_draft_n_max) == (128, 4096, 3)
+    assert args.reasoning == "auto"
+
+
+def test_chat_shares_the_flags_and_answers_until_the_end_of_turn():
+    args = build_parser().parse_args(["chat", "-m", "d", "--draft-max", "5", "--temp", "0", "-rea", "on"])
+    assert (args.model, args.spec_draft_n_max, args.temperature, args.reasoning) == ("d", 5, 0.0, "on")
+    assert args.n_predict == ChatOptions().n_predict == -1
 
 
 @pytest.mark.parametrize("argv", [["--verbose", "run"], ["run", "--verbose"]])
@@ -161,6 +185,7 @@ def test_run_passes_flags_to_load_and_generate(api):
         "n_gpu_layers": 3,
         "n_gpu_layers_draft": 2,
         "ctx_size": 256,
+        "progress": None,  # no progress bar: stderr is not a terminal here
     }
     assert api.load_calls == [("model-dir", None, options)]
     sampling = SamplingParams(temperature=0.0, top_k=5, seed=9)
@@ -184,7 +209,8 @@ def test_plain_output_prints_ids_and_a_summary(api, capsys):
     assert captured.err.endswith("tok/s\n") and captured.err.startswith("3 tokens in ")
 
 
-def test_plain_output_prefers_text(api, capsys):
+def test_plain_output_streams_text_when_the_model_has_a_tokenizer(api, capsys, monkeypatch):
+    monkeypatch.setattr("gemma_mtp.cli.run.read_tokenizer", lambda model, required: object())
     api.text = "hello"
     assert main(list(RUN)) == 0
     assert capsys.readouterr().out == "hello\n"
@@ -243,12 +269,28 @@ def test_missing_prompt_or_model_is_a_usage_error(api, capsys):
     assert "--model" in one_line_error(capsys)
 
 
-@pytest.mark.parametrize("flags", [["-p", "hi"], ["-f", "prompt.txt"]])
-def test_text_prompts_need_a_tokenizer(flags, api, capsys):
-    assert main(["run", "-m", "d", *flags]) == 1
-    assert (
-        one_line_error(capsys) == "error: text prompts need a tokenizer; this version accepts --prompt-ids\n"
-    )
+def test_text_prompts_need_the_model_tokenizer(api, capsys, tmp_path):
+    assert main(["run", "-m", str(tmp_path), "-p", "hi"]) == 1
+    assert "no tokenizer.json" in one_line_error(capsys)
+    assert api.load_calls == []
+
+
+def test_a_missing_prompt_file_is_named(api, capsys, tmp_path):
+    missing = tmp_path / "nope.txt"
+    assert main(["run", "-m", "d", "-f", str(missing)]) == 1
+    assert one_line_error(capsys) == f"error: -f/--file {missing}: no such file\n"
+
+
+@pytest.mark.parametrize("flags", [["--chat"], ["-sys", "be brief"], ["--reasoning", "on"]])
+def test_template_flags_do_not_go_with_prompt_ids(flags, api, capsys):
+    assert main([*RUN, *flags]) == 2
+    assert "--prompt-ids" in one_line_error(capsys)
+
+
+def test_prompt_ids_outside_the_model_vocabulary_exit_1(api, capsys):
+    assert main(["run", "-m", "d", "--prompt-ids", "2,256"]) == 1
+    assert "token id 256 is outside the model's vocabulary (0..255)" in one_line_error(capsys)
+    assert api.generate_calls == []
 
 
 @pytest.mark.parametrize(

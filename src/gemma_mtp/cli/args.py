@@ -1,6 +1,7 @@
-"""Flags of ``gemma-mtp run``: llama.cpp names, old spellings kept as aliases.
+"""Flags of ``gemma-mtp run`` and ``chat``: llama.cpp names, old spellings kept as aliases.
 
-Defaults come from ``RunOptions`` and ``SamplingParams``; nothing here repeats a default value.
+Defaults come from ``RunOptions``/``ChatOptions`` and ``SamplingParams``; nothing here repeats a
+default value. ``run`` and ``chat`` share the model, speculative, template and sampling groups.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ from gemma_mtp.speculative.base import SPEC_TYPES, SpecOptions
 
 __all__ = [
     "RunOptions",
+    "ChatOptions",
     "SPEC_TYPES",
+    "REASONING_CHOICES",
     "RUN_FIELDS",
     "SAMPLING_FIELDS",
     "add_run_arguments",
+    "add_chat_arguments",
     "parse_token_ids",
 ]
 
 _SPEC = SpecOptions()  # the speculative defaults live in the engine's options, not here
 _SPEC_ALIASES = {"draft-mtp": "mtp"}
+REASONING_CHOICES = ("auto", "on", "off")  # auto: the template's own default (llama.cpp's -rea)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,7 +52,11 @@ class RunOptions:
     n_gpu_layers_draft: int | None = None
     dtype: str = "auto"
     chat: bool = False
+    system_prompt: str | None = None
+    chat_template_file: str | None = None
+    reasoning: str = "auto"
     json: bool = False
+    quiet: bool = False
     verbose: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +74,28 @@ class RunOptions:
             return "mtp" if self.model_draft else "none"
         return _SPEC_ALIASES.get(self.spec_type, self.spec_type)
 
+    @property
+    def enable_thinking(self) -> bool | None:
+        """``--reasoning``: True/False for the template's ``enable_thinking``; None leaves it unset."""
+        return {"on": True, "off": False}.get(self.reasoning)
+
+    @property
+    def uses_template(self) -> bool:
+        """``--chat``, or any flag that only means something with the chat template."""
+        return (
+            self.chat
+            or self.system_prompt is not None
+            or self.chat_template_file is not None
+            or self.reasoning != "auto"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChatOptions(RunOptions):
+    """``chat``: answers run until the model ends its turn (llama.cpp's interactive default)."""
+
+    n_predict: int = -1
+
 
 def parse_token_ids(text: str) -> list[int]:
     """``"2,105,7"`` -> ``[2, 105, 7]``; argparse turns the error into a one-line usage error."""
@@ -81,33 +112,73 @@ def parse_token_ids(text: str) -> list[int]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    run = RunOptions()
-    sampling = SamplingParams()
+    defaults = RunOptions()
+    _add_model_arguments(parser, defaults)
+    _add_spec_arguments(parser, defaults)
 
+    prompt = parser.add_argument_group("prompt and output")
+    source = prompt.add_mutually_exclusive_group()
+    source.add_argument("-p", "--prompt", default=defaults.prompt, metavar="TEXT", help="prompt text")
+    source.add_argument(
+        "-f", "--file", default=defaults.file, metavar="PATH", help="read the prompt text from a file"
+    )
+    source.add_argument(
+        "--prompt-ids",
+        dest="prompt_ids",
+        type=parse_token_ids,
+        default=defaults.prompt_ids,
+        metavar="ID,ID,...",
+        help="prompt as raw token ids, e.g. 2,105,2364 (needs no tokenizer)",
+    )
+    _add_n_predict(prompt, defaults)
+    prompt.add_argument(
+        "--jinja",
+        "--chat",
+        dest="chat",
+        action="store_true",
+        help="apply the model's chat template to the prompt (as one user message)",
+    )
+    prompt.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    _add_template_arguments(parser, defaults, implies_chat=True)
+    _add_log_arguments(parser)
+    _add_sampling_arguments(parser)
+
+
+def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ChatOptions()
+    _add_model_arguments(parser, defaults)
+    _add_spec_arguments(parser, defaults)
+    _add_n_predict(parser.add_argument_group("answers"), defaults)
+    _add_template_arguments(parser, defaults, implies_chat=False)
+    _add_log_arguments(parser)
+    _add_sampling_arguments(parser)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
     model = parser.add_argument_group("models")
     model.add_argument(
         "-m",
         "--model",
-        default=run.model,
-        metavar="DIR",
-        help="Hugging Face model directory (required for now)",
+        default=defaults.model,
+        metavar="PATH",
+        help="Hugging Face model directory or .gguf file (required for now)",
     )
     model.add_argument(
         "-md",
         "--model-draft",
         "--spec-draft-model",
         dest="model_draft",
-        default=run.model_draft,
-        metavar="DIR",
-        help="drafter (MTP assistant or draft model) directory",
+        default=defaults.model_draft,
+        metavar="PATH",
+        help="drafter (MTP assistant or draft model)",
     )
     model.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default=run.device, help="(default: %(default)s)"
+        "--device", choices=("cpu", "cuda", "auto"), default=defaults.device, help="(default: %(default)s)"
     )
     model.add_argument(
         "--dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
-        default=run.dtype,
+        default=defaults.dtype,
         help="(default: %(default)s)",
     )
     model.add_argument(
@@ -115,7 +186,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-gpu-layers",
         dest="n_gpu_layers",
         type=int,
-        default=run.n_gpu_layers,
+        default=defaults.n_gpu_layers,
         metavar="N",
         help="target layers on the GPU (default: all when --device is a GPU)",
     )
@@ -124,7 +195,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--n-gpu-layers-draft",
         dest="n_gpu_layers_draft",
         type=int,
-        default=run.n_gpu_layers_draft,
+        default=defaults.n_gpu_layers_draft,
         metavar="N",
         help="drafter layers on the GPU",
     )
@@ -133,17 +204,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--ctx-size",
         dest="ctx_size",
         type=int,
-        default=run.ctx_size,
+        default=defaults.ctx_size,
         metavar="N",
         help="context size in tokens (default: %(default)s)",
     )
 
+
+def _add_spec_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
     spec = parser.add_argument_group("speculative decoding")
     spec.add_argument(
         "--spec-type",
         dest="spec_type",
         choices=(*SPEC_TYPES, *_SPEC_ALIASES),
-        default=run.spec_type,
+        default=defaults.spec_type,
         help="default: mtp when a drafter is given, else none",
     )
     spec.add_argument(
@@ -152,7 +225,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft",
         dest="spec_draft_n_max",
         type=int,
-        default=run.spec_draft_n_max,
+        default=defaults.spec_draft_n_max,
         metavar="N",
         help="most tokens drafted per round (default: %(default)s)",
     )
@@ -161,7 +234,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft-min",
         dest="spec_draft_n_min",
         type=int,
-        default=run.spec_draft_n_min,
+        default=defaults.spec_draft_n_min,
         metavar="N",
         help="fewest tokens drafted per round (default: %(default)s)",
     )
@@ -170,7 +243,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--draft-p-min",
         dest="spec_draft_p_min",
         type=float,
-        default=run.spec_draft_p_min,
+        default=defaults.spec_draft_p_min,
         metavar="P",
         help="stop drafting below this draft probability",
     )
@@ -178,35 +251,64 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--spec-autotune", dest="spec_autotune", action="store_true", help="tune the draft length"
     )
 
-    prompt = parser.add_argument_group("prompt and output")
-    source = prompt.add_mutually_exclusive_group()
-    source.add_argument(
-        "-p", "--prompt", default=run.prompt, metavar="TEXT", help="prompt text (needs a tokenizer)"
-    )
-    source.add_argument(
-        "-f", "--file", default=run.file, metavar="PATH", help="read the prompt text from a file"
-    )
-    source.add_argument(
-        "--prompt-ids",
-        dest="prompt_ids",
-        type=parse_token_ids,
-        default=run.prompt_ids,
-        metavar="ID,ID,...",
-        help="prompt as raw token ids, e.g. 2,105,2364",
-    )
-    prompt.add_argument(
+
+def _add_n_predict(group: argparse._ArgumentGroup, defaults: RunOptions) -> None:
+    group.add_argument(
         "-n",
         "--n-predict",
         dest="n_predict",
         type=int,
-        default=run.n_predict,
+        default=defaults.n_predict,
         metavar="N",
         help="tokens to generate, -1 = until end of sequence (default: %(default)s)",
     )
-    prompt.add_argument("--jinja", "--chat", dest="chat", action="store_true", help="apply the chat template")
-    prompt.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    prompt.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
+
+def _add_template_arguments(
+    parser: argparse.ArgumentParser, defaults: RunOptions, *, implies_chat: bool
+) -> None:
+    group = parser.add_argument_group("chat template")
+    implied = " (implies --chat)" if implies_chat else ""
+    group.add_argument(
+        "-sys",
+        "--system-prompt",
+        dest="system_prompt",
+        default=defaults.system_prompt,
+        metavar="TEXT",
+        help=f"system message{implied}",
+    )
+    group.add_argument(
+        "--chat-template-file",
+        dest="chat_template_file",
+        default=defaults.chat_template_file,
+        metavar="FILE",
+        help=f"use this Jinja template (or a tokenizer_config.json) instead of the model's{implied}",
+    )
+    group.add_argument(
+        "-rea",
+        "--reasoning",
+        dest="reasoning",
+        choices=REASONING_CHOICES,
+        default=defaults.reasoning,
+        help=f"thinking (the template's enable_thinking); auto = the template's default{implied}",
+    )
+
+
+def _add_log_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("logging")
+    group.add_argument(
+        "-q",
+        "--quiet",
+        "--log-disable",
+        dest="quiet",
+        action="store_true",
+        help="no progress bar, load summary or timing lines on stderr (errors still print)",
+    )
+    group.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    sampling = SamplingParams()
     sample = parser.add_argument_group("sampling")
     sample.add_argument(
         "--temp",

@@ -8,7 +8,8 @@ import traceback
 from collections.abc import Callable
 
 from gemma_mtp import __version__
-from gemma_mtp.cli.args import add_run_arguments
+from gemma_mtp.cli.args import add_chat_arguments, add_run_arguments
+from gemma_mtp.cli.chat import chat_command
 from gemma_mtp.cli.run import run_command
 from gemma_mtp.errors import GemmaMTPError
 
@@ -16,7 +17,6 @@ __all__ = ["main", "build_parser", "PLANNED_COMMANDS"]
 
 # Registered so that `gemma-mtp --help` shows the whole surface; each says it is not there yet.
 PLANNED_COMMANDS = (
-    "chat",
     "serve",
     "bench",
     "convert",
@@ -27,7 +27,7 @@ PLANNED_COMMANDS = (
     "pair",
     "train-drafter",
 )
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": run_command}
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": run_command, "chat": chat_command}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="one generation", description="One generation.", allow_abbrev=False)
     add_run_arguments(run)
+    chat = commands.add_parser(
+        "chat",
+        help="interactive chat with the model's template",
+        description="Interactive chat: one line is one message; /reset clears the history, /exit quits.",
+        allow_abbrev=False,
+    )
+    add_chat_arguments(chat)
     for name in PLANNED_COMMANDS:
         commands.add_parser(name, help="(not available in this version yet)", allow_abbrev=False)
     return parser

@@ -1,4 +1,8 @@
-"""``gemma-mtp run``: one generation. Parses flags into options, calls the engine, formats."""
+"""``gemma-mtp run``: one generation. Parses flags into options, calls the engine, formats.
+
+Text goes to stdout as the engine commits it; the load summary and the timing line go to stderr,
+so ``--json`` output and piped text stay clean.
+"""
 
 from __future__ import annotations
 
@@ -6,97 +10,140 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gemma_mtp.cli.args import RUN_FIELDS, SAMPLING_FIELDS, RunOptions
-from gemma_mtp.errors import GemmaMTPError, UsageError
-from gemma_mtp.sampling import SamplingParams
-from gemma_mtp.speculative.base import SpecOptions
+from gemma_mtp.cli.args import RunOptions
+from gemma_mtp.cli.common import (
+    load_engine,
+    load_summary,
+    options_from_args,
+    print_lines,
+    read_tokenizer,
+    require_model,
+    sampling_from_args,
+    spec_from_options,
+    summary_line,
+)
+from gemma_mtp.engine.results import Result
+from gemma_mtp.errors import ContextOverflowError, GemmaMTPError, UsageError
 
-__all__ = ["run_command", "options_from_args", "sampling_from_args", "summary_line"]
+if TYPE_CHECKING:
+    from gemma_mtp.api import Engine
+    from gemma_mtp.tokenizer import Tokenizer
 
-_SAMPLING_FLAGS = {
-    "temperature": "--temp",
-    "top_k": "--top-k",
-    "top_p": "--top-p",
-    "min_p": "--min-p",
-    "seed": "-s/--seed",
-}
-
-
-def options_from_args(args: argparse.Namespace) -> RunOptions:
-    return RunOptions(**{name: getattr(args, name) for name in RUN_FIELDS if hasattr(args, name)})
-
-
-def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
-    values = {name: getattr(args, name) for name in SAMPLING_FIELDS}
-    values["seed"] = None if values["seed"] == -1 else values["seed"]
-    # Every check is per field, so validating one field at a time tells which flag is at fault.
-    for field, flag in _SAMPLING_FLAGS.items():
-        try:
-            SamplingParams(**{field: values[field]})
-        except UsageError as exc:
-            raise UsageError(f"{flag}: {exc}") from None
-    return SamplingParams(**values)
-
-
-def _prompt_ids(options: RunOptions) -> list[int]:
-    # Text prompts and the chat template arrive with the tokenizer.
-    if options.prompt is not None or options.file is not None:
-        raise GemmaMTPError("text prompts need a tokenizer; this version accepts --prompt-ids")
-    if options.chat:
-        raise GemmaMTPError(
-            "--chat/--jinja needs a tokenizer; this version accepts --prompt-ids without --chat"
-        )
-    if options.prompt_ids is None:
-        raise UsageError("no prompt: pass --prompt-ids ID,ID,... (e.g. --prompt-ids 2,105,2364)")
-    return options.prompt_ids
+__all__ = ["run_command", "options_from_args", "sampling_from_args", "summary_line", "chat_prompt_ids"]
 
 
 def run_command(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     sampling = sampling_from_args(args)
-    prompt_ids = _prompt_ids(options)
-    if options.model is None:
-        raise UsageError("no model: pass -m/--model DIR (a Hugging Face model directory)")
-    spec = SpecOptions(
-        type=options.resolved_spec_type,
-        n_max=options.spec_draft_n_max,
-        n_min=options.spec_draft_n_min,
-        p_min=options.spec_draft_p_min,
-    )
-    if spec.type in ("mtp", "draft") and options.model_draft is None:
-        raise UsageError(f"--spec-type {spec.type} needs a drafter: pass -md/--model-draft")
+    spec = spec_from_options(options)
+    text = _prompt_text(options)
+    model = require_model(options)
+    tokenizer = read_tokenizer(model, required=text is not None)
+    if text is None:
+        prompt_ids = list(options.prompt_ids or ())
+    elif options.uses_template:
+        prompt_ids = chat_prompt_ids(tokenizer, _messages(options, text), options)
+    else:
+        prompt_ids = tokenizer.encode(text)
+    check_fits(len(prompt_ids), options.ctx_size)  # before the weights load: they may take minutes
 
-    from gemma_mtp import api  # imported here so that --help and usage errors stay light
+    engine = load_engine(options, spec, show_progress=_show_progress(options))
+    if not options.quiet:
+        print_lines(load_summary(engine, options))
+    _check_vocabulary(prompt_ids, engine)
+    engine.tokenizer = tokenizer
 
-    engine = api.load(
-        options.model,
-        options.model_draft if spec.type in ("mtp", "draft") else None,
-        dtype=options.dtype,
-        device=options.device,
-        n_gpu_layers=options.n_gpu_layers,
-        n_gpu_layers_draft=options.n_gpu_layers_draft,
-        ctx_size=options.ctx_size,
-    )
     start = time.perf_counter()
-    result = engine.generate(prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec)
-    elapsed = time.perf_counter() - start
-
     if options.json:
+        result = engine.generate(prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec)
         print(json.dumps(result.to_dict()))
     else:
-        print(result.text if result.text else ",".join(str(t) for t in result.token_ids))
-        print(summary_line(result, elapsed), file=sys.stderr)
+        result = _stream(engine, prompt_ids, options, sampling, spec, tokenizer)
+    if not options.quiet and not options.json:
+        print(summary_line(result, time.perf_counter() - start), file=sys.stderr)
     return 0
 
 
-def summary_line(result, elapsed: float) -> str:
-    """`draft acceptance 0.74 (222/300), mean accepted length 2.9, 41.3 tok/s` (or plain timing)."""
-    rate = result.timings.decode_tokens_per_s
-    spec = result.speculative
-    if spec is None:
-        return f"{len(result.token_ids)} tokens in {elapsed:.2f} s, {rate:.1f} tok/s"
-    return (
-        f"draft acceptance {spec['acceptance_rate']:.2f} ({spec['accepted']}/{spec['drafted']}), "
-        f"mean accepted length {spec['mean_accepted_length']:.1f}, {rate:.1f} tok/s"
+def _stream(engine: Engine, prompt_ids, options: RunOptions, sampling, spec, tokenizer) -> Result:
+    """Write each committed piece of text as it arrives; without a tokenizer, the ids at the end."""
+    out = sys.stdout
+    result = Result()
+    for step in engine.stream(
+        prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec, result=result
+    ):
+        if step.text:
+            out.write(step.text)
+            out.flush()
+    if tokenizer is None:
+        out.write(",".join(str(t) for t in result.token_ids))
+    out.write("\n")
+    out.flush()
+    return result
+
+
+def _prompt_text(options: RunOptions) -> str | None:
+    """The text prompt (``-p`` or ``-f``), or None for ``--prompt-ids``."""
+    if options.prompt_ids is not None:
+        if options.uses_template:
+            raise UsageError(
+                "--chat/--jinja (and -sys, --chat-template-file, --reasoning) template a text prompt; "
+                "pass -p/--prompt or -f/--file instead of --prompt-ids"
+            )
+        return None
+    if options.prompt is not None:
+        return options.prompt
+    if options.file is not None:
+        return read_prompt_file(options.file)
+    raise UsageError("no prompt: pass -p/--prompt TEXT, -f/--file PATH or --prompt-ids ID,ID,...")
+
+
+def read_prompt_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GemmaMTPError(f"-f/--file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise GemmaMTPError(f"-f/--file {path}: cannot read it ({reason})") from None
+
+
+def _messages(options: RunOptions, text: str) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": options.system_prompt}] if options.system_prompt else []
+    return [*system, {"role": "user", "content": text}]
+
+
+def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict], options: RunOptions) -> list[int]:
+    """Render ``messages`` with the model's template (or ``--chat-template-file``) and encode them."""
+    from gemma_mtp.chat import render_chat
+
+    rendered = render_chat(
+        tokenizer,
+        messages,
+        enable_thinking=options.enable_thinking,
+        template_file=options.chat_template_file,
     )
+    return tokenizer.encode(rendered)
+
+
+def check_fits(n_prompt: int, ctx_size: int) -> None:
+    if n_prompt >= ctx_size:
+        raise ContextOverflowError(
+            f"the prompt has {n_prompt} tokens but -c/--ctx-size is {ctx_size}; "
+            "raise -c or shorten the prompt"
+        )
+
+
+def _check_vocabulary(prompt_ids: list[int], engine: Engine) -> None:
+    vocab_size = engine.config.vocab_size
+    bad = [t for t in prompt_ids if t >= vocab_size]
+    if bad:
+        raise GemmaMTPError(
+            f"--prompt-ids: token id {bad[0]} is outside the model's vocabulary (0..{vocab_size - 1})"
+        )
+
+
+def _show_progress(options: RunOptions) -> bool:
+    return not options.quiet and not options.json and sys.stderr.isatty()
