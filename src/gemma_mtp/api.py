@@ -35,9 +35,9 @@ def _load_any(
 ) -> tuple[torch.nn.Module, TextConfig | AssistantConfig, LoadReport]:
     path = Path(path)
     if path.suffix == ".gguf":
-        raise ModelFormatError(
-            f"{path}: GGUF files are not supported by this version yet; use a HF directory"
-        )
+        from .weights.gguf_loader import load_gguf_model
+
+        return load_gguf_model(path, **options)
     return load_hf_model(path, **options)
 
 
