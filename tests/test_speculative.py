@@ -213,7 +213,7 @@ def test_refuses_an_assistant_for_another_target(pair, reference_models):
     with pytest.raises(ModelFormatError, match="vocabulary mismatch"):
         Engine(target, config, ctx_size=32, stop_ids=frozenset(), drafter=assistant)
     g3, g3_config = ref.load_ours(reference_models.target("gemma3").path)
-    with pytest.raises(ModelFormatError, match="Gemma 3"):
+    with pytest.raises(ModelFormatError, match="mismatch"):
         Engine(g3, g3_config, ctx_size=32, stop_ids=frozenset(), drafter=assistant)
 
 

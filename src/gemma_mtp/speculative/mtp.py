@@ -31,9 +31,10 @@ def check_pair(target: TextConfig, assistant: AssistantConfig) -> None:
         raise ModelFormatError(
             "the draft model is not an MTP assistant; use --spec-type draft for a small target"
         )
-    if target.family == "gemma3":
-        raise ModelFormatError("MTP assistants pair with Gemma 4 targets; this target is Gemma 3")
-    if assistant.family != target.family:
+    # An assistant reads only the target's embeddings, final hidden state and KV, so a Gemma 4
+    # assistant can draft for a Gemma 3 target whose shapes agree (`gemma-mtp train-drafter` makes such).
+    trained_for_gemma3 = assistant.family == "gemma4" and target.family == "gemma3"
+    if assistant.family != target.family and not trained_for_gemma3:
         raise ModelFormatError(
             f"architecture mismatch: a {assistant.family} assistant cannot draft for a {target.family} target"
         )
@@ -54,6 +55,11 @@ def check_pair(target: TextConfig, assistant: AssistantConfig) -> None:
         if src.head_dim != spec.head_dim:
             raise ModelFormatError(
                 f"head dim mismatch on {spec.kind}: assistant {spec.head_dim}, target {src.head_dim}"
+            )
+        if assistant.text.num_heads % src.kv_heads:
+            raise ModelFormatError(
+                f"head count mismatch on {spec.kind}: {assistant.text.num_heads} assistant query heads "
+                f"cannot share the target's {src.kv_heads} KV heads"
             )
 
 
