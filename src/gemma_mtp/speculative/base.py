@@ -10,7 +10,7 @@ import torch
 from ..errors import UsageError
 from ..sampling import SamplingParams, probs_from_logits, sample
 
-__all__ = ["SPEC_TYPES", "SpecOptions", "Draft", "DraftRequest", "Drafter", "choose_token"]
+__all__ = ["SPEC_TYPES", "SpecOptions", "Draft", "DraftRequest", "Drafter", "DraftCollector", "choose_token"]
 
 SPEC_TYPES = ("none", "mtp", "ngram", "draft")
 MAX_DRAFT = 16  # the KV cache's rollback headroom (sliding rings keep window + MAX_DRAFT + 1 slots)
@@ -26,6 +26,7 @@ class SpecOptions:
     p_min: float = 0.0  # --spec-draft-p-min: stop drafting when a draft's probability is below it
     ngram_max: int = 3  # n-gram lookup tries this length down to ngram_min
     ngram_min: int = 1
+    autotune: bool = False  # --spec-autotune: the engine picks n_max (0..8) each round; n_max is the start
 
     def __post_init__(self) -> None:
         if self.type == "draft-mtp":
@@ -84,3 +85,33 @@ def choose_token(logits: torch.Tensor, request: DraftRequest) -> tuple[int, torc
     q = probs_from_logits(logits, request.sampling)
     token = int(sample(q, request.generator))
     return token, q, float(q[token])
+
+
+class DraftCollector:
+    """Per-row bookkeeping of an autoregressive drafting loop: which rows still draft, their tokens
+    and distributions. `offer` takes one step's logits for a row and returns the drafted token, or
+    None when the row stopped (its probability fell below p_min); `active` empties when all stop."""
+
+    def __init__(self, requests: list[DraftRequest]) -> None:
+        self.tokens: dict[int, list[int]] = {r.row: [] for r in requests}
+        self.qs: dict[int, list[torch.Tensor]] = {r.row: [] for r in requests}
+        self.active: dict[int, DraftRequest] = {r.row: r for r in requests if r.n_max > 0}
+
+    def offer(self, row: int, logits: torch.Tensor) -> int | None:
+        r = self.active[row]
+        token, q, p = choose_token(logits, r)
+        if p < r.options.p_min:
+            del self.active[row]
+            return None
+        self.tokens[row].append(token)
+        if q is not None:
+            self.qs[row].append(q)
+        if len(self.tokens[row]) >= r.n_max:
+            del self.active[row]
+        return token
+
+    def drafts(self) -> dict[int, Draft]:
+        return {
+            row: Draft(t, torch.stack(self.qs[row]) if self.qs[row] else None)
+            for row, t in self.tokens.items()
+        }

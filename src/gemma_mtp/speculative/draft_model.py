@@ -12,7 +12,7 @@ import torch
 from ..config import TextConfig
 from ..errors import ModelFormatError
 from ..models.gemma import GemmaModel
-from .base import Draft, DraftRequest, choose_token
+from .base import Draft, DraftCollector, DraftRequest
 
 __all__ = ["DraftModelDrafter"]
 
@@ -59,30 +59,20 @@ class DraftModelDrafter:
         last = torch.tensor([len(feeds.get(row, [0])) - 1 for row in range(batch)], device=dev)
         h = hidden_out[torch.arange(batch, device=dev), last][:, None]  # [B, 1, D]
         # 2. draft: one forward per further step over the rows still drafting
-        drafts: dict[int, list[int]] = {r.row: [] for r in requests}
-        qs: dict[int, list[torch.Tensor]] = {r.row: [] for r in requests}
-        active = {r.row: r for r in requests if r.n_max > 0}
-        while active:
+        collect = DraftCollector(requests)
+        while collect.active:
             logits = self.model.logits(h)[:, 0]
             step_tokens = torch.zeros(batch, 1, dtype=torch.long)
             step_pos = torch.full((batch, 1), -1, dtype=torch.long)
-            for row, r in list(active.items()):
-                tok, q, p = choose_token(logits[row], r)
-                if p < r.options.p_min:
-                    del active[row]
-                    continue
-                drafts[row].append(tok)
-                if q is not None:
-                    qs[row].append(q)
-                if len(drafts[row]) >= r.n_max:
-                    del active[row]
-                    continue
-                step_tokens[row, 0] = tok
-                step_pos[row, 0] = int(self.cache.lengths[row])
-            if not active:
+            for row in list(collect.active):
+                drafted = collect.offer(row, logits[row])
+                if drafted is not None and row in collect.active:  # fed only if it drafts again
+                    step_tokens[row, 0] = drafted
+                    step_pos[row, 0] = int(self.cache.lengths[row])
+            if not collect.active:
                 break
             h = self.model(step_tokens.to(dev), step_pos.to(dev), self.cache).hidden
-        return {row: Draft(drafts[row], torch.stack(qs[row]) if qs[row] else None) for row in drafts}
+        return collect.drafts()
 
     def reset_row(self, row: int) -> None:
         self.cache.reset([row])

@@ -20,7 +20,7 @@ from ..config import AssistantConfig, TextConfig
 from ..errors import ModelFormatError
 from ..models.assistant import AssistantModel
 from ..models.gemma import GemmaModel
-from .base import Draft, DraftRequest, choose_token
+from .base import Draft, DraftCollector, DraftRequest
 
 __all__ = ["MTPDrafter", "check_pair"]
 
@@ -85,26 +85,15 @@ class MTPDrafter:
         positions = self.cache.lengths[:, None].to(dev)
         shared = {kind: self.cache.shared_kv(kind) for kind in self.cache.config.layer_kinds}
         state = hidden
-        drafts: dict[int, list[int]] = {r.row: [] for r in requests}
-        qs: dict[int, list[torch.Tensor]] = {r.row: [] for r in requests}
-        active = {r.row: r for r in requests if r.n_max > 0}
-        step = 0
-        while active:
+        collect = DraftCollector(requests)
+        while collect.active:
             out = self.assistant(torch.cat([self.target.embed(token), state], dim=-1), positions, shared)
             state = out.hidden.to(dev)
-            for row, r in list(active.items()):
-                tok, q, p = choose_token(out.logits[row, 0], r)
-                if p < r.options.p_min:
-                    del active[row]
-                    continue
-                drafts[row].append(tok)
-                if q is not None:
-                    qs[row].append(q)
-                token[row, 0] = tok
-                if len(drafts[row]) >= r.n_max:
-                    del active[row]
-            step += 1
-        return {row: Draft(drafts[row], torch.stack(qs[row]) if qs[row] else None) for row in drafts}
+            for row in list(collect.active):
+                drafted = collect.offer(row, out.logits[row, 0])
+                if drafted is not None:
+                    token[row, 0] = drafted
+        return collect.drafts()
 
     def reset_row(self, row: int) -> None:
         pass
