@@ -1,0 +1,124 @@
+"""Make tests/fixtures/ggml once: float inputs and ggml's own quantized bytes for them.
+
+ggml's reference quantizer is the ground truth for our numpy encoders (gemma_mtp/gguf/codecs.py).
+This script calls `ggml_quantize_chunk` (no importance matrix) from a libggml-base.so built by
+llama-cpp-python, so the tests can prove bit-exactness without building llama.cpp in CI:
+
+    pip install llama-cpp-python==0.3.36          # builds llama.cpp from source (~15 min on 2 cores)
+    python scripts/make_ggml_fixtures.py \
+        --lib .../site-packages/llama_cpp/lib/libggml-base.so --out tests/fixtures/ggml
+
+Writes `inputs.npz` (float32 arrays, one per case), `<TYPE>.npz` (ggml's bytes per case) and
+`manifest.json` (the library, llama.cpp commit, sizes and sha256 of every file). The library is
+never committed; rerun only when ggml's block formats change (general.quantization_version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import hashlib
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+T = GGMLQuantizationType
+TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K)
+SEED = 20240607
+
+
+def make_inputs(seed: int = SEED) -> dict[str, np.ndarray]:
+    """Cases that reach every branch of the reference quantizers (rows are multiples of 256)."""
+    rng = np.random.default_rng(seed)
+
+    def normal(rows: int, cols: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+
+    sparse = normal(8, 512) * (rng.random((8, 512)) < 0.05)
+    sparse[0, :64] = 0.0  # whole zero sub-blocks and blocks
+    sparse[1, :] = 0.0
+    sparse[2, 32:64] = 0.75  # a constant sub-block
+    sparse[3, :256] = -2.0  # a constant negative block
+    mixed = normal(8, 512)
+    mixed[:, ::16] *= 1e-3  # sub-blocks spanning orders of magnitude
+    mixed[:, 5::32] *= 50.0
+    return {
+        "normal": normal(32, 512),
+        "weights": normal(32, 512, 0.02),  # trained-weight scale
+        "heavy_tailed": rng.standard_t(2.0, (16, 512)).astype(np.float32),
+        "positive": np.abs(normal(8, 256)) + np.float32(0.1),  # min > 0 branch
+        "negative": -np.abs(normal(8, 256)) - np.float32(0.1),
+        "sparse": sparse.astype(np.float32),
+        "mixed_scales": mixed.astype(np.float32),
+        "integers": rng.integers(-8, 9, (8, 256)).astype(np.float32),  # rounding ties
+        "halves": (rng.integers(-32, 33, (4, 256)) / 2).astype(np.float32),
+        "ramp": np.linspace(-3, 5, 4 * 512, dtype=np.float32).reshape(4, 512),
+        "tiny": normal(4, 256, 1e-6),  # fp16 subnormal super-block scales
+        "tinier": normal(4, 256, 1e-12),  # scales flush to zero in fp16
+        "huge": normal(4, 256, 3e4),
+    }
+
+
+def ggml_quantize(lib: ctypes.CDLL, qtype: GGMLQuantizationType, x: np.ndarray) -> np.ndarray:
+    rows, n_per_row = x.shape
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    out = np.zeros((rows, n_per_row // block * type_size), dtype=np.uint8)
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    written = lib.ggml_quantize_chunk(int(qtype), src.ctypes.data, out.ctypes.data, 0, rows, n_per_row, None)
+    assert written == out.nbytes, (qtype.name, written, out.nbytes)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lib", required=True, type=Path, help="path to libggml-base.so")
+    parser.add_argument("--out", type=Path, default=Path("tests/fixtures/ggml"))
+    parser.add_argument("--llama-cpp-commit", default="0c1e570", help="recorded in the manifest")
+    args = parser.parse_args()
+
+    lib = ctypes.CDLL(str(args.lib))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [
+        ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+    ]  # fmt: skip
+    lib.ggml_quantize_requires_imatrix.restype = ctypes.c_bool
+    lib.ggml_quantize_requires_imatrix.argtypes = [ctypes.c_int]
+    lib.ggml_version.restype = ctypes.c_char_p
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    inputs = make_inputs()
+    np.savez_compressed(args.out / "inputs.npz", **inputs)
+    files = {"inputs.npz": None}
+    requires_imatrix = {}
+    for qtype in TYPES:
+        requires_imatrix[qtype.name] = bool(lib.ggml_quantize_requires_imatrix(int(qtype)))
+        outputs = {name: ggml_quantize(lib, qtype, x) for name, x in inputs.items()}
+        np.savez_compressed(args.out / f"{qtype.name}.npz", **outputs)
+        files[f"{qtype.name}.npz"] = None
+    manifest = {
+        "made_by": "scripts/make_ggml_fixtures.py",
+        "function": "ggml_quantize_chunk(type, src, dst, 0, nrows, n_per_row, imatrix=NULL)",
+        "library": args.lib.name,
+        "ggml_version": lib.ggml_version().decode(),
+        "llama_cpp_python": "0.3.36",
+        "llama_cpp_commit": args.llama_cpp_commit,
+        "machine": f"{platform.system()} {platform.machine()}",
+        "seed": SEED,
+        "requires_imatrix": requires_imatrix,
+        "cases": {name: list(x.shape) for name, x in inputs.items()},
+        "sha256": {name: _sha256(args.out / name) for name in files},
+    }
+    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"wrote {len(files)} files to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
