@@ -1,0 +1,97 @@
+"""The loaded model the server runs on: its worker, tokenizer, chat template and defaults."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..chat import ChatTemplate
+from ..errors import GemmaMTPError, UsageError
+from ..speculative.base import SpecOptions
+from ..tokenizer import Tokenizer, load_tokenizer
+from .metrics import Metrics
+from .settings import ServerSettings
+from .worker import Worker
+
+__all__ = ["Service", "load_service"]
+
+
+@dataclass
+class Service:
+    """A loaded model, ready to serve."""
+
+    worker: Worker
+    tokenizer: Tokenizer
+    template: ChatTemplate | None  # None: the model has no chat template (completions only)
+    model_id: str
+    ctx_size: int
+    stop_ids: frozenset[int]  # the model's and the tokenizer's end-of-generation ids
+    default_spec: SpecOptions
+    n_predict: int
+    metrics: Metrics
+    created: int = field(default_factory=lambda: int(time.time()))
+    info: dict = field(default_factory=dict)
+
+    @property
+    def drafters(self) -> set[str]:
+        return set(self.worker.decoder.drafters)
+
+
+def load_service(settings: ServerSettings, *, metrics: Metrics | None = None) -> Service:
+    """Load the target (and drafter), build a ``parallel``-row decoder and its worker (not started)."""
+    from .. import api  # torch and the models: imported only when a server really loads
+
+    if settings.model is None:
+        raise UsageError("no model: pass -m/--model PATH (a Hugging Face model directory or a .gguf file)")
+    tokenizer = load_tokenizer(settings.model)
+    template = _template(tokenizer, settings)
+    drafter = settings.model_draft if settings.spec.type in ("mtp", "draft") else None
+    loaded = api.load(
+        settings.model,
+        drafter,
+        dtype=settings.dtype,
+        device=settings.device,
+        n_gpu_layers=settings.n_gpu_layers,
+        n_gpu_layers_draft=settings.n_gpu_layers_draft,
+        ctx_size=settings.ctx_size,
+    )
+    # `load` builds a one-row engine; the server needs `parallel` rows over the same weights.
+    engine = api.Engine(
+        loaded.target,
+        loaded.config,
+        ctx_size=settings.ctx_size,
+        stop_ids=loaded.stop_ids,
+        drafter=loaded.drafter,
+        max_batch=settings.parallel,
+    )
+    del loaded
+    metrics = metrics or Metrics()
+    worker = Worker(engine.decoder, max_queue=settings.max_queue, metrics=metrics)
+    return Service(
+        worker=worker,
+        tokenizer=tokenizer,
+        template=template,
+        model_id=settings.model_id,
+        ctx_size=settings.ctx_size,
+        stop_ids=engine.stop_ids | tokenizer.stop_ids,
+        default_spec=settings.spec,
+        n_predict=settings.n_predict,
+        metrics=metrics,
+        info={
+            "family": engine.config.family,
+            "vocab_size": engine.config.vocab_size,
+            "n_slots": settings.parallel,
+            "n_ctx_slot": settings.ctx_size,
+            "speculative": settings.spec.type,
+            "drafters": sorted(engine.decoder.drafters),
+        },
+    )
+
+
+def _template(tokenizer: Tokenizer, settings: ServerSettings) -> ChatTemplate | None:
+    if settings.chat_template_file is None and not tokenizer.chat_template:
+        return None
+    try:
+        return ChatTemplate.for_tokenizer(tokenizer, override_file=settings.chat_template_file)
+    except GemmaMTPError as exc:
+        raise GemmaMTPError(f"chat template: {exc}") from exc
