@@ -54,6 +54,8 @@ class ServerState:
 
     def ready(self) -> Service:
         if self.service is not None:
+            if not self.service.worker.alive:
+                raise ApiError(503, "the model worker has stopped; see the server log and restart it")
             return self.service
         if self.error is not None:
             raise ApiError(503, f"the model failed to load: {self.error}")
@@ -65,19 +67,21 @@ class ServerState:
 
 
 class EventStreamResponse(StreamingResponse):
-    """SSE that always closes its generator when the response ends, however it ends (client gone,
-    send failed), so the generation's cleanup runs at once rather than at garbage collection."""
+    """SSE that runs ``on_close`` when the response ends, however it ends (client gone before or
+    during the stream, send failed), so a slot is freed at once rather than at garbage collection."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, content: Any) -> None:
+    def __init__(self, content: Any, *, on_close: Callable[[], None]) -> None:
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
             await self.body_iterator.aclose()
+            self.on_close()
 
 
 def create_app(
@@ -183,7 +187,7 @@ async def _generate(state: ServerState, request: Request, endpoint: str, schema:
     body = parse_request(await request.body(), schema)
     generation = Generation(service, body, make_prompt(service, body), chat=schema is ChatCompletionRequest)
     if body.stream:
-        return EventStreamResponse(generation.stream())
+        return EventStreamResponse(generation.stream(), on_close=generation.close)
 
     async def wait_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":

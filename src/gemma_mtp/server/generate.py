@@ -18,7 +18,7 @@ from .responses import ApiError, Envelope, chat_delta, chat_message, sse, timing
 from .schemas import ChatCompletionRequest, CompletionRequest, RequestError, sampling_params, spec_options
 from .service import Service
 from .text import TextOutput
-from .worker import Failed, Finished, Job, QueueFull, Tokens
+from .worker import Failed, Finished, Job, QueueFull, Tokens, WorkerStopped
 
 __all__ = ["Generation", "chat_prompt", "completion_prompt"]
 
@@ -99,6 +99,7 @@ class Generation:
         self.output = TextOutput(service.tokenizer, request.stop_strings, chat=chat)
         self.finished: Finished | None = None
         self._failed = False
+        self._closed = False
         self._tool_calls = 0
         self._events: list[ChatEvent] = []
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -160,6 +161,9 @@ class Generation:
 
     def close(self) -> None:
         """The response is over (sent, failed or abandoned): free the slot if it is still held."""
+        if self._closed:
+            return
+        self._closed = True
         if self.finished is None and not self._failed:
             self.service.worker.cancel(self.job)
             self.service.metrics.finished("cancelled")
@@ -209,6 +213,8 @@ class Generation:
 def _api_error(exc: Exception) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
+    if isinstance(exc, WorkerStopped):
+        return ApiError(503, str(exc))
     if isinstance(exc, GemmaMTPError):
         return ApiError(400, str(exc))
     return ApiError(500, f"generation failed: {type(exc).__name__}: {exc}")

@@ -25,7 +25,7 @@ from ..speculative.base import SpecOptions
 from ..speculative.stats import SpecStats
 from .metrics import Metrics, copy_stats, stats_delta
 
-__all__ = ["Worker", "Job", "Tokens", "Finished", "Failed", "QueueFull"]
+__all__ = ["Worker", "Job", "Tokens", "Finished", "Failed", "QueueFull", "WorkerStopped"]
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ Event = Tokens | Finished | Failed
 
 class QueueFull(Exception):
     """Every slot is busy and ``max_queue`` requests already wait."""
+
+
+class WorkerStopped(Exception):
+    """The worker is stopping (server shutdown) or has stopped; the job will not run."""
 
 
 @dataclass(eq=False)
@@ -95,9 +99,13 @@ class Worker:
             self._cond.notify()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        elif self._thread.ident is None:  # never started: answer the waiting jobs here
+            self._shutdown()
 
     def submit(self, job: Job) -> None:
         with self._cond:
+            if self._stopping:
+                raise WorkerStopped("the model worker is not running; restart the server")
             free = self.n_slots - len(self._running)
             if len(self._pending) >= free + self.max_queue:
                 raise QueueFull(
@@ -144,6 +152,14 @@ class Worker:
 
     # -- the worker thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # a bug here must not leave clients waiting forever
+            log.exception("the model worker stopped")
+        finally:
+            self._shutdown()
+
+    def _loop(self) -> None:
         while True:
             with self._cond:
                 while not self._stopping and not self._pending and not self._running:
@@ -165,7 +181,6 @@ class Worker:
             for job in admitted:
                 self._admit(job)
             self._round()
-        self._shutdown()
 
     def _admit(self, job: Job) -> None:
         try:
@@ -250,6 +265,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         with self._cond:
+            self._stopping = True
             jobs = [*self._running, *self._pending]
             self._pending.clear()
         for job in jobs:
@@ -259,7 +275,7 @@ class Worker:
                 with self._cond:
                     if job in self._running:
                         self._running.remove(job)
-            _send(job, Failed(GemmaMTPError("the server is shutting down")))
+            _send(job, Failed(WorkerStopped("the server is shutting down")))
 
 
 def _send(job: Job, event: Event) -> None:

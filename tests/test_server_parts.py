@@ -1,0 +1,288 @@
+"""The server's parts without HTTP or a model: stop strings, request validation, speculative
+options, Prometheus text, and the worker's queue, cancellation and failure handling (on a decoder
+that counts instead of running a model)."""
+
+from __future__ import annotations
+
+import queue
+
+import pytest
+
+pytest.importorskip("pydantic")
+
+from gemma_mtp.engine.batch import Slot  # noqa: E402
+from gemma_mtp.sampling import SamplingParams  # noqa: E402
+from gemma_mtp.server.metrics import Metrics, copy_stats, stats_delta  # noqa: E402
+from gemma_mtp.server.schemas import (  # noqa: E402
+    ChatCompletionRequest,
+    CompletionRequest,
+    RequestError,
+    SpeculativeField,
+    parse_request,
+    spec_options,
+)
+from gemma_mtp.server.text import StopStrings  # noqa: E402
+from gemma_mtp.server.worker import Failed, Finished, Job, QueueFull, Tokens, Worker, WorkerStopped  # noqa: E402
+from gemma_mtp.speculative.base import SpecOptions  # noqa: E402
+from gemma_mtp.speculative.stats import SpecStats  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# stop strings
+
+
+def feed_all(stops: list[str], pieces: list[str]) -> tuple[list[str], bool]:
+    matcher = StopStrings(stops)
+    out = [matcher.feed(piece) for piece in pieces]
+    return [*out, matcher.flush()], matcher.hit
+
+
+def test_stop_string_split_across_pieces_never_leaks():
+    out, hit = feed_all(["</end>"], ["hello </", "en", "d> more"])
+    assert out == ["hello ", "", "", ""] and hit
+
+
+def test_a_held_back_prefix_that_turns_out_not_to_stop_is_released():
+    out, hit = feed_all(["</end>"], ["a </", "b"])
+    assert "".join(out) == "a </b" and not hit
+
+
+def test_the_earliest_of_several_stop_strings_wins():
+    out, hit = feed_all(["world", "lo"], ["hello world"])
+    assert out[0] == "hel" and hit
+
+
+def test_no_stop_strings_pass_text_through():
+    assert feed_all([], ["a", "b"]) == (["a", "b", ""], False)
+
+
+# ---------------------------------------------------------------------------------------------
+# request validation
+
+
+def test_unknown_fields_are_accepted_and_known_ones_checked_strictly():
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "user": "me", "max_tokens": 5}'
+    request = parse_request(body, ChatCompletionRequest)
+    assert request.n_predict(-1) == 5
+    with pytest.raises(RequestError, match=r"^max_tokens: ") as info:
+        parse_request(
+            b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5.5}', ChatCompletionRequest
+        )
+    assert info.value.param == "max_tokens"
+
+
+def test_max_completion_tokens_wins_over_max_tokens():
+    body = b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "max_completion_tokens": 7}'
+    assert parse_request(body, ChatCompletionRequest).n_predict(-1) == 7
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        (b'{"prompt": "a", "stop": 3}', "stop"),
+        (b'{"prompt": ["a", "b"]}', "prompt"),
+        (b'{"prompt": "a", "echo": true}', "echo"),
+        (b'{"prompt": "a", "presence_penalty": 0.5}', "presence_penalty"),
+        (b'{"prompt": "a", "speculative": {"bogus": 1}}', "speculative.bogus"),
+    ],
+)
+def test_completion_fields_we_cannot_honour_are_refused_by_name(body, param):
+    with pytest.raises(RequestError) as info:
+        parse_request(body, CompletionRequest)
+    assert info.value.param == param
+
+
+def test_image_content_parts_are_refused():
+    body = b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}'
+    with pytest.raises(RequestError, match="image_url"):
+        parse_request(body, ChatCompletionRequest)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-request speculation
+
+SERVER_DEFAULT = SpecOptions(type="mtp", n_max=3, p_min=0.1)
+
+
+@pytest.mark.parametrize(
+    ("field", "expected"),
+    [
+        (None, SERVER_DEFAULT),
+        (SpeculativeField(enabled=False, n_max=5), SpecOptions(type="none")),
+        (SpeculativeField(n_max=1), SpecOptions(type="mtp", n_max=1, p_min=0.1)),
+        (SpeculativeField(type="ngram"), SpecOptions(type="ngram", n_max=3, p_min=0.1)),
+        (SpeculativeField(type="draft-mtp", n_max=0), SpecOptions(type="mtp", n_max=0, p_min=0.1)),
+    ],
+)
+def test_request_speculation_overrides_the_server_default(field, expected):
+    assert spec_options(field, SERVER_DEFAULT, {"mtp", "ngram"}) == expected
+
+
+def test_a_drafter_the_server_did_not_load_is_a_400():
+    with pytest.raises(RequestError, match="-md"):
+        spec_options(SpeculativeField(type="draft"), SERVER_DEFAULT, {"mtp", "ngram"})
+    with pytest.raises(RequestError, match="speculative.type"):
+        spec_options(SpeculativeField(enabled=True), SpecOptions(), {"ngram"})
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_prometheus_text_has_help_type_and_per_position_counters():
+    metrics = Metrics()
+    metrics.request("/v1/completions")
+    metrics.tokens(prompt=7, generated=3)
+    stats = SpecStats()
+    stats.record(3, 2)
+    stats.record(2, 0)
+    metrics.speculation(stats)
+    text = metrics.render({"num_slots": 4})
+    assert "# TYPE gemma_mtp:spec_decode_num_draft_tokens_total counter" in text
+    assert "gemma_mtp:spec_decode_num_draft_tokens_total 5\n" in text
+    assert "gemma_mtp:spec_decode_num_accepted_tokens_total 2\n" in text
+    assert 'gemma_mtp:spec_decode_num_accepted_tokens_per_pos_total{position="0"} 1\n' in text
+    assert 'gemma_mtp:spec_decode_num_accepted_tokens_per_pos_total{position="2"} 0\n' in text
+    assert 'gemma_mtp:requests_total{endpoint="/v1/completions"} 1\n' in text
+    assert "gemma_mtp:num_slots 4\n" in text and "gemma_mtp:prompt_tokens_total 7\n" in text
+
+
+def test_stats_delta_counts_only_what_is_new():
+    stats = SpecStats()
+    stats.record(3, 1)
+    seen = copy_stats(stats)
+    stats.record(4, 4)
+    delta = stats_delta(stats, seen)
+    assert (delta.rounds, delta.drafted, delta.accepted) == (1, 4, 4)
+    assert delta.accepted_by_position == [1, 1, 1, 1] and delta.drafted_by_position == [1, 1, 1, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# the worker, on a decoder that counts
+
+
+class CountingDecoder:
+    """A `BatchDecoder` stand-in: every round each row appends (its last token + 1)."""
+
+    def __init__(self, rows: int) -> None:
+        self.slots: list[Slot | None] = [None] * rows
+        self.drafters: dict = {}
+        self.fail_next_step = False
+
+    def add(self, prompt_ids, *, n_predict, sampling, spec, stop_ids) -> Slot:
+        row = self.slots.index(None)
+        self.slots[row] = Slot(
+            row=row,
+            tokens=list(prompt_ids),
+            n_prompt=len(prompt_ids),
+            budget=n_predict,
+            sampling=sampling,
+            spec=spec,
+            stop_ids=stop_ids,
+            generator=None,
+        )
+        return self.slots[row]
+
+    def step(self) -> dict[int, list[int]]:
+        if self.fail_next_step:
+            self.fail_next_step = False
+            raise RuntimeError("device lost")
+        out = {}
+        for slot in [s for s in self.slots if s is not None and not s.done]:
+            token = slot.tokens[-1] + 1
+            slot.tokens.append(token)
+            slot.budget -= 1
+            if slot.budget <= 0:
+                slot.stop_reason = "length"
+            out[slot.row] = [token]
+        return out
+
+    def release(self, slot: Slot) -> None:
+        self.slots[slot.row] = None
+
+
+def job(events: queue.Queue, prompt: list[int], n: int) -> Job:
+    return Job(
+        prompt_ids=prompt,
+        n_predict=n,
+        sampling=SamplingParams(temperature=0),
+        spec=SpecOptions(),
+        stop_ids=frozenset(),
+        deliver=events.put,
+    )
+
+
+def outcome(events: queue.Queue) -> tuple[list[int], object]:
+    """Tokens received and the final event."""
+    tokens = []
+    while True:
+        event = events.get(timeout=10)
+        if isinstance(event, Tokens):
+            tokens += event.ids
+        else:
+            return tokens, event
+
+
+def test_queue_bound_counts_free_slots_then_max_queue():
+    worker = Worker(CountingDecoder(rows=2), max_queue=1)  # not started: nothing leaves the queue
+    events = queue.Queue()
+    for _ in range(3):
+        worker.submit(job(events, [1], 4))
+    with pytest.raises(QueueFull, match="retry later"):
+        worker.submit(job(events, [1], 4))
+
+
+def test_jobs_beyond_the_slots_wait_then_run_to_the_same_result():
+    worker = Worker(CountingDecoder(rows=1), max_queue=4)
+    channels = [queue.Queue() for _ in range(3)]
+    for i, events in enumerate(channels):
+        worker.submit(job(events, [10 * i], 3))
+    worker.start()
+    try:
+        results = [outcome(events) for events in channels]
+    finally:
+        worker.stop()
+    assert [tokens for tokens, _ in results] == [[1, 2, 3], [11, 12, 13], [21, 22, 23]]
+    assert all(isinstance(end, Finished) and end.stop_reason == "length" for _, end in results)
+
+
+def test_cancelling_a_waiting_job_drops_it_without_a_slot():
+    worker = Worker(CountingDecoder(rows=1), max_queue=4)
+    events = queue.Queue()
+    waiting = job(events, [5], 3)
+    worker.submit(waiting)
+    worker.cancel(waiting)
+    worker.start()
+    try:
+        tokens, end = outcome(events)
+    finally:
+        worker.stop()
+    assert tokens == [] and isinstance(end, Finished) and end.stop_reason == "cancelled"
+
+
+def test_a_failed_round_fails_its_jobs_and_the_worker_serves_on():
+    decoder = CountingDecoder(rows=2)
+    decoder.fail_next_step = True
+    worker = Worker(decoder, max_queue=4)
+    first = queue.Queue()
+    worker.submit(job(first, [1], 3))
+    worker.start()
+    try:
+        _, end = outcome(first)
+        assert isinstance(end, Failed) and "device lost" in str(end.error)
+        assert worker.snapshot()["decoder_rows_in_use"] == 0
+        second = queue.Queue()
+        worker.submit(job(second, [7], 2))
+        assert outcome(second)[0] == [8, 9]
+    finally:
+        worker.stop()
+
+
+def test_stopping_the_worker_fails_waiting_jobs_and_refuses_new_ones():
+    worker = Worker(CountingDecoder(rows=1), max_queue=4)
+    events = queue.Queue()
+    worker.submit(job(events, [1], 3))
+    worker.stop()
+    _, end = outcome(events)
+    assert isinstance(end, Failed) and isinstance(end.error, WorkerStopped)
+    with pytest.raises(WorkerStopped):
+        worker.submit(job(events, [1], 3))
