@@ -18,6 +18,7 @@ from ..errors import ContextOverflowError
 from ..models.gemma import GemmaModel
 from ..sampling import SamplingParams, make_generator, probs_from_logits
 from ..speculative.acceptance import accept_greedy, accept_sampled
+from ..speculative.autotune import Autotuner, AutotuneSession
 from ..speculative.base import Draft, Drafter, DraftRequest, SpecOptions
 from ..speculative.stats import SpecStats
 
@@ -40,6 +41,7 @@ class Slot:
     prompt_ms: float = 0.0  # prefill of all prompt tokens but the last
     first_round_ms: float = 0.0  # the round that fed the last prompt token and sampled the first token
     decode_ms: float = 0.0  # every round, the first included
+    tuner: AutotuneSession | None = None  # --spec-autotune: chooses this row's draft length per round
 
     @property
     def generated(self) -> list[int]:
@@ -68,6 +70,7 @@ class BatchDecoder:
         self.ctx_size = self.cache.max_context
         self.max_draft = self.cache.max_draft
         self.drafters = drafters or {}
+        self.autotuners: dict[str, Autotuner] = {}  # per strategy; what they learn outlives a request
         self.slots: list[Slot | None] = [None] * self.cache.batch_size
         self.hidden = torch.zeros(
             self.cache.batch_size, 1, target.config.hidden_size, dtype=target.dtype, device=target.device
@@ -121,6 +124,9 @@ class BatchDecoder:
             stats=SpecStats(type=spec.type, n_max=spec.n_max if spec.type != "none" else 0),
         )
         self.slots[row] = slot
+        if spec.autotune and spec.type != "none":
+            tuner = self.autotuners.setdefault(spec.type, Autotuner(n_cap=self.max_draft))
+            slot.tuner = tuner.session(slot.stats, start=spec.n_max)
         # prefill all but the last prompt token; the last one is fed by the first round like a pending token
         slot.has_hidden = len(prompt_ids) > 1
         if slot.has_hidden:
@@ -152,6 +158,8 @@ class BatchDecoder:
             return 0
         # leave room for the bonus token in both the budget and the cache
         room = min(slot.budget - 1, self.ctx_size - len(slot.tokens) - 1, self.max_draft)
+        if slot.tuner is not None:
+            return slot.tuner.choose(limit=max(0, room))
         return max(0, min(slot.spec.n_max, room))
 
     @torch.inference_mode()
@@ -168,6 +176,7 @@ class BatchDecoder:
         hidden = self._forward_rows(feeds, starts)
         logits = self.target.logits(hidden)  # [B, T, V]
         committed: dict[int, list[int]] = {}
+        outcomes: dict[int, tuple[int, int]] = {}  # row -> (n drafted, n accepted)
         new_lengths = self.cache.lengths.clone()
         for s in slots:
             draft = drafts[s.row]
@@ -178,15 +187,19 @@ class BatchDecoder:
                 p = probs_from_logits(logits[s.row, : n + 1], s.sampling)
                 k, nxt = accept_sampled(p, draft.q, draft.tokens, s.generator)
             s.stats.record(n, k)
+            outcomes[s.row] = (n, k)
             new_lengths[s.row] = starts[s.row] + k + 1
             self.hidden[s.row, 0] = hidden[s.row, k].to(self.hidden.device)
             s.has_hidden = True
             committed[s.row] = self._commit(s, [*draft.tokens[:k], nxt])
         self.cache.rollback(new_lengths)
         t2 = time.perf_counter()
+        width = max(len(f) for f in feeds.values())  # the verify forward's positions (autotune's cost key)
         for s in slots:
             s.stats.draft_ms += (t1 - t0) * 1e3
             s.stats.verify_ms += (t2 - t1) * 1e3
+            if s.tuner is not None:
+                s.tuner.observe(*outcomes[s.row], (t1 - t0) * 1e3, (t2 - t1) * 1e3, width=width)
             if s.decode_ms == 0.0:
                 s.first_round_ms = (t2 - t0) * 1e3
             s.decode_ms += (t2 - t0) * 1e3

@@ -19,6 +19,7 @@ class SpecStats:
     drafted_by_position: list[int] = field(default_factory=list)  # [i]: rounds that drafted a token i
     draft_ms: float = 0.0
     verify_ms: float = 0.0
+    autotune: dict[str, Any] | None = None  # --spec-autotune: what the controller chose (autotune.py)
 
     def record(self, n_drafted: int, n_accepted: int) -> None:
         if n_drafted == 0:
@@ -70,4 +71,5 @@ class SpecStats:
             "mean_accepted_length": self.mean_accepted_length,
             "draft_ms": self.draft_ms,
             "verify_ms": self.verify_ms,
+            **({"autotune": self.autotune} if self.autotune is not None else {}),
         }
