@@ -1,0 +1,114 @@
+"""Benchmark prompts: a built-in set of our own, grouped by category, or a JSONL file.
+
+A file holds one object per line: `{"category": "code", "prompt": "def f(x):"}`; `prompt` may also
+be a list of token ids (no tokenizer needed). Acceptance depends on the kind of text far more than
+on anything else, so every number the harness reports is also broken down by category.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UsageError
+
+__all__ = ["CATEGORIES", "BUILTIN", "BenchPrompt", "load_prompts"]
+
+CATEGORIES = ("code", "json", "prose", "reasoning", "multilingual")
+
+
+@dataclass(frozen=True)
+class BenchPrompt:
+    category: str
+    prompt: str | tuple[int, ...]  # text, or token ids
+
+    @property
+    def is_text(self) -> bool:
+        return isinstance(self.prompt, str)
+
+
+_BUILTIN_TEXT: dict[str, tuple[str, ...]] = {
+    "code": (
+        "def fibonacci(n):\n"
+        '    """Return the first n Fibonacci numbers as a list."""\n'
+        "    if n <= 0:\n"
+        "        return []\n",
+        "import json\n\n\n"
+        "def load_users(path):\n"
+        '    """Read the users file and return a list of dicts."""\n'
+        "    with open(path) as f:\n"
+        "        return json.load(f)\n\n\n"
+        "def load_orders(path):\n",
+        "class Stack:\n"
+        "    def __init__(self):\n"
+        "        self.items = []\n\n"
+        "    def push(self, item):\n"
+        "        self.items.append(item)\n\n"
+        "    def pop(self):\n",
+        "#include <stdio.h>\n\nint main(void) {\n    for (int i = 0; i < 10; i++) {\n",
+    ),
+    "json": (
+        '[{"id": 1, "name": "Alice", "email": "alice@example.com", "active": true},\n'
+        ' {"id": 2, "name": "Bob", "email": "bob@example.com", "active": false},\n'
+        ' {"id": 3, "name": "Carol",',
+        '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": '
+        '{"city": "Lyon", "population": 522250}, "geometry": {"type": "Point", "coordinates": '
+        '[4.835, 45.758]}}, {"type": "Feature", "properties": {"city": "Porto",',
+        "name,age,city\nAlice,34,Paris\nBob,28,Berlin\nCarol,41,Madrid\nDavid,",
+    ),
+    "prose": (
+        "The lighthouse keeper climbed the narrow stairs every evening at dusk. On the night the "
+        "storm arrived,",
+        "Bread is one of the oldest prepared foods. Its history begins",
+        "Dear Ms. Patel,\n\nThank you for your letter of 3 March. I am writing to confirm that",
+    ),
+    "reasoning": (
+        "Question: A train travels 120 km in 2 hours, then 90 km in 1.5 hours. What is its average "
+        "speed for the whole trip?\nAnswer: Let's think step by step.",
+        "Question: Tom has three times as many apples as Sara. Together they have 24 apples. How "
+        "many apples does Sara have?\nAnswer: Let's think step by step.",
+        "If all bloops are razzies and all razzies are lazzies, are all bloops lazzies? Reasoning:",
+    ),
+    "multilingual": (
+        "La ville de Lyon est située au confluent du Rhône et de la Saône. Elle est connue pour",
+        "Der Rhein ist einer der längsten Flüsse Europas. Er entspringt in den Alpen und",
+        "El café se cultiva en muchos países de América Latina. En Colombia,",
+        "東京は日本の首都であり、",
+    ),
+}
+
+BUILTIN: tuple[BenchPrompt, ...] = tuple(
+    BenchPrompt(category, text) for category, texts in _BUILTIN_TEXT.items() for text in texts
+)
+
+
+def load_prompts(source: str) -> list[BenchPrompt]:
+    """`builtin`, or a JSONL file of `{"category": ..., "prompt": text or [token ids]}`."""
+    if source == "builtin":
+        return list(BUILTIN)
+    path = Path(source)
+    if not path.is_file():
+        raise UsageError(f"--prompts {source}: no such file; give a JSONL file or 'builtin'")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"--prompts {path}:{number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{where}: not JSON ({exc.msg})") from None
+        if not isinstance(item, dict) or "prompt" not in item:
+            raise UsageError(f'{where}: expected an object {{"category": ..., "prompt": ...}}')
+        prompt = item["prompt"]
+        if isinstance(prompt, list):
+            if not prompt or not all(isinstance(t, int) and t >= 0 for t in prompt):
+                raise UsageError(f"{where}: a token-id prompt must be a non-empty list of ids >= 0")
+            prompt = tuple(prompt)
+        elif not isinstance(prompt, str) or not prompt:
+            raise UsageError(f"{where}: prompt must be non-empty text or a list of token ids")
+        prompts.append(BenchPrompt(str(item.get("category", "uncategorized")), prompt))
+    if not prompts:
+        raise UsageError(f"--prompts {path}: the file holds no prompts")
+    return prompts

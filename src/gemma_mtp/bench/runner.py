@@ -1,0 +1,227 @@
+"""The local benchmark: one target, one or more drafters, several draft lengths, plain decoding as
+the baseline, all in one run.
+
+The target is loaded once; each drafter gets an `Engine` sharing it, so plain decoding (measured
+once per rep) is the same computation for every drafter. Runs go rep by rep, and inside a rep
+through every configuration, so that a change in machine load hits all of them alike; each rep
+uses its own seeds (the same ones for every configuration). Autotune starts cold in every rep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from ..sampling import SamplingParams
+from ..speculative.base import MAX_DRAFT, SpecOptions
+from .prompts import BenchPrompt, load_prompts
+from .provenance import environment, weights_description
+from .stats import Generation, summarize
+
+__all__ = ["BenchConfig", "run_bench", "summarize_runs"]
+
+_SAMPLING = SamplingParams()
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """Everything `gemma-mtp bench` runs locally; the CLI reads its defaults from here."""
+
+    model: str
+    drafts: tuple[str, ...] = ()
+    spec_type: str | None = None  # None: mtp with drafters (-md), n-gram lookup without
+    n_max: tuple[int, ...] = (1, 2, 3, 4)
+    autotune: bool = False  # also run --spec-autotune (a row with n_max "auto")
+    reps: int = 3
+    prompts: str = "builtin"
+    n_predict: int = 200
+    temperature: float = 0.3
+    top_k: int = _SAMPLING.top_k
+    top_p: float = _SAMPLING.top_p
+    min_p: float = _SAMPLING.min_p
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    ctx_size: int | None = None  # None: the longest prompt + n_predict + room for drafts
+
+    def __post_init__(self) -> None:
+        if self.reps < 1:
+            raise UsageError(f"--reps must be >= 1, got {self.reps}")
+        if self.n_predict < 2:
+            raise UsageError(f"-n/--n-predict must be >= 2 for a decode rate, got {self.n_predict}")
+        if not self.n_max and not self.autotune:
+            raise UsageError("--n-max lists no draft length; give e.g. --n-max 1,2,3,4 or --spec-autotune")
+        for n in self.n_max:
+            if not 1 <= n <= MAX_DRAFT:
+                raise UsageError(f"--n-max {n} is out of range; use 1..{MAX_DRAFT}")
+        kind = self.resolved_spec_type
+        if kind in ("mtp", "draft") and not self.drafts:
+            raise UsageError(f"--spec-type {kind} needs at least one drafter: pass -md/--model-draft")
+        if kind == "ngram" and self.drafts:
+            raise UsageError("--spec-type ngram uses no drafter model; drop -md or pick mtp/draft")
+        if kind not in ("mtp", "draft", "ngram"):
+            raise UsageError(f"--spec-type {kind!r}: bench compares drafting strategies mtp, draft or ngram")
+
+    @property
+    def resolved_spec_type(self) -> str:
+        if self.spec_type is None:
+            return "mtp" if self.drafts else "ngram"
+        return {"draft-mtp": "mtp"}.get(self.spec_type, self.spec_type)
+
+    def sampling(self, seed: int) -> SamplingParams:
+        return SamplingParams(
+            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, min_p=self.min_p, seed=seed
+        )
+
+
+@dataclass
+class _Group:
+    """One drafter (or the n-gram lookup) and the engine that drafts with it."""
+
+    label: str
+    path: str | None
+    engine: Any
+
+
+@dataclass
+class _Runs:
+    generations: dict[tuple[str, str], list[Generation]] = field(default_factory=dict)
+    outputs: dict[tuple[str, str], dict[tuple[int, int], list[int]]] = field(default_factory=dict)
+
+    def add(self, key: tuple[str, str], rep: int, index: int, prompt: BenchPrompt, result: Any) -> None:
+        gen = Generation.from_result(result, category=prompt.category, rep=rep)
+        self.generations.setdefault(key, []).append(gen)
+        self.outputs.setdefault(key, {})[(rep, index)] = list(result.token_ids)
+
+
+PLAIN = ("none", "plain")
+
+
+def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Run every configuration and return the JSONL rows (see `summarize_runs`)."""
+    say = progress or (lambda message: None)
+    prompts = load_prompts(config.prompts)
+    ids = _encode(prompts, config.model)
+    base, groups = _load(config, max(map(len, ids)), say)
+    kind = config.resolved_spec_type
+    specs = [(f"n={n}", SpecOptions(type=kind, n_max=n)) for n in config.n_max]
+    if config.autotune:
+        specs.append(("auto", SpecOptions(type=kind, n_max=3, autotune=True)))
+
+    say("warm-up")
+    for group in groups:
+        for _, spec in [("plain", SpecOptions()), specs[0]]:
+            group.engine.generate(ids[0], n_predict=8, sampling=config.sampling(config.seed), spec=spec)
+    runs = _Runs()
+    for rep in range(config.reps):
+        say(f"rep {rep + 1}/{config.reps}: plain decoding")
+        _measure(base, SpecOptions(), PLAIN, rep, prompts, ids, config, runs)
+        for group in groups:
+            group.engine.decoder.autotuners.clear()
+            for label, spec in specs:
+                say(f"rep {rep + 1}/{config.reps}: {group.label} {label}")
+                _measure(group.engine, spec, (group.label, label), rep, prompts, ids, config, runs)
+    return summarize_runs(config, runs, groups, base)
+
+
+def _measure(engine, spec, key, rep, prompts, ids, config, runs: _Runs) -> None:
+    for index, (prompt, prompt_ids) in enumerate(zip(prompts, ids, strict=True)):
+        sampling = config.sampling(config.seed + 1000 * rep + index)
+        result = engine.generate(prompt_ids, n_predict=config.n_predict, sampling=sampling, spec=spec)
+        runs.add(key, rep, index, prompt, result)
+
+
+def _encode(prompts: Sequence[BenchPrompt], model: str) -> list[list[int]]:
+    tokenizer = None
+    if any(p.is_text for p in prompts):
+        from ..tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    return [tokenizer.encode(p.prompt) if p.is_text else list(p.prompt) for p in prompts]
+
+
+def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) -> tuple[Any, list[_Group]]:
+    from ..api import Engine, load
+
+    ctx = config.ctx_size or longest_prompt + config.n_predict + MAX_DRAFT + 2
+    say(f"loading {config.model}")
+    base = load(config.model, dtype=config.dtype, device=config.device, ctx_size=ctx)
+    if not config.drafts:
+        return base, [_Group("ngram", None, base)]
+    groups, seen = [], set()
+    for path in config.drafts:
+        say(f"loading {path}")
+        drafter = _load_drafter(path, config.dtype, str(base.target.device))
+        label = Path(path).name
+        label = label if label not in seen else f"{label}#{len(groups) + 1}"
+        seen.add(label)
+        engine = Engine(base.target, base.config, ctx_size=ctx, stop_ids=base.stop_ids, drafter=drafter)
+        groups.append(_Group(label, path, engine))
+    return base, groups
+
+
+def _load_drafter(path: str, dtype: str, device: str):
+    if Path(path).suffix == ".gguf":
+        from ..weights.gguf_loader import load_gguf_model as load_model
+    else:
+        from ..weights.hf import load_hf_model as load_model
+    model, _, _ = load_model(Path(path), dtype=dtype, device=device)
+    return model
+
+
+def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base: Any) -> list[dict[str, Any]]:
+    """One row per (drafter, configuration, category), category "all" first, plain decoding first."""
+    common = {
+        **environment(config.device if config.device != "auto" else str(base.target.device)),
+        "mode": "local",
+        "model": config.model,
+        "model_weights": weights_description(config.model),
+        "dtype": str(base.target.dtype).removeprefix("torch."),
+        "flags": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
+        "n_predict": config.n_predict,
+        "temperature": config.temperature,
+    }
+    plain = runs.generations[PLAIN]
+    categories = ["all", *sorted({g.category for g in plain})]
+    baseline = {c: {r: s["tokens_per_s"] for r, s in _per_rep(plain, c).items()} for c in categories}
+    rows = []
+    keys = [PLAIN] + [(g.label, label) for g in groups for label in _labels(runs, g.label)]
+    paths = {g.label: g.path for g in groups}
+    weights = {label: weights_description(path) for label, path in paths.items() if path}
+    for key in keys:
+        gens = runs.generations[key]
+        lossless = _lossless(runs, key) if config.temperature <= 0 and key != PLAIN else None
+        for category in categories:
+            chosen = [g for g in gens if category in ("all", g.category)]
+            label = key[1]
+            row = {
+                **common,
+                "drafter": key[0],
+                "drafter_path": paths.get(key[0]),
+                "drafter_weights": weights.get(key[0]),
+                "spec_type": "none" if key == PLAIN else config.resolved_spec_type,
+                "n_max": 0 if key == PLAIN else "auto" if label == "auto" else int(label[2:]),
+                "category": category,
+                **summarize(chosen, baseline[category]),
+            }
+            if lossless is not None:
+                row["lossless"] = lossless
+            rows.append(row)
+    return rows
+
+
+def _labels(runs: _Runs, group: str) -> list[str]:
+    return [label for g, label in runs.generations if g == group]
+
+
+def _per_rep(gens: list[Generation], category: str) -> dict[int, dict[str, Any]]:
+    reps = sorted({g.rep for g in gens})
+    return {r: summarize([g for g in gens if g.rep == r and category in ("all", g.category)]) for r in reps}
+
+
+def _lossless(runs: _Runs, key: tuple[str, str]) -> bool:
+    """Greedy only: every output equals plain decoding's for the same prompt and rep."""
+    return runs.outputs[key] == runs.outputs[PLAIN]
