@@ -100,9 +100,10 @@ def tiny_tokenizer(vocab_size: int = 256) -> Tokenizer:
     return tokenizer_from_gguf_metadata(metadata, source="tiny")
 
 
-def write_tokenizer(model_dir: Path, *, template: str | None = TEMPLATE) -> None:
-    """``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` into ``model_dir``."""
-    tiny_tokenizer().backend.save(str(model_dir / "tokenizer.json"))
+def write_tokenizer(model_dir: Path, *, template: str | None = TEMPLATE, vocab_size: int = 256) -> None:
+    """``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` into ``model_dir``
+    (ids past the characters and merges are unused control tokens, left out of decoded text)."""
+    tiny_tokenizer(vocab_size).backend.save(str(model_dir / "tokenizer.json"))
     specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     (model_dir / "tokenizer_config.json").write_text(json.dumps(specials))
     if template is not None:

@@ -48,9 +48,10 @@ class ServerState:
             self.service = service
         except BaseException as exc:  # reported through /health and on_error; the thread ends here
             self.error = exc
-            log.error("loading the model failed: %s", exc)
             if on_error is not None:
                 on_error(exc)
+            else:
+                log.error("loading the model failed: %s", exc)
 
     def ready(self) -> Service:
         if self.service is not None:

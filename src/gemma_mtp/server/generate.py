@@ -123,6 +123,8 @@ class Generation:
             service.worker.submit(self.job)
         except QueueFull as exc:
             raise ApiError(429, str(exc), headers={"Retry-After": "1"}) from None
+        except WorkerStopped as exc:
+            raise ApiError(503, str(exc)) from None
 
     # -- events ---------------------------------------------------------------------------------
     async def events(self) -> AsyncIterator[list[ChatEvent]]:

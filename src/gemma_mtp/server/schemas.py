@@ -6,6 +6,8 @@ the output and that we cannot honour (``n > 1``, ``logprobs``, penalties, JSON-s
 refused with a 400 naming them rather than silently ignored. llama.cpp's extensions ``top_k``,
 ``min_p``, ``ignore_eos`` and ``chat_template_kwargs`` are accepted, plus ``speculative``:
 ``{"enabled": false}`` or ``{"type": "ngram", "n_max": 2, "n_min": 0, "p_min": 0.0}``.
+``tool_choice`` selects which tools reach the template (``"none"``: none; a named function: that
+one); nothing constrains decoding, so ``"required"`` cannot force the model to call a tool.
 """
 
 from __future__ import annotations
