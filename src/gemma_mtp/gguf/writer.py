@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -27,6 +28,9 @@ __all__ = [
     "check_out_type",
     "write_gguf",
     "rope_freqs_table",
+    "atomic_output",
+    "LazyTensor",
+    "write_gguf_lazy",
 ]
 
 
@@ -242,4 +246,65 @@ def write_gguf(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[Path]:
+    """A temp file beside `path`, renamed onto `path` when the block succeeds and removed when it
+    fails: readers of `path` never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class LazyTensor(NamedTuple):
+    """A tensor whose bytes are made only when the writer reaches it (one tensor in memory at a time)."""
+
+    name: str
+    shape: tuple[int, ...]  # numpy order (GGUF's dims reversed)
+    qtype: GGMLQuantizationType
+    n_bytes: int
+    load: Callable[[], np.ndarray]  # the tensor's bytes in `qtype` (any dtype, n_bytes long)
+
+
+def write_gguf_lazy(
+    path: str | Path,
+    arch: str,
+    entries: Iterable[Entry],
+    tensors: Sequence[LazyTensor],
+    *,
+    alignment: int | None = None,
+    on_tensor: Callable[[LazyTensor], None] | None = None,
+) -> Path:
+    """Like `write_gguf`, but each tensor is loaded (e.g. quantized) just before it is written, and
+    `on_tensor` is called after each one. `alignment` keeps a source file's general.alignment."""
+    path = Path(path)
+    with atomic_output(path) as tmp:
+        writer = GGUFWriter(tmp, arch)
+        if alignment is not None:
+            writer.data_alignment = alignment
+        for entry in entries:
+            if entry.key != K.ARCHITECTURE:
+                writer.add_key_value(entry.key, entry.value, entry.type, sub_type=entry.sub_type)
+        for t in tensors:
+            writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.n_bytes, raw_dtype=t.qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for t in tensors:
+            data = np.ascontiguousarray(t.load()).reshape(-1).view(np.uint8)
+            if data.nbytes != t.n_bytes:
+                raise ValueError(f"tensor {t.name}: {data.nbytes} bytes made, {t.n_bytes} announced")
+            writer.write_tensor_data(data)
+            if on_tensor is not None:
+                on_tensor(t)
+        writer.close()
     return path
