@@ -4,6 +4,7 @@ that counts instead of running a model)."""
 
 from __future__ import annotations
 
+import argparse
 import queue
 
 import pytest
@@ -11,7 +12,9 @@ import pytest
 pytest.importorskip("pydantic")
 
 from gemma_mtp.engine.batch import Slot  # noqa: E402
+from gemma_mtp.errors import UsageError  # noqa: E402
 from gemma_mtp.sampling import SamplingParams  # noqa: E402
+from gemma_mtp.server.cli import add_serve_arguments, settings_from_args  # noqa: E402
 from gemma_mtp.server.metrics import Metrics, copy_stats, stats_delta  # noqa: E402
 from gemma_mtp.server.schemas import (  # noqa: E402
     ChatCompletionRequest,
@@ -21,6 +24,7 @@ from gemma_mtp.server.schemas import (  # noqa: E402
     parse_request,
     spec_options,
 )
+from gemma_mtp.server.settings import ServerSettings  # noqa: E402
 from gemma_mtp.server.text import StopStrings  # noqa: E402
 from gemma_mtp.server.worker import Failed, Finished, Job, QueueFull, Tokens, Worker, WorkerStopped  # noqa: E402
 from gemma_mtp.speculative.base import SpecOptions  # noqa: E402
@@ -286,3 +290,36 @@ def test_stopping_the_worker_fails_waiting_jobs_and_refuses_new_ones():
     assert isinstance(end, Failed) and isinstance(end.error, WorkerStopped)
     with pytest.raises(WorkerStopped):
         worker.submit(job(events, [1], 3))
+
+
+# ---------------------------------------------------------------------------------------------
+# flags
+
+
+def serve_args(*argv: str) -> ServerSettings:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser.add_subparsers(dest="command"))
+    return settings_from_args(parser.parse_args(["serve", *argv]))
+
+
+def test_serve_flags_use_llama_server_names_and_loopback_by_default():
+    settings = serve_args("-m", "T", "-md", "D", "-np", "2", "--draft-max", "5", "-c", "512", "--alias", "g")
+    assert (settings.host, settings.port) == ("127.0.0.1", 8080)
+    assert (settings.parallel, settings.ctx_size, settings.alias) == (2, 512, "g")
+    assert settings.spec == SpecOptions(type="mtp", n_max=5)
+    assert serve_args("-m", "T").spec.type == "none"
+    assert serve_args("-m", "T", "--spec-type", "ngram", "--spec-draft-n-max", "4").spec.n_max == 4
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["-m", "T", "-np", "0"], "-np/--parallel"),
+        (["-m", "T", "--spec-type", "mtp"], "-md"),
+        (["-m", "T", "--draft-max", "99"], "--spec-draft-n-max"),
+        (["-md", "D"], "-m/--model"),
+    ],
+)
+def test_bad_serve_flags_name_the_flag(argv, flag):
+    with pytest.raises(UsageError, match=flag):
+        serve_args(*argv)
