@@ -1,0 +1,196 @@
+"""`gemma-mtp sanitize`: remove metadata that leaks the build host (llama-quantize writes the
+absolute paths of its imatrix file and dataset into every quantized file; FACTS.md).
+
+The rewrite is byte surgery on the header: the kept key/value records and the tensor infos are
+copied verbatim, only the key count changes, and the whole data section (tensor offsets are
+relative to it) is copied unchanged. Works on any GGUF, whatever its architecture.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from gguf import GGUFValueType
+
+from ..errors import ModelFormatError, UsageError
+from .reader import DEFAULT_ALIGNMENT, GGUFFile, open_gguf
+from .writer import atomic_output
+
+__all__ = ["Leak", "SanitizeResult", "find_leaks", "is_host_path", "sanitize_gguf", "IMATRIX_KEYS"]
+
+# Keys llama-quantize fills with paths on the build host (removed whatever they hold).
+IMATRIX_KEYS = {
+    "quantize.imatrix.file": "llama-quantize's importance-matrix file, a path on the build host",
+    "quantize.imatrix.dataset": "llama-quantize's calibration dataset, a path on the build host",
+}
+# Token tables hold arbitrary text ("/usr" can be a token): they are never scanned.
+UNSCANNED_PREFIXES = ("tokenizer.ggml.",)
+_WHOLE_PATH = re.compile(
+    r"""^(?:
+        /(?!/)[^\n]+                       # POSIX absolute path
+      | [A-Za-z]:[\\/][^\n]*               # Windows drive path
+      | \\\\[^\\\n]+\\[^\n]*               # Windows UNC path
+      | file://[^\n]+                      # file URI
+    )$""",
+    re.VERBOSE,
+)
+# A home or mount directory inside a longer one-line value ("imatrix from /home/me/x.dat").
+_EMBEDDED_PATH = re.compile(
+    r"(?:^|[\s'\"=:(,])(?:/(?:home|Users|root|mnt|media|tmp|data|scratch|workspace)/|[A-Za-z]:\\Users\\)"
+)
+_SCALARS = {
+    GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
+    GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
+    GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
+    GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Leak:
+    key: str
+    value: str  # the offending string (the first one, for arrays)
+    why: str
+
+
+@dataclass(frozen=True)
+class SanitizeResult:
+    path: Path | None  # None: nothing written (--check, or --in-place on a clean file)
+    removed: list[Leak]
+    kv_count_before: int
+    kv_count_after: int
+
+
+def is_host_path(value: str) -> bool:
+    """True for a one-line string that is, or names, an absolute path on some machine."""
+    if "\n" in value or len(value) > 4096:
+        return False  # chat templates and other prose
+    return bool(_WHOLE_PATH.match(value.strip()) or _EMBEDDED_PATH.search(value))
+
+
+def find_leaks(gf: GGUFFile) -> list[Leak]:
+    leaks = []
+    for key, f in gf.fields.items():
+        if key in IMATRIX_KEYS:
+            leaks.append(Leak(key, str(f.value), IMATRIX_KEYS[key]))
+        elif key.startswith(UNSCANNED_PREFIXES):
+            continue
+        elif f.type == GGUFValueType.STRING and is_host_path(f.value):
+            leaks.append(Leak(key, f.value, "an absolute path on the build host"))
+        elif f.sub_type == GGUFValueType.STRING:
+            found = next((v for v in f.value if is_host_path(v)), None)
+            if found is not None:
+                leaks.append(Leak(key, found, "holds an absolute path on the build host"))
+    return leaks
+
+
+# ------------------------------------------------------------------------------------- header spans
+
+
+class _Walker:
+    """Finds the byte span of every key/value record and of the tensor infos (no decoding)."""
+
+    def __init__(self, buf: memoryview) -> None:
+        self.buf, self.pos = buf, 0
+
+    def u32(self) -> int:
+        self.pos += 4
+        return struct.unpack_from("<I", self.buf, self.pos - 4)[0]
+
+    def u64(self) -> int:
+        self.pos += 8
+        return struct.unpack_from("<Q", self.buf, self.pos - 8)[0]
+
+    def string(self) -> str:
+        n = self.u64()
+        self.pos += n
+        return bytes(self.buf[self.pos - n : self.pos]).decode("utf-8", errors="replace")
+
+    def skip(self, n: int) -> None:
+        self.pos += n
+
+    def skip_value(self, vtype: int) -> None:
+        if vtype == GGUFValueType.STRING:
+            self.skip(self.u64())
+        elif vtype == GGUFValueType.ARRAY:
+            sub, count = self.u32(), self.u64()
+            if sub == GGUFValueType.STRING:
+                for _ in range(count):
+                    self.skip(self.u64())
+            else:
+                self.skip(_SCALARS[GGUFValueType(sub)] * count)
+        else:
+            self.skip(_SCALARS[GGUFValueType(vtype)])
+
+
+def _layout(buf: memoryview) -> tuple[list[tuple[str, int, int]], tuple[int, int]]:
+    """([(key, start, end)] of each record, (start, end) of the tensor infos)."""
+    w = _Walker(buf)
+    w.pos = 8  # magic, version
+    n_tensors, n_kv = w.u64(), w.u64()
+    records = []
+    for _ in range(n_kv):
+        start = w.pos
+        key = w.string()
+        w.skip_value(w.u32())
+        records.append((key, start, w.pos))
+    ti_start = w.pos
+    for _ in range(n_tensors):
+        w.string()
+        w.skip(8 * w.u32() + 4 + 8)  # dims, type, offset
+    return records, (ti_start, w.pos)
+
+
+def _rewrite(gf: GGUFFile, out: Path, drop: set[str]) -> None:
+    with open(gf.path, "rb") as fin:
+        head_size = min(gf.path.stat().st_size, _data_start_bound(gf))
+        head = memoryview(fin.read(head_size))
+        records, (ti_start, ti_end) = _layout(head)
+        align = int(gf.value("general.alignment", DEFAULT_ALIGNMENT))
+        data_start = -(-ti_end // align) * align
+        kept = [(start, end) for key, start, end in records if key not in drop]
+        parts = [bytes(head[0:16]), struct.pack("<Q", len(kept))]
+        parts += [bytes(head[start:end]) for start, end in kept]
+        parts.append(bytes(head[ti_start:ti_end]))
+        header = b"".join(parts)
+        with open(out, "wb") as fout:
+            fout.write(header)
+            fout.write(b"\0" * (-len(header) % align))
+            fin.seek(data_start)
+            shutil.copyfileobj(fin, fout, length=16 << 20)
+
+
+def _data_start_bound(gf: GGUFFile) -> int:
+    """Bytes up to the first tensor's data: the header is inside them."""
+    if not gf.tensors:
+        return gf.path.stat().st_size
+    return min(t.data_offset for t in gf.tensors.values())
+
+
+def sanitize_gguf(
+    src: str | Path, dst: str | Path | None = None, *, in_place: bool = False, check: bool = False
+) -> SanitizeResult:
+    """Remove every leak (`find_leaks`) from `src` into `dst`, or into `src` itself with `in_place`;
+    `check` only reports. Writes through a temp file and a rename."""
+    src = Path(src)
+    if not check and (dst is None) == (not in_place):
+        raise UsageError("sanitize needs OUT or --in-place (one of them)")
+    gf = open_gguf(src)
+    leaks = find_leaks(gf)
+    n_kv = len(gf.fields)
+    after = n_kv - len(leaks)
+    if check or (in_place and not leaks):
+        return SanitizeResult(None, leaks, n_kv, after if not check else n_kv)
+    out = src if in_place else Path(dst)
+    if not in_place and out.exists() and out.resolve() == src.resolve():
+        raise UsageError(f"OUT is the input file {src}; use --in-place to rewrite it")
+    with atomic_output(out) as tmp:
+        _rewrite(gf, tmp, {leak.key for leak in leaks})
+        written = open_gguf(tmp)
+        if len(written.fields) != after:
+            raise ModelFormatError(f"{src}: sanitizing left {len(written.fields)} keys, expected {after}")
+    return SanitizeResult(out, leaks, n_kv, after)
