@@ -250,6 +250,23 @@ def test_speculation_per_request_changes_drafting_not_the_answer(client, chatty)
     assert mtp["draft_n"] > 0
 
 
+def test_a_seed_makes_sampling_repeatable(client, chatty):
+    def ask(seed: int) -> str:
+        answer = client.chat.completions.create(
+            model=MODEL,
+            messages=chatty,
+            max_tokens=12,
+            temperature=1.5,
+            seed=seed,
+            extra_body={"ignore_eos": True, "top_k": 0, "min_p": 0.0},
+        )
+        return answer.choices[0].message.content
+
+    first = ask(7)
+    assert ask(7) == first
+    assert any(ask(seed) != first for seed in (8, 9, 10))
+
+
 def test_metrics_count_tokens_and_drafts_as_responses_report_them(server, client, chatty):
     def counters() -> dict[str, float]:
         text = httpx.get(f"{server.url}/metrics", headers=AUTH).text
