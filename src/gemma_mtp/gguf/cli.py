@@ -7,6 +7,7 @@ and formats its result. Registered by ``gemma_mtp.cli.main`` through ``add_gguf_
 from __future__ import annotations
 
 import argparse
+import inspect as pyinspect
 import json
 import sys
 from collections.abc import Callable
@@ -24,6 +25,8 @@ from .writer import OUT_TYPES
 __all__ = ["GGUF_COMMANDS", "add_gguf_commands"]
 
 Command = Callable[[argparse.Namespace], int]
+# the library's defaults, shown in --help (one source of defaults)
+_CONVERT_DEFAULTS = {k: p.default for k, p in pyinspect.signature(convert_hf_to_gguf).parameters.items()}
 
 
 def _out(line: str = "") -> None:
@@ -252,11 +255,10 @@ def add_gguf_commands(subparsers: Any) -> None:
              "Convert a Hugging Face target or assistant directory to GGUF, or a drafter GGUF to another layout.")  # fmt: skip
     p.add_argument("src", help="HF model directory, or a drafter .gguf")
     p.add_argument("out", help="output .gguf")
-    p.add_argument(
-        "--layout", choices=LAYOUTS, default=LAYOUTS[0], help="drafter layout (default %(default)s)"
-    )
+    p.add_argument("--layout", choices=LAYOUTS, default=_CONVERT_DEFAULTS["layout"],
+                   help="drafter layout (default %(default)s)")  # fmt: skip
     p.add_argument("--outtype", "--out-type", type=str.lower, choices=[t.lower() for t in OUT_TYPES],
-                   help="matrix type for HF conversion (default f32)")  # fmt: skip
+                   help=f"matrix type for HF conversion (default {_CONVERT_DEFAULTS['out_type'].lower()})")  # fmt: skip
 
     p = _add(subparsers, "quantize", "requantize a GGUF (llama-quantize's mixes)",
              "Quantize a GGUF file as llama-quantize does (per-tensor mixes for the K-quant types).")  # fmt: skip
