@@ -11,6 +11,15 @@ llama-cpp-python, so the tests can prove bit-exactness without building llama.cp
 Writes `inputs.npz` (float32 arrays, one per case), `<TYPE>.npz` (ggml's bytes per case) and
 `manifest.json` (the library, llama.cpp commit, sizes and sha256 of every file). The library is
 never committed; rerun only when ggml's block formats change (general.quantization_version).
+
+With `--quantize-source`, it also runs llama-quantize itself (`llama_model_quantize` through the
+llama_cpp package of `--llama-python`) on a deterministic tiny Gemma 4 GGUF for every file type
+`gemma-mtp quantize` writes, and records each output tensor's type and sha256 in
+`llama_quantize.json` (the whole files would be megabytes):
+
+    python tests/test_gguf_tools_helpers.py /tmp/src       # writes /tmp/src/wide.f32.gguf
+    python scripts/make_ggml_fixtures.py --lib ... --quantize-source /tmp/src/wide.f32.gguf \
+        --llama-python /path/to/venv-with-llama-cpp-python/bin/python
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ import ctypes
 import hashlib
 import json
 import platform
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +83,39 @@ def ggml_quantize(lib: ctypes.CDLL, qtype: GGMLQuantizationType, x: np.ndarray) 
     return out
 
 
+# llama_ftype values of the `gemma-mtp quantize` types (llama.h)
+LLAMA_FTYPES = {
+    "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+    "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32,
+}  # fmt: skip
+LLAMA_QUANTIZE = """
+import ctypes, sys
+import llama_cpp
+llama_cpp.llama_backend_init()
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype, params.nthread = int(sys.argv[3]), 1
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(params)))
+"""
+
+
+def llama_quantize_digests(source: Path, llama_python: str) -> dict[str, dict[str, list[str]]]:
+    """{file type: {tensor: [type, sha256 of its bytes]}} of llama-quantize's outputs."""
+    from gemma_mtp.gguf.reader import open_gguf
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, ftype in LLAMA_FTYPES.items():
+            dst = Path(tmp) / f"{name}.gguf"
+            subprocess.run([llama_python, "-c", LLAMA_QUANTIZE, str(source), str(dst), str(ftype)],
+                           check=True, capture_output=True)  # fmt: skip
+            gf = open_gguf(dst)
+            out[name] = {
+                t.name: [t.tensor_type.name, hashlib.sha256(t.data.tobytes()).hexdigest()]
+                for t in gf.tensors.values()
+            }
+    return out
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -81,6 +125,8 @@ def main() -> None:
     parser.add_argument("--lib", required=True, type=Path, help="path to libggml-base.so")
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/ggml"))
     parser.add_argument("--llama-cpp-commit", default="0c1e570", help="recorded in the manifest")
+    parser.add_argument("--quantize-source", type=Path, help="GGUF to run llama-quantize on (see above)")
+    parser.add_argument("--llama-python", default="python", help="a python with llama_cpp installed")
     args = parser.parse_args()
 
     lib = ctypes.CDLL(str(args.lib))
@@ -103,6 +149,11 @@ def main() -> None:
         outputs = {name: ggml_quantize(lib, qtype, x) for name, x in inputs.items()}
         np.savez_compressed(args.out / f"{qtype.name}.npz", **outputs)
         files[f"{qtype.name}.npz"] = None
+    if args.quantize_source:
+        digests = llama_quantize_digests(args.quantize_source, args.llama_python)
+        payload = {"source_sha256": _sha256(args.quantize_source), "file_types": digests}
+        (args.out / "llama_quantize.json").write_text(json.dumps(payload, indent=1) + "\n")
+        files["llama_quantize.json"] = None
     manifest = {
         "made_by": "scripts/make_ggml_fixtures.py",
         "function": "ggml_quantize_chunk(type, src, dst, 0, nrows, n_per_row, imatrix=NULL)",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,33 @@ def build_wide_gemma4(path: Path, *, seed: int = 7) -> Path:
                 param.fill_(0.25)
     model.save_pretrained(path, safe_serialization=True)
     return path
+
+
+def refilled(template: Path, dst: Path) -> Path:
+    """The template's metadata, names and shapes with values from numpy's PCG64 seeded by each
+    tensor's name: the same bytes on every machine (the source of the llama-quantize fixture)."""
+    gf = open_gguf(template)
+    entries = [
+        Entry(k, f.value, f.type, f.sub_type) for k, f in gf.fields.items() if k != "general.architecture"
+    ]
+    tensors = []
+    for name, t in gf.tensors.items():
+        shape = t.data.shape[:-1] + (t.shape[0],)
+        rng = np.random.default_rng(zlib.crc32(name.encode()))
+        values = rng.standard_normal(shape).astype(np.float32) * np.float32(0.05 if len(shape) > 1 else 1.0)
+        if name == "rope_freqs.weight":
+            values = np.asarray(t.data).view(np.float32).reshape(shape)  # a table, not a weight
+        tensors.append((name, values, None))
+    return write_gguf(dst, gf.arch, entries, tensors)
+
+
+def wide_source(root: Path) -> Path:
+    """The wide Gemma 4 (HF -> F32 GGUF) refilled with deterministic values."""
+    from gemma_mtp.gguf import convert_hf_to_gguf
+
+    template = convert_hf_to_gguf(build_wide_gemma4(root / "hf"), root / "template.gguf")
+    return refilled(template, root / "wide.f32.gguf")
+
+
+if __name__ == "__main__":  # python tests/test_gguf_tools_helpers.py DIR: writes DIR/wide.f32.gguf
+    print(wide_source(Path(sys.argv[1])))

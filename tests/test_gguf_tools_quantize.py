@@ -3,7 +3,10 @@ source's logits, the drafter low-bit policy, and one clear error per bad input."
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -12,7 +15,7 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from test_gguf_helpers import target_logits
-from test_gguf_tools_helpers import LEAKS, build_wide_gemma4, run_cli, with_metadata
+from test_gguf_tools_helpers import LEAKS, build_wide_gemma4, refilled, run_cli, with_metadata
 
 from gemma_mtp.assets import AssetError, gemma3_270m_gguf
 from gemma_mtp.errors import ModelFormatError, UsageError
@@ -93,6 +96,28 @@ def test_q4_k_m_plan_reproduces_llama_quantize_on_the_real_270m_file():
     plan, fallbacks = plan_types(specs, FILE_TYPES["Q4_K_M"], n_layers=18)
     assert plan == {t.name: t.tensor_type for t in gf.tensors.values()}
     assert Counter(plan.values())[T.Q6_K] == 9 and len(fallbacks) == 90  # rows of 640 are not 256-blocks
+
+
+LLAMA_QUANTIZE = json.loads((Path(__file__).parent / "fixtures/ggml/llama_quantize.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def deterministic_source(wide_f32, tmp_path_factory):
+    """The wide model refilled with seeded values: what llama-quantize was run on once
+    (scripts/make_ggml_fixtures.py --quantize-source)."""
+    return refilled(wide_f32, tmp_path_factory.mktemp("refilled") / "wide.f32.gguf")
+
+
+@pytest.mark.parametrize("file_type", list(LLAMA_QUANTIZE["file_types"]))
+def test_quantize_is_byte_identical_to_llama_quantize(deterministic_source, tmp_path, file_type):
+    out = open_gguf(quantize_gguf(deterministic_source, tmp_path / "out.gguf", file_type).path)
+    got = {
+        t.name: [t.tensor_type.name, hashlib.sha256(t.data.tobytes()).hexdigest()]
+        for t in out.tensors.values()
+    }
+    want = LLAMA_QUANTIZE["file_types"][file_type]
+    assert {n: g[0] for n, g in got.items()} == {n: w[0] for n, w in want.items()}  # the mix
+    assert [n for n in want if got[n][1] != want[n][1]] == []  # the bytes
 
 
 # relative L2 error of the logits; the tiny random model amplifies weight error ~5x
