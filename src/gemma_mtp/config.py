@@ -223,7 +223,9 @@ def _text_config(
     gemma4 = family != "gemma3"
     k_eq_v = bool(text.get("attention_k_eq_v", False)) and gemma4
     per_layer = {int(k): v for k, v in (text.get("per_layer_config") or {}).items()}
-    if gemma4 and not per_layer:
+    # transformers >= 5.23 writes `per_layer_config` (empty when full layers use head_dim too);
+    # released checkpoints carry the full-attention overrides as flat keys instead
+    if gemma4 and "per_layer_config" not in text:
         # Older config.json files carry the full-attention overrides as flat keys.
         override: dict[str, Any] = {"head_dim": int(text.get("global_head_dim", 512))}
         if k_eq_v and text.get("num_global_key_value_heads") is not None:

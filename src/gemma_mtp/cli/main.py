@@ -12,22 +12,17 @@ from gemma_mtp.cli.args import add_chat_arguments, add_run_arguments
 from gemma_mtp.cli.chat import chat_command
 from gemma_mtp.cli.run import run_command
 from gemma_mtp.errors import GemmaMTPError
+from gemma_mtp.gguf.cli import GGUF_COMMANDS, add_gguf_commands
 
 __all__ = ["main", "build_parser", "PLANNED_COMMANDS"]
 
 # Registered so that `gemma-mtp --help` shows the whole surface; each says it is not there yet.
-PLANNED_COMMANDS = (
-    "serve",
-    "bench",
-    "convert",
-    "quantize",
-    "sanitize",
-    "inspect",
-    "diff",
-    "pair",
-    "train-drafter",
-)
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": run_command, "chat": chat_command}
+PLANNED_COMMANDS = ("serve", "bench", "train-drafter")
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": run_command,
+    "chat": chat_command,
+    **GGUF_COMMANDS,
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add_chat_arguments(chat)
+    add_gguf_commands(commands)
     for name in PLANNED_COMMANDS:
         commands.add_parser(name, help="(not available in this version yet)", allow_abbrev=False)
     return parser
