@@ -83,13 +83,14 @@ class AssistantModel(nn.Module):
         self.post_projection = nn.Linear(width, backbone, bias=False)
         self.masked_embedding = CentroidHead(config) if config.use_ordered_embeddings else None
 
+    # read from the final norm: quantized projections have no float weight to ask
     @property
     def device(self) -> torch.device:
-        return self.pre_projection.weight.device
+        return self.model.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pre_projection.weight.dtype
+        return self.model.norm.weight.dtype
 
     def forward(
         self, inputs_embeds: torch.Tensor, positions: torch.Tensor, shared_kv: dict[str, SharedKV]
@@ -112,7 +113,6 @@ class AssistantModel(nn.Module):
         return AssistantOutput(logits=self.head(x), hidden=self.post_projection(x))
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
-        table = self.model.embed_tokens.weight
         if self.masked_embedding is not None:
-            return self.masked_embedding(x, table)
-        return torch.nn.functional.linear(x, table).float()
+            return self.masked_embedding(x, self.model.embed_tokens.weight)
+        return self.model.embed_tokens.attend(x).float()

@@ -129,6 +129,12 @@ class ScaledEmbedding(nn.Embedding):
         w = self.weight
         return super().forward(tokens) * torch.tensor(self.scale, dtype=w.dtype, device=w.device)
 
+    def attend(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The tied output head: `hidden @ weight.T` (unscaled), in the weight dtype.
+        `quant.QuantEmbedding` replaces this module with a quantized kernel."""
+        w = self.weight
+        return torch.nn.functional.linear(hidden.to(w.device, w.dtype), w)
+
 
 class GemmaModel(nn.Module):
     """A text target: `forward(tokens, positions, cache) -> TargetOutput`; `logits(hidden)` separately."""
@@ -156,13 +162,14 @@ class GemmaModel(nn.Module):
     def _rope_key(spec: LayerSpec) -> str:
         return f"{spec.kind}_{spec.head_dim}"
 
+    # read from the final norm: a quantized embedding has no float weight to ask
     @property
     def device(self) -> torch.device:
-        return self.embed_tokens.weight.device
+        return self.norm.weight.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
+        return self.norm.weight.dtype
 
     def make_cache(self, *, batch_size: int = 1, max_context: int = 4096, max_draft: int = 8) -> KVCache:
         devices = [next(layer.parameters()).device for layer in self.layers]
@@ -211,6 +218,5 @@ class GemmaModel(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Tied head + final softcap, float32. Pass only the positions you need."""
-        w = self.embed_tokens.weight
-        out = torch.nn.functional.linear(hidden.to(w.device, w.dtype), w).float()
+        out = self.embed_tokens.attend(hidden).float()
         return softcap(out, self.config.final_logit_softcapping)
