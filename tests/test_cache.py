@@ -298,3 +298,23 @@ def test_rolling_back_past_what_the_ring_holds_is_refused(model):
         cache.rollback([20])
     cache.rollback([23])  # max_draft (2) back from what was written: still fine
     cache.rollback([0])  # forgetting everything is always fine
+
+
+@pytest.mark.parametrize("rows", [[1], [0, 2], [1, 2]], ids=["one", "gather", "slice"])
+def test_a_forward_over_some_rows_equals_each_row_alone(model, rows):
+    """Idle slots are left out of a forward; contiguous rows are a view, others are gathered."""
+    cache = model.make_cache(batch_size=3, max_context=48, max_draft=2)
+    seqs = {r: tokens_of(30 + r, 20 + 3 * r) for r in range(3)}
+    with torch.inference_mode():
+        for r, ids in seqs.items():  # prefill each row on its own, in chunks that wrap the ring
+            for start in range(0, len(ids), 6):
+                chunk = ids[start : start + 6]
+                model(torch.tensor([chunk]), torch.arange(start, start + len(chunk))[None], cache, rows=[r])
+        nxt = {r: tokens_of(40 + r, 3) for r in rows}
+        starts = [len(seqs[r]) for r in rows]
+        tokens = torch.tensor([nxt[r] for r in rows])
+        positions = torch.stack([torch.arange(s, s + 3) for s in starts])
+        got = model.logits(model(tokens, positions, cache, rows=rows).hidden)
+    assert cache.lengths.tolist() == [len(seqs[r]) + (3 if r in rows else 0) for r in range(3)]
+    for i, r in enumerate(rows):
+        torch.testing.assert_close(got[i], prefill_logits(model, seqs[r] + nxt[r])[-3:], atol=1e-5, rtol=0)

@@ -61,6 +61,8 @@ class ForwardPlan:
     ring_span: int  # leading ring slots that can hold anything (all of them once the ring wrapped)
     write_first: bool  # short forwards write the ring, then attend to it; long ones attend to [ring | new]
     sliding_mask: torch.Tensor  # [B, 1, T, span] (write_first) or [B, 1, T, ring + T]
+    row_index: torch.Tensor  # [B] the cache rows this forward's batch rows are
+    row_select: slice | torch.Tensor  # the same rows as a slice (a view) when they are contiguous
 
 
 class KVCache:
@@ -133,15 +135,25 @@ class KVCache:
         return out
 
     # -- one forward ---------------------------------------------------------------------------
-    def plan(self, positions: torch.Tensor) -> ForwardPlan:
-        """Slots and masks for a forward over `positions` [B, T] (-1 = padding).
+    def _rows(self, rows: list[int] | None) -> tuple[torch.Tensor, slice | torch.Tensor]:
+        if rows is None:
+            rows = list(range(self.batch_size))
+        index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
+        return index, slice(rows[0], rows[0] + len(rows)) if contiguous else index
 
-        Valid positions of a row must be lengths[b], lengths[b]+1, ... in order.
+    def plan(self, positions: torch.Tensor, rows: list[int] | None = None) -> ForwardPlan:
+        """Slots and masks for a forward over `positions` [R, T] (-1 = padding) of the cache rows
+        `rows` (default: every row). Valid positions of a row must be lengths, lengths + 1, ...
+
+        Running only the rows that have work keeps idle slots from costing compute.
         """
         positions = positions.to(self.device)
+        row_index, row_select = self._rows(rows)
+        lengths = self.lengths[row_select]
         valid = positions >= 0
-        end = torch.where(valid, positions + 1, 0).amax(dim=1)  # [B] new length per row
-        end = torch.maximum(end, self.lengths)
+        end = torch.where(valid, positions + 1, 0).amax(dim=1)  # [R] new length per row
+        end = torch.maximum(end, lengths)
         if int(end.max()) > self.max_context:
             raise ValueError(f"position {int(end.max()) - 1} is past the cache size {self.max_context}")
         q = positions[:, None, :, None]  # [B, 1, T, 1]
@@ -155,8 +167,8 @@ class KVCache:
         ring = self.ring_size
         kept = valid & (positions >= end[:, None] - ring)  # only the last `ring` positions survive
         ring_slots = torch.where(kept, positions % ring, ring)
-        rows = torch.arange(self.batch_size, device=self.device)[:, None]
-        ring_positions = self.ring_positions.clone()
+        rows = torch.arange(positions.shape[0], device=self.device)[:, None]
+        ring_positions = self.ring_positions[row_select].clone()
         ring_positions[rows, ring_slots] = torch.where(kept, positions, -1)
         ring_positions[:, ring] = -1
         # Writing T tokens evicts positions up to (last - ring); the first query needs (first - window)
@@ -169,10 +181,8 @@ class KVCache:
             sliding_mask[..., 0] |= ~(q[..., 0] >= 0)
         else:
             span = ring
-            old = self.ring_positions[:, None, None, :ring]  # [B, 1, 1, ring]
-            old_ok = (
-                (old >= 0) & (old < self.lengths[:, None, None, None]) & (old > q - self.window) & (q >= 0)
-            )
+            old = self.ring_positions[row_select][:, None, None, :ring]  # [R, 1, 1, ring]
+            old_ok = (old >= 0) & (old < lengths[:, None, None, None]) & (old > q - self.window) & (q >= 0)
             new = positions[:, None, None, :]  # [B, 1, 1, T]
             new_ok = (new >= 0) & (new <= q) & (new > q - self.window)
             sliding_mask = torch.cat([old_ok, new_ok], dim=-1)
@@ -187,40 +197,47 @@ class KVCache:
             span,
             write_first,
             sliding_mask,
+            row_index,
+            row_select,
         )
 
     def attend_full(self, layer: int, plan: ForwardPlan, k: torch.Tensor, v: torch.Tensor):
-        """Write this forward's KV ([B, H, T, D]) and return (keys, values, mask) to attend to."""
+        """Write this forward's KV ([R, H, T, D]) and return (keys, values, mask) to attend to."""
         kb, vb = self.keys[layer], self.values[layer]
-        rows = torch.arange(kb.shape[0], device=kb.device)[:, None]
-        slots = plan.full_slots.to(kb.device)
-        kb[rows, :, slots] = k.transpose(1, 2).to(kb.dtype)
-        vb[rows, :, slots] = v.transpose(1, 2).to(vb.dtype)
+        self._write(kb, vb, plan, plan.full_slots, k, v)
         span = plan.full_span
-        return kb[:, :, :span], vb[:, :, :span], plan.full_mask.to(kb.device)
+        select = _on(plan.row_select, kb.device)
+        return kb[:, :, :span][select], vb[:, :, :span][select], plan.full_mask.to(kb.device)
 
     def attend_sliding(self, layer: int, plan: ForwardPlan, k: torch.Tensor, v: torch.Tensor):
         """Store the new KV in the ring and return (keys, values, mask) to attend to."""
         kb, vb = self.keys[layer], self.values[layer]
         ring = self.ring_size
+        select = _on(plan.row_select, kb.device)
         if not plan.write_first:  # a long chunk would evict what its own first queries need
-            keys = torch.cat([kb[:, :, :ring], k.to(kb.dtype)], dim=2)
-            values = torch.cat([vb[:, :, :ring], v.to(vb.dtype)], dim=2)
-        rows = torch.arange(kb.shape[0], device=kb.device)[:, None]
-        slots = plan.ring_slots.to(kb.device)
+            keys = torch.cat([kb[:, :, :ring][select], k.to(kb.dtype)], dim=2)
+            values = torch.cat([vb[:, :, :ring][select], v.to(vb.dtype)], dim=2)
+        self._write(kb, vb, plan, plan.ring_slots, k, v)
+        if plan.write_first:
+            span = plan.ring_span
+            keys, values = kb[:, :, :span][select], vb[:, :, :span][select]
+        return keys, values, plan.sliding_mask.to(kb.device)
+
+    @staticmethod
+    def _write(kb, vb, plan: ForwardPlan, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        rows = plan.row_index.to(kb.device)[:, None]
+        slots = slots.to(kb.device)
         kb[rows, :, slots] = k.transpose(1, 2).to(kb.dtype)
         vb[rows, :, slots] = v.transpose(1, 2).to(vb.dtype)
-        if plan.write_first:
-            keys, values = kb[:, :, : plan.ring_span], vb[:, :, : plan.ring_span]
-        return keys, values, plan.sliding_mask.to(kb.device)
 
     def finish(self, plan: ForwardPlan) -> None:
         """Commit a forward: record ring positions and advance `lengths`."""
-        self.ring_positions.copy_(plan.ring_positions)
+        rows = plan.row_index
+        self.ring_positions[rows] = plan.ring_positions
         valid = plan.positions >= 0
         end = torch.where(valid, plan.positions + 1, 0).amax(dim=1)
-        self.lengths.copy_(torch.maximum(end, self.lengths))
-        self.written = torch.maximum(self.written, end)
+        self.lengths[rows] = torch.maximum(end, self.lengths[rows])
+        self.written[rows] = torch.maximum(self.written[rows], end)
 
     def shared_kv(self, kind: str, layer: int | None = None) -> SharedKV:
         """Live view of the KV of `layer` (default: the last KV-owning layer of `kind`)."""
@@ -243,3 +260,7 @@ class KVCache:
             self.lengths,
             self.window,
         )
+
+
+def _on(select: slice | torch.Tensor, device: torch.device) -> slice | torch.Tensor:
+    return select if isinstance(select, slice) else select.to(device)

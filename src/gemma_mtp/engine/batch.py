@@ -130,8 +130,8 @@ class BatchDecoder:
         # prefill all but the last prompt token; the last one is fed by the first round like a pending token
         slot.has_hidden = len(prompt_ids) > 1
         if slot.has_hidden:
-            hidden = self._forward_rows({row: prompt_ids[:-1]}, {row: 0})
-            self.hidden[row, 0] = hidden[row, len(prompt_ids) - 2].to(self.hidden.device)
+            _, hidden = self._forward_rows({row: prompt_ids[:-1]}, {row: 0})
+            self.hidden[row, 0] = hidden[0, len(prompt_ids) - 2].to(self.hidden.device)
         slot.prompt_ms = (time.perf_counter() - t0) * 1e3
         if budget <= 0:
             slot.stop_reason = "length" if n_predict >= 0 else "context"
@@ -141,17 +141,22 @@ class BatchDecoder:
         self.slots[slot.row] = None
 
     # -- one round -------------------------------------------------------------------------------
-    def _forward_rows(self, feeds: dict[int, list[int]], starts: dict[int, int]) -> torch.Tensor:
-        """One target forward over each row's feed (others padded). Returns hidden [B, T, D]."""
-        batch = self.cache.batch_size
+    def _forward_rows(
+        self, feeds: dict[int, list[int]], starts: dict[int, int]
+    ) -> tuple[dict[int, int], torch.Tensor]:
+        """One target forward over the rows that have a feed (idle rows cost nothing; shorter feeds
+        are padded). Returns ({row: index in the forward's batch}, hidden [R, T, D])."""
+        rows = sorted(feeds)
         width = max(len(f) for f in feeds.values())
-        tokens = torch.zeros(batch, width, dtype=torch.long)
-        positions = torch.full((batch, width), -1, dtype=torch.long)
-        for row, feed in feeds.items():
-            tokens[row, : len(feed)] = torch.tensor(feed)
-            positions[row, : len(feed)] = torch.arange(starts[row], starts[row] + len(feed))
+        tokens = torch.zeros(len(rows), width, dtype=torch.long)
+        positions = torch.full((len(rows), width), -1, dtype=torch.long)
+        for i, row in enumerate(rows):
+            feed = feeds[row]
+            tokens[i, : len(feed)] = torch.tensor(feed)
+            positions[i, : len(feed)] = torch.arange(starts[row], starts[row] + len(feed))
         dev = self.target.device
-        return self.target(tokens.to(dev), positions.to(dev), self.cache).hidden
+        hidden = self.target(tokens.to(dev), positions.to(dev), self.cache, rows=rows).hidden
+        return {row: i for i, row in enumerate(rows)}, hidden
 
     def _n_draft(self, slot: Slot) -> int:
         if slot.spec.type == "none" or (slot.spec.type == "mtp" and not slot.has_hidden):
@@ -173,23 +178,24 @@ class BatchDecoder:
         t1 = time.perf_counter()
         feeds = {s.row: [s.tokens[-1], *drafts[s.row].tokens] for s in slots}
         starts = {s.row: len(s.tokens) - 1 for s in slots}
-        hidden = self._forward_rows(feeds, starts)
-        logits = self.target.logits(hidden)  # [B, T, V]
+        index, hidden = self._forward_rows(feeds, starts)
+        logits = self.target.logits(hidden)  # [R, T, V]
         committed: dict[int, list[int]] = {}
         outcomes: dict[int, tuple[int, int]] = {}  # row -> (n drafted, n accepted)
         new_lengths = self.cache.lengths.clone()
         for s in slots:
             draft = drafts[s.row]
             n = len(draft.tokens)
+            i = index[s.row]
             if s.sampling.greedy:
-                k, nxt = accept_greedy(logits[s.row, : n + 1], draft.tokens)
+                k, nxt = accept_greedy(logits[i, : n + 1], draft.tokens)
             else:
-                p = probs_from_logits(logits[s.row, : n + 1], s.sampling)
+                p = probs_from_logits(logits[i, : n + 1], s.sampling)
                 k, nxt = accept_sampled(p, draft.q, draft.tokens, s.generator)
             s.stats.record(n, k)
             outcomes[s.row] = (n, k)
             new_lengths[s.row] = starts[s.row] + k + 1
-            self.hidden[s.row, 0] = hidden[s.row, k].to(self.hidden.device)
+            self.hidden[s.row, 0] = hidden[i, k].to(self.hidden.device)
             s.has_hidden = True
             committed[s.row] = self._commit(s, [*draft.tokens[:k], nxt])
         self.cache.rollback(new_lengths)

@@ -193,8 +193,11 @@ class GemmaModel(nn.Module):
         context = self.per_layer_projection_norm(context.reshape(*h.shape[:-1], n, p))
         return (context + token_part) * 2**-0.5  # [B, T, layers, ple_dim]
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> TargetOutput:
-        plan = cache.plan(positions)
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, rows: list[int] | None = None
+    ) -> TargetOutput:
+        """tokens/positions [R, T] for the cache rows `rows` (default: all rows, R = batch size)."""
+        plan = cache.plan(positions, rows)
         tokens = tokens.to(self.device)
         h = self.embed(tokens)
         ple = self._per_layer_inputs(tokens, h) if self.config.ple_dim else None
