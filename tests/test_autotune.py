@@ -110,11 +110,11 @@ def test_converges_to_best_n(name, seed):
     profile = PROFILES[name]
     choices, session = simulate(profile, 1500, seed=seed)
     assert efficiency(profile, choices) >= 0.95
-    assert profile.rate(session.tuner.current) >= 0.98 * profile.rate(profile.best())
+    late = choices[500:]
+    mostly = max(range(9), key=late.count)
+    assert profile.rate(mostly) >= 0.97 * profile.rate(profile.best())
     if name in CLEAR_OPTIMUM:
-        assert session.tuner.current == profile.best()
-        late = choices[500:]
-        assert max(range(9), key=late.count) == profile.best()
+        assert mostly == session.tuner.current == profile.best()
 
 
 @pytest.mark.parametrize("name", ["no_drafting", "short"])
@@ -163,8 +163,25 @@ def test_cost_model_pools_widths_and_ignores_spikes():
     assert tuner.verify_cost(1) == pytest.approx(10.0)
     assert tuner.verify_cost(2) == pytest.approx(12.0)  # unmeasured: the affine fit of all widths
     assert tuner.verify_cost(5) == pytest.approx(18.0)
-    tuner.observe(0, 0, 0, 0.0, 20.0, width=4)  # one sample weighs less than the fit's 3 pseudo-samples
-    assert 16.0 < tuner.verify_cost(4) < 18.0
+
+
+def test_a_rarely_timed_width_is_not_judged_dearer_than_the_others_fit():
+    tuner = Autotuner()
+    for _ in range(9):
+        tuner.observe(0, 0, 0, 0.0, 10.0, width=1)
+        tuner.observe(0, 0, 0, 0.0, 14.0, width=3)
+    tuner.observe(0, 0, 0, 0.0, 40.0, width=4)  # probed once, during a slow spell
+    assert tuner.verify_cost(4) == pytest.approx(16.0)
+    for _ in range(4):
+        tuner.observe(0, 0, 0, 0.0, 40.0, width=4)
+    assert tuner.verify_cost(4) > 25.0  # three timings agree: believe them
+
+
+def test_the_first_timing_of_a_width_is_dropped_once_a_second_arrives():
+    tuner = Autotuner()
+    tuner.observe(0, 0, 0, 0.0, 100.0, width=2)  # a new shape's first forward
+    tuner.observe(0, 0, 0, 0.0, 10.0, width=2)
+    assert tuner.verify_cost(2) == pytest.approx(10.0)
 
 
 def test_draft_cost_is_zero_without_drafts_and_proportional_from_one_length():

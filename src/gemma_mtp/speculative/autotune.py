@@ -43,6 +43,7 @@ class AutotuneConfig:
     prior_acceptance: float = 0.5  # a_1 before any evidence; deeper positions inherit a_{j-1}
     prior_weight: float = 2.0  # pseudo-events behind every prior
     cost_window: int = 9  # a width's cost is the median of its last timings (spikes are noise) ...
+    cost_max_age: int = 256  # rounds after which a width's timings give way to fresher widths'
     cost_shrink: float = 3.0  # ... pulled toward an affine fit of all widths with this many pseudo-samples
     verify_slope: float = 0.1  # one width measured: each extra position costs this fraction more
     draft_ratio: float = 0.1  # unmeasured drafting: this fraction of verify(1) per drafted token
@@ -80,36 +81,81 @@ class _Ratio:
 class _Costs:
     """Timings by key (verify width, or requested draft length): each key's recent median, shrunk
     toward an affine fit over every key (costs grow smoothly with width, and pooling keeps a
-    rarely measured width from resting on one noisy sample)."""
+    rarely measured width from resting on one noisy sample).
 
-    def __init__(self, window: int, shrink: float, lone_slope: Callable[[int, float], float]) -> None:
+    The first timing of a key is dropped once a second one arrives (a new shape's first forward
+    pays for kernel selection and allocation). A key with few timings is never judged dearer than
+    the fit of the other keys says: a slow spell during its first probe must not bar it for good.
+    The fit's slope stays between 0 and linear scaling from the cheapest key per position. Keys
+    last timed more than `max_age` rounds ago are left out while fresher ones exist (costs drift
+    with context length and batch composition).
+    """
+
+    def __init__(
+        self, window: int, shrink: float, max_age: int, lone_slope: Callable[[int, float], float]
+    ) -> None:
         self.window = window
         self.shrink = shrink
+        self.max_age = max_age
         self.lone_slope = lone_slope  # slope to assume when a single key has been measured
         self.samples: dict[int, deque[float]] = {}
+        self.last_seen: dict[int, int] = {}  # key -> round of its latest timing
+        self.now = 0
+        self._first: set[int] = set()  # keys whose window still holds their first timing
+        self._cache: dict[int, float | None] = {}  # estimates since the last timing
 
-    def add(self, key: int, ms: float) -> None:
-        self.samples.setdefault(key, deque(maxlen=self.window)).append(ms)
+    def add(self, key: int, ms: float, now: int) -> None:
+        self.now = now
+        self.last_seen[key] = now
+        window = self.samples.setdefault(key, deque(maxlen=self.window))
+        if key in self._first:
+            window.popleft()
+            self._first.discard(key)
+        elif not window:
+            self._first.add(key)
+        window.append(ms)
+        self._cache.clear()
 
     def medians(self) -> dict[int, float]:
-        return {k: statistics.median(v) for k, v in sorted(self.samples.items())}
+        """Median timing per key, fresh keys only (all keys when none is fresh)."""
+        fresh = [k for k, t in self.last_seen.items() if self.now - t <= self.max_age] or self.last_seen
+        return {k: statistics.median(self.samples[k]) for k in sorted(fresh)}
 
     def estimate(self, key: int) -> float | None:
+        if key not in self._cache:
+            self._cache[key] = self._estimate(key)
+        return self._cache[key]
+
+    def _estimate(self, key: int) -> float | None:
         medians = self.medians()
         if not medians:
             return None
-        weights = {k: len(self.samples[k]) for k in medians}
-        total = sum(weights.values())
-        mean_k = sum(w * k for k, w in weights.items()) / total
-        mean_ms = sum(weights[k] * m for k, m in medians.items()) / total
-        spread = sum(w * (k - mean_k) ** 2 for k, w in weights.items())
-        if spread > 0:
-            slope = sum(weights[k] * (k - mean_k) * (m - mean_ms) for k, m in medians.items()) / spread
-        else:
-            slope = self.lone_slope(int(mean_k), mean_ms)
-        fit = max(mean_ms + max(slope, 0.0) * (key - mean_k), 1e-3 * mean_ms)
-        n = weights.get(key, 0)
-        return (n * medians[key] + self.shrink * fit) / (n + self.shrink) if n else fit
+        n = len(self.samples[key]) if key in medians else 0
+        fit = _affine(medians, {k: len(self.samples[k]) for k in medians}, self.lone_slope)(key)
+        if not n:
+            return fit
+        shrunk = (n * medians[key] + self.shrink * fit) / (n + self.shrink)
+        others = {k: m for k, m in medians.items() if k != key}
+        if n < 3 and others:
+            weights = {k: len(self.samples[k]) for k in others}
+            return min(shrunk, _affine(others, weights, self.lone_slope)(key))
+        return shrunk
+
+
+def _affine(
+    medians: dict[int, float], weights: dict[int, int], lone_slope: Callable[[int, float], float]
+) -> Callable[[int], float]:
+    """Weighted least-squares line through the medians, slope clamped to [0, cheapest ms per key]."""
+    total = sum(weights.values())
+    mean_k = sum(w * k for k, w in weights.items()) / total
+    mean_ms = sum(weights[k] * m for k, m in medians.items()) / total
+    spread = sum(w * (k - mean_k) ** 2 for k, w in weights.items())
+    if spread > 0:
+        slope = sum(weights[k] * (k - mean_k) * (m - mean_ms) for k, m in medians.items()) / spread
+    else:
+        slope = lone_slope(int(mean_k), mean_ms)
+    slope = min(max(slope, 0.0), min(m / k for k, m in medians.items()))
+    return lambda key: max(mean_ms + slope * (key - mean_k), 1e-3 * mean_ms)
 
 
 class Autotuner:
@@ -122,8 +168,11 @@ class Autotuner:
         self.decay = 0.5 ** (1.0 / self.config.half_life)
         self.forget = 0.5 ** (1.0 / self.config.forget_half_life)
         cfg = self.config
-        self.verify = _Costs(cfg.cost_window, cfg.cost_shrink, lambda k, ms: cfg.verify_slope * ms)
-        self.draft = _Costs(cfg.cost_window, cfg.cost_shrink, lambda k, ms: ms / k)  # by requested n
+        self.verify = _Costs(
+            cfg.cost_window, cfg.cost_shrink, cfg.cost_max_age, lambda k, ms: cfg.verify_slope * ms
+        )
+        self.draft = _Costs(cfg.cost_window, cfg.cost_shrink, cfg.cost_max_age, lambda k, ms: ms / k)  # by n
+        self.rounds = 0
         self.current = -1  # the n in force; -1 until the first session sets its start
         self.resets = 0
         self.probe_gap = self.config.probe_every
@@ -229,9 +278,10 @@ class Autotuner:
     def observe(
         self, n_requested: int, n_drafted: int, n_accepted: int, draft_ms: float, verify_ms: float, width: int
     ) -> None:
-        self.verify.add(width, verify_ms)
+        self.rounds += 1
+        self.verify.add(width, verify_ms, self.rounds)
         if n_requested > 0:
-            self.draft.add(n_requested, draft_ms)
+            self.draft.add(n_requested, draft_ms, self.rounds)
         self._learn(n_requested, n_drafted, n_accepted)
         if n_drafted > 0:
             self._watch_shift((n_requested, n_drafted, n_accepted))
