@@ -149,7 +149,8 @@ class _Stub(BaseHTTPRequestHandler):
         type(self).bodies.append(body)
         type(self).served += 1
         chunks = [{"choices": [{"text": t}]} for t in ("a", "b", "c")]
-        timings = {"predicted_n": 3, "predicted_ms": 100.0, "draft_n": 8, "draft_n_accepted": 5}
+        timings = {"predicted_n": 3, "predicted_ms": 100.0, "predicted_per_second": 30.0}
+        timings |= {"draft_n": 8, "draft_n_accepted": 5}
         chunks.append({"choices": [], "usage": {"completion_tokens": 3}, "timings": timings})
         payload = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
         self._send(200, "text/event-stream", payload.encode())
@@ -174,7 +175,14 @@ def stub_server():
 
 def test_metrics_parser_finds_speculative_counters_under_any_prefix():
     metrics = parse_metrics(METRICS.format(drafted=8, accepted=5, rounds=4, pos0=4, pos1=1))
-    assert spec_counters(metrics) == {"drafted": 8, "accepted": 5, "rounds": 4, "by_position": {0: 4, 1: 1}}
+    counters = spec_counters(metrics)
+    assert counters == {
+        "drafted": 8,
+        "accepted": 5,
+        "rounds": 4,
+        "by_position": {0: 4, 1: 1},
+        "drafted_by_position": {},
+    }
 
 
 def test_endpoint_mode_reads_timings_and_metrics(stub_server, tmp_path):
@@ -189,7 +197,8 @@ def test_endpoint_mode_reads_timings_and_metrics(stub_server, tmp_path):
     assert overall["mean_accepted_length"] == pytest.approx(1 + 5 / 4)
     assert overall["acceptance_by_position"] == pytest.approx([4 / 4, 1 / 4])
     assert {r["category"] for r in rows} == {"all", "code", "json"}
-    assert _Stub.bodies[-1]["speculative.n_max"] == 2 and _Stub.bodies[-1]["prompt"] == [2, 3]
+    body = _Stub.bodies[-1]
+    assert body["speculative.n_max"] == 2 and body["speculative"] == {"n_max": 2} and body["prompt"] == [2, 3]
 
 
 def test_endpoint_rows_make_a_report_without_a_plain_row(stub_server, tmp_path):

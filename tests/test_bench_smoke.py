@@ -75,3 +75,62 @@ def test_terminal_table(bench_out, capsys):
     Console(width=140).print(rich_table(rows))
     out = capsys.readouterr().out
     assert "plain" in out and "acceptance" in out and "±" in out
+
+
+def test_endpoint_mode_against_our_server(reference_models, tmp_path):
+    """`bench --endpoint` on our own OpenAI-compatible server: acceptance from its timings/metrics."""
+    pytest.importorskip("fastapi")
+    uvicorn = pytest.importorskip("uvicorn")
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    import server_model
+
+    from gemma_mtp.bench.endpoint import EndpointConfig, run_endpoint_bench
+    from gemma_mtp.server.app import create_app
+    from gemma_mtp.server.settings import ServerSettings
+    from gemma_mtp.speculative.base import SpecOptions
+
+    target = server_model.servable_copy(reference_models.target("e2b").path, tmp_path / "target")
+    app = create_app(
+        ServerSettings(
+            model=str(target),
+            model_draft=str(reference_models.assistant("e2b", ordered=True).path),
+            ctx_size=128,
+            spec=SpecOptions(type="mtp", n_max=3),
+            dtype="float32",
+            device="cpu",
+        )
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.05)
+        prompts = tmp_path / "prompts.jsonl"
+        prompts.write_text('{"category": "ids", "prompt": [2, 5, 9, 13, 5, 9, 13]}\n')
+        config = EndpointConfig(
+            endpoints=(url,), n_max=(2,), reps=2, prompts=str(prompts), n_predict=8, temperature=0
+        )
+        rows = run_endpoint_bench(config)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+    overall = next(r for r in rows if r["category"] == "all")
+    assert overall["timing_source"] == "server" and overall["tokens_per_s"] > 0
+    assert overall["drafted"] > 0 and overall["acceptance"] is not None
+    assert len(overall["acceptance_by_position"]) == 2  # per-position counters from /metrics, n_max 2

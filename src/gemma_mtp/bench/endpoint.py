@@ -2,12 +2,14 @@
 llama-server, vLLM), so that engines can be compared with one tool.
 
 Each prompt is one streamed `POST /v1/completions`. Decode speed comes from the server's own
-`timings` (llama-server: `predicted_n`, `predicted_ms`) when it reports them, else from the client
+`timings` (`predicted_per_second` over `predicted_ms`: llama-server's names, ours too) when it reports them, else from the client
 clock: tokens after the first over the time from the first streamed token to the last. Acceptance
 comes from `timings.draft_n` / `timings.draft_n_accepted` (llama-server's names) and, where the
 server exposes Prometheus `/metrics`, from the difference of its speculative counters around each
 request (`*spec_decode_num_draft_tokens_total`, `*_num_accepted_tokens_total`, `*_num_drafts_total`,
-`*_num_accepted_tokens_per_pos_total{position=...}`; vLLM's names, any prefix).
+`*_num_accepted_tokens_per_pos_total{position=...}`; vLLM's names, any prefix; ours add
+`*_num_draft_tokens_per_pos_total`). A draft length given with --n-max is sent both as llama-server's
+`"speculative.n_max"` and as ours, `"speculative": {"n_max": N}`.
 With several endpoints, the first one is the baseline of the speedup column (list the server
 without speculation first).
 """
@@ -55,7 +57,7 @@ class EndpointConfig:
 
 @dataclass(frozen=True)
 class Completion:
-    n_tokens: int
+    n_tokens: int  # tokens the decode rate counts
     decode_ms: float
     timing_source: str  # "server" or "client"
     timings: dict[str, Any]
@@ -93,7 +95,8 @@ def complete(base_url: str, prompt: str | list[int], *, config: EndpointConfig, 
     if config.model:
         body["model"] = config.model
     if n_max is not None:
-        body["speculative.n_max"] = n_max  # llama-server's per-request knob; others ignore it
+        body["speculative.n_max"] = n_max  # llama-server's per-request knob
+        body["speculative"] = {"n_max": n_max}  # ours
     url = base_url.rstrip("/") + "/v1/completions"
     stamps: list[float] = []
     timings: dict[str, Any] = {}
@@ -109,8 +112,10 @@ def complete(base_url: str, prompt: str | list[int], *, config: EndpointConfig, 
                 usage_tokens = usage.get("completion_tokens", usage_tokens)
     except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
         raise GemmaMTPError(f"--endpoint {base_url}: the completion request failed ({exc})") from None
-    if timings.get("predicted_n") and timings.get("predicted_ms"):
-        return Completion(int(timings["predicted_n"]), float(timings["predicted_ms"]), "server", timings)
+    if timings.get("predicted_per_second") and timings.get("predicted_ms"):
+        # the server's own rate, whatever it counts (llama-server: all tokens; ours: after the first)
+        n_tokens = round(float(timings["predicted_per_second"]) * float(timings["predicted_ms"]) / 1e3)
+        return Completion(n_tokens, float(timings["predicted_ms"]), "server", timings)
     n_tokens = int(usage_tokens) if usage_tokens is not None else len(stamps)
     decode_ms = (stamps[-1] - stamps[0]) * 1e3 if len(stamps) > 1 else 0.0
     return Completion(n_tokens, decode_ms, "client", timings)
@@ -133,19 +138,30 @@ def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
 
 def spec_counters(metrics: dict) -> dict[str, Any]:
     """The speculative counters of a scrape, whatever their prefix (`vllm:`, ...)."""
-    out: dict[str, Any] = {"drafted": 0.0, "accepted": 0.0, "rounds": 0.0, "by_position": {}}
+    out: dict[str, Any] = {
+        "drafted": 0.0,
+        "accepted": 0.0,
+        "rounds": 0.0,
+        "by_position": {},
+        "drafted_by_position": {},
+    }
     names = {
         "spec_decode_num_draft_tokens_total": "drafted",
         "spec_decode_num_accepted_tokens_total": "accepted",
         "spec_decode_num_drafts_total": "rounds",
     }
+    per_position = {
+        "spec_decode_num_accepted_tokens_per_pos_total": "by_position",
+        "spec_decode_num_draft_tokens_per_pos_total": "drafted_by_position",  # ours; vLLM has none
+    }
     for (name, labels), value in metrics.items():
         base = name.rsplit(":", 1)[-1]
         if base in names:
             out[names[base]] += value
-        elif base == "spec_decode_num_accepted_tokens_per_pos_total":
+        elif base in per_position:
+            counts = out[per_position[base]]
             position = int(dict(labels).get("position", 0))
-            out["by_position"][position] = out["by_position"].get(position, 0.0) + value
+            counts[position] = counts.get(position, 0.0) + value
     return out
 
 
@@ -159,6 +175,10 @@ def _scrape(base_url: str, config: EndpointConfig) -> dict[str, Any] | None:
         return None
 
 
+def _delta(before: dict[int, float], after: dict[int, float]) -> tuple[int, ...]:
+    return tuple(int(after[p] - before.get(p, 0.0)) for p in sorted(after))
+
+
 def _generation(done: Completion, before, after, prompt: BenchPrompt, rep: int) -> Generation:
     drafted = int(done.timings.get("draft_n", 0))
     accepted = int(done.timings.get("draft_n_accepted", 0))
@@ -167,10 +187,10 @@ def _generation(done: Completion, before, after, prompt: BenchPrompt, rep: int) 
         diff = {k: after[k] - before[k] for k in ("drafted", "accepted", "rounds")}
         drafted, accepted = drafted or int(diff["drafted"]), accepted or int(diff["accepted"])
         rounds = int(diff["rounds"])
-        positions = sorted(after["by_position"])
-        by_pos = tuple(int(after["by_position"][p] - before["by_position"].get(p, 0.0)) for p in positions)
-        if by_pos and rounds:
-            dr_pos = (rounds,) * len(by_pos)  # every round drafts every position in vLLM
+        by_pos = _delta(before["by_position"], after["by_position"])
+        dr_pos = _delta(before["drafted_by_position"], after["drafted_by_position"])
+        if by_pos and not dr_pos and rounds:
+            dr_pos = (rounds,) * len(by_pos)  # vLLM: every round drafts every position
     return Generation(
         category=prompt.category,
         rep=rep,
