@@ -8,12 +8,13 @@ The controller maximises expected committed tokens per second. For a draft lengt
 with a_j the conditional acceptance at draft position j (position j is accepted given that j-1
 was), q_j the chance that the drafter produces a j-th token at all (n-gram lookups and p_min stop
 early), draft(n) the measured drafting time for a request of n, and verify(k) the measured target
-forward over k positions. All of them are learned online: acceptance as decayed counts per
-position (an EWMA over events), costs as EWMAs per width. Widths never measured are interpolated,
-or extrapolated with a modest slope, and every few rounds the controller probes a neighbour of its
-current best so that the estimates stay true. When recent acceptance departs sharply from the
-older estimate (a new kind of text), the acceptance model is rebuilt from the recent rounds only;
-the costs, which belong to the hardware, are kept.
+forward over k positions. All of them are learned online: acceptance and availability as decayed
+counts per position (an EWMA over outcomes; positions rarely reached drift back to an optimistic
+prior), costs as the median of each width's recent timings pooled through an affine fit over
+widths (see `_Costs`). Every few rounds the controller probes a neighbour of its current best
+(one deeper more often, less often when the neighbour is clearly worse), so that the estimates
+stay true. When recent first-position acceptance departs sharply from the older estimate (a new
+kind of text), the acceptance model is rebuilt from the recent rounds only; costs are kept.
 
 `Autotuner` holds what is learned (per decoder and strategy, so it outlives a request);
 `AutotuneSession` is one request's view: it chooses, observes, and records what it chose into the
@@ -43,8 +44,8 @@ class AutotuneConfig:
     prior_acceptance: float = 0.5  # a_1 before any evidence; deeper positions inherit a_{j-1}
     prior_weight: float = 2.0  # pseudo-events behind every prior
     cost_window: int = 9  # a width's cost is the median of its last timings (spikes are noise) ...
-    cost_max_age: int = 256  # rounds after which a width's timings give way to fresher widths'
     cost_shrink: float = 3.0  # ... pulled toward an affine fit of all widths with this many pseudo-samples
+    cost_max_age: int = 256  # rounds after which a width's timings give way to fresher widths'
     verify_slope: float = 0.1  # one width measured: each extra position costs this fraction more
     draft_ratio: float = 0.1  # unmeasured drafting: this fraction of verify(1) per drafted token
     probe_every: int = 10  # mean rounds between neighbour probes (0: never probe)
