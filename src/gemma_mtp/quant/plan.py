@@ -1,0 +1,87 @@
+"""Deciding, per GGUF tensor, which quantized module replaces its float module, and building it.
+
+Roles: a `matrix` is the weight of a bias-free `nn.Linear` or a tied embedding that is also the
+output head (lookups and a matmul); a `lookup` table is only ever indexed (per-layer embeddings).
+Everything else (vectors, norms, 3-D expert stacks, a drafter's centroid-head table, types with no
+decoder) stays float and the loader says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType
+from torch import nn
+
+from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
+from .int4 import Int4GroupWeight, int4_kernel_ok
+from .int8 import Int8RowWeight, int8_kernel_ok
+from .modules import BlockRows, QuantEmbedding, QuantLinear
+from .policy import EXACTNESS, KERNEL_NOTES, KINDS, MATRIX_KERNELS
+
+__all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_kernels"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    kind: str  # "int4", "int8", "blocks" or "float"
+    reason: str = ""  # why a quantized tensor stays float
+
+
+def parse_kernels(kernels: Mapping[str, str] | None) -> dict[GGMLQuantizationType, str]:
+    """`{"Q8_0": "int8"}` -> per-type overrides of `MATRIX_KERNELS`, checked."""
+    out = dict(MATRIX_KERNELS)
+    for name, kind in (kernels or {}).items():
+        try:
+            qtype = GGMLQuantizationType[name]
+        except KeyError:
+            raise ValueError(f"kernels: unknown GGUF type {name!r}") from None
+        if kind not in KINDS:
+            raise ValueError(f"kernels: {name}={kind!r}; use one of {', '.join(KINDS)}")
+        if qtype not in CODE_TYPES and kind != "float":
+            raise ValueError(f"kernels: {name} has no quantized kernel here")
+        out[qtype] = kind
+    return out
+
+
+def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarray, kernels: dict) -> Choice:
+    if qtype not in CODE_TYPES:
+        return Choice("float", "no kernel for this type")
+    if role == "lookup":
+        return Choice("blocks")
+    if role != "matrix":
+        return Choice("float", "not a matrix of a linear layer or the tied head")
+    kind = kernels.get(qtype, "float")
+    probe = decode_codes(data[:1], qtype)
+    if kind == "int4" and not int4_kernel_ok(probe):
+        return Choice("float", f"int4pack needs 32-wide groups ({qtype.name} has {probe.group})")
+    if kind == "int8" and not int8_kernel_ok(probe.codes.shape[1]):
+        return Choice("float", "int8pack needs rows of a multiple of 16")
+    if kind == "float":
+        return Choice("float", "no exact kernel (int4pack groups are 32 and up; int8 would re-quantize)")
+    return Choice(kind)
+
+
+def build_module(
+    choice: Choice, old: nn.Module, data: np.ndarray, qtype: GGMLQuantizationType, dtype: torch.dtype
+) -> nn.Module:
+    """The quantized replacement for `old` (an `nn.Linear` or a scaled embedding)."""
+    if choice.kind == "blocks":
+        weight = BlockRows(torch.from_numpy(np.array(data, dtype=np.uint8)), qtype, old.embedding_dim)
+    elif choice.kind == "int4":
+        weight = Int4GroupWeight.from_blocks(data, qtype)
+    else:
+        weight = Int8RowWeight.from_blocks(data, qtype)
+    if isinstance(old, nn.Linear):
+        return QuantLinear(weight)
+    return QuantEmbedding(weight, old.scale, dtype)
+
+
+def describe_choice(kind: str, qtype: GGMLQuantizationType, count: int, max_error: float) -> str:
+    """One notice line: which kernel holds a type and how exact it is."""
+    exact = EXACTNESS.get((kind, qtype in SYMMETRIC_TYPES), EXACTNESS.get((kind, None), ""))
+    seen = f"; largest |dw| seen {100 * max_error:.2f}% of the max" if kind in ("int4", "int8") else ""
+    return f"{qtype.name} x{count} kept quantized: {KERNEL_NOTES[kind]}, {exact}{seen}"

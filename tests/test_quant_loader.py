@@ -1,0 +1,127 @@
+"""Loading GGUF files with quantized weights kept quantized (tiny HF models -> Q8_0 GGUF).
+
+Against the float32 dequantized load, a quantized load (bfloat16 activations) must be no further
+off than the bfloat16 dequantized load is: the kernels' weights differ from the dequantized ones
+by at most the bfloat16 rounding of the block scales (see test_quant_kernels.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import hf_reference as ref
+import pytest
+import torch
+from test_gguf_helpers import synthetic_shared_kv, target_logits
+
+import gemma_mtp
+from gemma_mtp.errors import UsageError
+from gemma_mtp.gguf import convert_hf_to_gguf
+from gemma_mtp.quant import QuantEmbedding, QuantLinear
+from gemma_mtp.sampling import SamplingParams
+from gemma_mtp.speculative.base import SpecOptions
+from gemma_mtp.weights.gguf_loader import load_gguf_model
+
+pytest.importorskip("transformers")
+
+
+def _q8_file(reference_models, tmp_path, name: str):
+    return convert_hf_to_gguf(reference_models.target(name).path, tmp_path / f"{name}.gguf", out_type="Q8_0")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("name", list(ref.TARGET_BUILDERS))
+def test_quantized_load_is_as_close_to_float32_as_the_bf16_load(reference_models, tmp_path, name):
+    path = _q8_file(reference_models, tmp_path, name)
+    tokens = ref.random_tokens(1, 16, seed=5)
+    want = target_logits(load_gguf_model(path, dtype="float32")[0], tokens)
+    bf16 = target_logits(load_gguf_model(path, dtype="bfloat16", quantized=False)[0], tokens)
+    quant = target_logits(load_gguf_model(path)[0], tokens)
+    assert _rel(quant, want) <= 1.5 * _rel(bf16, want) + 0.01
+
+
+def test_matrices_and_the_tied_head_are_swapped_and_reported(reference_models, tmp_path):
+    path = _q8_file(reference_models, tmp_path, "e2b")
+    model, _, report = load_gguf_model(path)
+    _, _, dense = load_gguf_model(path, dtype="bfloat16", quantized=False)
+    assert isinstance(model.embed_tokens, QuantEmbedding) and model.embed_tokens.table.kind == "int4"
+    assert isinstance(model.layers[0].self_attn.q_proj, QuantLinear)
+    assert isinstance(model.layers[0].mlp.down_proj, QuantLinear)
+    assert model.dtype == torch.bfloat16
+    assert any(n.startswith("Q8_0 x") and "kept quantized: int4pack" in n for n in report.notices)
+    assert any(n.startswith("weights take") for n in report.notices)
+    assert report.n_bytes < dense.n_bytes
+
+
+def test_lookup_only_tables_keep_their_blocks_and_decode_exact_rows(tmp_path):
+    # per-layer embeddings 6 x 16 = 96 wide: whole Q8_0 blocks (the shared tiny E2B's 48 are not)
+    text = ref.e2b_text_kwargs() | {"hidden_size_per_layer_input": 16}
+    path = convert_hf_to_gguf(
+        ref._gemma4(tmp_path / "ple", 0, text, False).path, tmp_path / "p.gguf", out_type="Q8_0"
+    )
+    model, _, report = load_gguf_model(path)
+    dense, _, _ = load_gguf_model(path, dtype="bfloat16", quantized=False)
+    assert model.embed_tokens_per_layer.table.kind == "blocks"
+    tokens = torch.tensor([[0, 5, 255]])
+    assert torch.equal(model.embed_tokens_per_layer(tokens), dense.embed_tokens_per_layer(tokens))
+    assert any("GGUF blocks kept as stored" in n for n in report.notices)
+
+
+def test_experts_stay_float_with_a_notice(reference_models, tmp_path):
+    path = _q8_file(reference_models, tmp_path, "moe")
+    _, _, report = load_gguf_model(path)
+    assert any(n.startswith("dequantized Q8_0") and "not a matrix" in n for n in report.notices)
+
+
+def test_float32_loads_stay_dequantized_and_quantized_needs_bf16(reference_models, tmp_path):
+    path = _q8_file(reference_models, tmp_path, "gemma3")
+    model, _, report = load_gguf_model(path, dtype="float32")
+    assert isinstance(model.layers[0].self_attn.q_proj, torch.nn.Linear)
+    assert any("dequantized Q8_0" in n for n in report.notices)
+    with pytest.raises(UsageError, match="bfloat16"):
+        load_gguf_model(path, dtype="float32", quantized=True)
+    with pytest.raises(UsageError, match="unknown GGUF type"):
+        load_gguf_model(path, kernels={"Q9_9": "int8"})
+
+
+def test_kernels_override_puts_q8_0_in_int8_rows(reference_models, tmp_path):
+    path = _q8_file(reference_models, tmp_path, "gemma3")
+    model, _, report = load_gguf_model(path, kernels={"Q8_0": "int8"})
+    assert model.embed_tokens.table.kind == "int8"
+    assert any("int8pack" in n and "lossy" in n for n in report.notices)
+    tokens = ref.random_tokens(1, 16, seed=5)
+    want = target_logits(load_gguf_model(path, dtype="float32")[0], tokens)
+    assert _rel(target_logits(model, tokens), want) <= 0.05
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+def test_quantized_drafter_loads_and_runs(reference_models, tmp_path, ordered):
+    reference = reference_models.assistant("e2b", ordered=ordered)
+    path = convert_hf_to_gguf(reference.path, tmp_path / "drafter.gguf", out_type="Q8_0")
+    model, config, report = load_gguf_model(path)
+    assert isinstance(model.pre_projection, QuantLinear)
+    # the centroid head gathers rows of a float table; a dense head is the tied kernel
+    assert isinstance(model.model.embed_tokens, QuantEmbedding) != ordered
+    backbone = config.backbone_hidden_size
+    shared = {
+        kind: dataclasses.replace(kv, keys=kv.keys.bfloat16(), values=kv.values.bfloat16())
+        for kind, kv in synthetic_shared_kv(config.text).items()
+    }
+    out = model(torch.randn(1, 1, 2 * backbone), torch.tensor([[5]]), shared)
+    assert out.logits.shape == (1, 1, config.text.vocab_size) and torch.isfinite(out.logits).all()
+
+
+def test_speculative_output_equals_plain_output_on_a_quantized_target(reference_models, tmp_path):
+    path = _q8_file(reference_models, tmp_path, "gemma3")
+    engine = gemma_mtp.load(path, device="cpu")
+    prompt = [2] + [5, 9, 13, 7, 5, 9, 13, 11] * 3
+    greedy = SamplingParams(temperature=0)
+    plain = engine.generate(prompt, n_predict=24, sampling=greedy, spec=SpecOptions())
+    for n_max in (1, 3, 6):
+        spec = engine.generate(
+            prompt, n_predict=24, sampling=greedy, spec=SpecOptions(type="ngram", n_max=n_max)
+        )
+        assert spec.token_ids == plain.token_ids
