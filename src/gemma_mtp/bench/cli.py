@@ -93,9 +93,21 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
     run.add_argument(
         "--prompts", default=d["prompts"], metavar="builtin|FILE", help="JSONL: category, prompt"
     )
-    run.add_argument("-n", "--n-predict", dest="n_predict", type=int, default=d["n_predict"], metavar="N")
-    run.add_argument("--reps", type=int, default=d["reps"], help="repetitions, distinct seeds (default: 3)")
-    run.add_argument("--temp", dest="temperature", type=float, default=d["temperature"])
+    run.add_argument(
+        "-n",
+        "--n-predict",
+        dest="n_predict",
+        type=int,
+        default=d["n_predict"],
+        metavar="N",
+        help="(default: %(default)s)",
+    )
+    run.add_argument(
+        "--reps", type=int, default=d["reps"], help="repetitions, distinct seeds (default: %(default)s)"
+    )
+    run.add_argument(
+        "--temp", dest="temperature", type=float, default=d["temperature"], help="(default: %(default)s)"
+    )
     run.add_argument("--top-k", dest="top_k", type=int, default=d["top_k"])
     run.add_argument("--top-p", dest="top_p", type=float, default=d["top_p"])
     run.add_argument("--min-p", dest="min_p", type=float, default=d["min_p"])
