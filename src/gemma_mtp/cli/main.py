@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Callable
 
 from gemma_mtp import __version__
+from gemma_mtp.bench.cli import add_bench_arguments, bench_command
 from gemma_mtp.cli.args import add_chat_arguments, add_run_arguments
 from gemma_mtp.cli.chat import chat_command
 from gemma_mtp.cli.run import run_command
@@ -18,11 +19,12 @@ from gemma_mtp.server.cli import add_serve_arguments, serve_command
 __all__ = ["main", "build_parser", "PLANNED_COMMANDS"]
 
 # Registered so that `gemma-mtp --help` shows the whole surface; each says it is not there yet.
-PLANNED_COMMANDS = ("bench", "train-drafter")
+PLANNED_COMMANDS = ("train-drafter",)
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run_command,
     "chat": chat_command,
     "serve": serve_command,
+    "bench": bench_command,
     **GGUF_COMMANDS,
 }
 
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_arguments(chat)
     add_gguf_commands(commands)
     add_serve_arguments(commands)
+    add_bench_arguments(commands)
     for name in PLANNED_COMMANDS:
         commands.add_parser(name, help="(not available in this version yet)", allow_abbrev=False)
     return parser
