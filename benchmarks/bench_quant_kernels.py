@@ -17,6 +17,11 @@ int8). All variants are loaded in this one process and timed interleaved, so mac
 each alike (every repetition runs every (T, load) once, in turn); the median of `--reps` is
 reported, with the ratio to T = 1.
 
+Part 3 (`decode` rows, `--decode N`): greedy generation of N tokens on a code prompt through the
+engine, plain and with n-gram speculation (`--n-max`, default 3 and 4), for `bf16` and `quant`
+(and the variants): decode tokens/s, acceptance, and whether the speculative tokens equal plain's.
+Runs are interleaved across loads and modes as above.
+
 Rows are appended to `benchmarks/results/quant_kernels.jsonl`; a table is printed per part.
 """
 
@@ -30,10 +35,26 @@ import torch
 import torch.nn.functional as F
 from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, git_dirty, median, timestamp
 
+from gemma_mtp.api import Engine
 from gemma_mtp.assets import gemma3_270m_gguf
+from gemma_mtp.sampling import SamplingParams
+from gemma_mtp.speculative.base import SpecOptions
+from gemma_mtp.tokenizer import load_tokenizer
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 SHAPES = ((262144, 640), (2048, 640), (640, 2048))
+CODE_PROMPT = '''def area_of_square(side):
+    """Return the area of a square with the given side."""
+    return side * side
+
+
+def area_of_rectangle(width, height):
+    """Return the area of a rectangle with the given width and height."""
+    return width * height
+
+
+def area_of_triangle(base, height):
+'''
 ALL_INT8 = "Q8_0=int8,Q5_0=int8,Q4_K=int8,Q6_K=int8"
 
 
@@ -154,6 +175,47 @@ def bench_forward(reps: int, positions: int, variants: dict, base: dict) -> list
     return rows
 
 
+def bench_decode(reps: int, n: int, n_max: list[int], variants: dict, base: dict) -> list[dict]:
+    path = gemma3_270m_gguf()
+    loads = {"bf16": {"quantized": False}, "quant": {}} | {k: {"kernels": v} for k, v in variants.items()}
+    prompt = load_tokenizer(path).encode(CODE_PROMPT)
+    greedy = SamplingParams(temperature=0)
+    engines = {}
+    for name, options in loads.items():
+        model, config, _ = load_gguf_model(path, dtype="bfloat16", **options)
+        engines[name] = Engine(model, config, ctx_size=1024, stop_ids=frozenset())  # no EOS: n tokens
+        engines[name].generate(prompt[:8], n_predict=4, sampling=greedy, spec=SpecOptions())  # warm-up
+    modes = {"plain": SpecOptions()} | {f"ngram{k}": SpecOptions(type="ngram", n_max=k) for k in n_max}
+    results: dict = {(name, mode): [] for name in engines for mode in modes}
+    for _ in range(reps):
+        for (name, mode), runs in results.items():
+            runs.append(engines[name].generate(prompt, n_predict=n, sampling=greedy, spec=modes[mode]))
+    rows = []
+    for (name, mode), runs in results.items():
+        plain = results[name, "plain"][0].token_ids
+        spec = runs[0].speculative or {}
+        rows.append(
+            base
+            | {
+                "bench": "decode",
+                "load": name,
+                "kernels": loads[name].get("kernels"),
+                "mode": mode,
+                "n": n,
+                "tok_s": median([r.timings.decode_tokens_per_s for r in runs]),
+                "tok_s_reps": [round(r.timings.decode_tokens_per_s, 2) for r in runs],
+                "acceptance": spec.get("acceptance_rate"),
+                "mean_accepted_length": spec.get("mean_accepted_length"),
+                "same_as_plain": all(r.token_ids == plain for r in runs),
+            }
+        )
+    return rows
+
+
+def decode_table(rows: list[dict]) -> str:
+    return format_table(rows, ["load", "mode", "tok_s", "mean_accepted_length", "same_as_plain"])
+
+
 def kernel_table(rows: list[dict]) -> str:
     shaped = {}
     for r in rows:
@@ -179,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=8, help="kernel rows M = 1..ROWS")
     ap.add_argument("--positions", type=int, default=5, help="forward positions T = 1..POSITIONS")
     ap.add_argument("--variants", default=f"q8int8:Q8_0=int8;int8:{ALL_INT8}")
+    ap.add_argument("--decode", type=int, default=0, help="part 3: tokens per generation (0: skip)")
+    ap.add_argument("--n-max", default="3,4", help="part 3: n-gram draft lengths")
     ap.add_argument("--skip-kernels", action="store_true")
     ap.add_argument("--skip-forward", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "quant_kernels.jsonl"))
@@ -201,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = bench_forward(args.reps, args.positions, parse_variants(args.variants), base)
         append_jsonl(args.out, rows)
         print("Gemma 3 270M forward + logits at every position, ms (median)\n" + forward_table(rows))
+    if args.decode:
+        n_max = [int(k) for k in args.n_max.split(",")]
+        rows = bench_decode(args.reps, args.decode, n_max, parse_variants(args.variants), base)
+        append_jsonl(args.out, rows)
+        print(f"Gemma 3 270M greedy decode of {args.decode} tokens, tokens/s (median)\n" + decode_table(rows))
     return 0
 
 

@@ -27,7 +27,12 @@ from torch import nn
 
 from .codes import GroupCodes, decode_codes
 
-__all__ = ["Int4GroupWeight", "int4_kernel_ok"]
+__all__ = ["Int4GroupWeight", "int4_kernel_ok", "HAVE_INT4_KERNEL"]
+
+# torch >= 2.5 names the CPU variants `*_for_cpu`; older builds have no usable CPU int4pack
+HAVE_INT4_KERNEL = hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+    torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"
+)
 
 GROUP = 32
 ROW_ALIGN = 64  # rows are padded to a multiple of the widest packing block (AVX-512: 64)
@@ -48,7 +53,7 @@ def _packed_layout() -> tuple[int, torch.Tensor]:
 
     The packed order depends on the CPU capability torch dispatches to (AVX2: 32-row blocks,
     AVX-512: 64 with lanes paired), so it is learned from probes and checked on random codes;
-    only `rows()` (embedding lookups) needs it, matmuls never unpack.
+    only `rows()` (embedding lookups) and `dequantize()` need it; matmuls never unpack.
     """
     n, k = 64, 64
     rows = torch.arange(n)[:, None].expand(n, k)

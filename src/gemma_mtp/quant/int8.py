@@ -21,7 +21,9 @@ from torch import nn
 
 from .codes import decode_codes
 
-__all__ = ["Int8RowWeight", "int8_kernel_ok"]
+__all__ = ["Int8RowWeight", "int8_kernel_ok", "HAVE_INT8_KERNEL"]
+
+HAVE_INT8_KERNEL = hasattr(torch.ops.aten, "_weight_int8pack_mm")
 
 ROWS_PER_CHUNK = 16384  # rows converted at once (bounds the float32 intermediate)
 

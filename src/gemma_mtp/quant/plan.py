@@ -17,10 +17,10 @@ from gguf import GGMLQuantizationType
 from torch import nn
 
 from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
-from .int4 import Int4GroupWeight, int4_kernel_ok
-from .int8 import Int8RowWeight, int8_kernel_ok
+from .int4 import HAVE_INT4_KERNEL, Int4GroupWeight, int4_kernel_ok
+from .int8 import HAVE_INT8_KERNEL, Int8RowWeight, int8_kernel_ok
 from .modules import BlockRows, QuantEmbedding, QuantLinear
-from .policy import EXACTNESS, KERNEL_NOTES, KINDS, MATRIX_KERNELS
+from .policy import EXACTNESS, FLOAT_REASONS, KERNEL_NOTES, KINDS, MATRIX_KERNELS
 
 __all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_kernels"]
 
@@ -55,13 +55,15 @@ def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarra
     if role != "matrix":
         return Choice("float", "not a matrix of a linear layer or the tied head")
     kind = kernels.get(qtype, "float")
+    if (kind == "int4" and not HAVE_INT4_KERNEL) or (kind == "int8" and not HAVE_INT8_KERNEL):
+        return Choice("float", f"torch {torch.__version__} has no {kind}pack CPU kernel")
     probe = decode_codes(data[:1], qtype)
     if kind == "int4" and not int4_kernel_ok(probe):
         return Choice("float", f"int4pack needs 32-wide groups ({qtype.name} has {probe.group})")
     if kind == "int8" and not int8_kernel_ok(probe.codes.shape[1]):
         return Choice("float", "int8pack needs rows of a multiple of 16")
     if kind == "float":
-        return Choice("float", "no exact kernel (int4pack groups are 32 and up; int8 would re-quantize)")
+        return Choice("float", FLOAT_REASONS.get(qtype, "the kernels table keeps this type float"))
     return Choice(kind)
 
 

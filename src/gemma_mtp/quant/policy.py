@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType
 
-__all__ = ["MATRIX_KERNELS", "KERNEL_NOTES", "EXACTNESS", "KINDS"]
+__all__ = ["MATRIX_KERNELS", "FLOAT_REASONS", "KERNEL_NOTES", "EXACTNESS", "KINDS"]
 
 Q = GGMLQuantizationType
 KINDS = ("int4", "int8", "float")
@@ -26,8 +26,10 @@ MATRIX_KERNELS: dict[GGMLQuantizationType, str] = {
     Q.Q5_1: "int4",
     Q.Q5_K: "int4",
     Q.Q8_0: "int4",
-    # 16-wide groups (int4pack takes 32 and up); int8 rows would re-quantize: dequantized instead
     Q.Q6_K: "float",
+}
+FLOAT_REASONS = {
+    Q.Q6_K: "no exact kernel (16-wide groups; int4pack takes 32 and up, int8 rows would re-quantize)",
 }
 
 KERNEL_NOTES = {
