@@ -182,3 +182,29 @@ def _text(tmp_path):
     path = tmp_path / "doc.txt"
     path.write_text("hello")
     return path
+
+
+def test_cli_flags_default_to_the_options_dataclass():
+    import argparse
+
+    from gemma_mtp.train.cli import add_train_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train-drafter", "--target", "t.gguf", "--out", "d.gguf"])
+    assert options_from_args(args) == TrainOptions()
+    args = parser.parse_args(
+        [
+            "train-drafter",
+            "--target",
+            "t",
+            "--out",
+            "d",
+            "--width",
+            "64",
+            "--no-cache-features",
+            "--device",
+            "cuda",
+        ]
+    )
+    assert options_from_args(args) == TrainOptions(width=64, cache_features=False, device="cuda")

@@ -37,6 +37,7 @@ HELP = {
     "heldout_sequences": "greedy sequences from the held-out documents",
     "top_k": "target next-token probabilities kept per position",
     "gen_batch": "rows per batched target generation",
+    "cache_features": "keep the target's features in the work directory, so --resume skips making them",
     "steps": "optimiser steps",
     "batch_size": "sequences per step",
     "draft_steps": "draft steps unrolled by the loss",
@@ -78,6 +79,8 @@ def add_train_arguments(subparsers) -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainOptions):
         flag = "--" + f.name.replace("_", "-")
         kwargs = {"default": f.default, "type": type(f.default), "help": HELP.get(f.name, "")}
+        if isinstance(f.default, bool):
+            kwargs = {"default": f.default, "action": argparse.BooleanOptionalAction, "help": kwargs["help"]}
         if f.name == "device":
             kwargs["choices"] = ["cpu", "cuda"]
         group.add_argument(flag, dest=f.name, **kwargs)

@@ -169,8 +169,9 @@ def _features(
         target, held_docs, n_held, sample_max=0, seed=options.seed + 1, progress=bar.update, **common
     )
     bar.close()
-    work.mkdir(parents=True, exist_ok=True)
-    _atomic_save({"key": key, "train": train.state(), "heldout": held.state()}, path)
+    if options.cache_features:
+        work.mkdir(parents=True, exist_ok=True)
+        _atomic_save({"key": key, "train": train.state(), "heldout": held.state()}, path)
     return train, held, time.perf_counter() - t0
 
 

@@ -33,6 +33,7 @@ class TrainOptions:
     heldout_sequences: int = 64  # greedy sequences from those documents, for the acceptance shown
     top_k: int = 8  # target next-token probabilities kept per position
     gen_batch: int = 64  # rows per batched greedy generation
+    cache_features: bool = True  # keep the features in the work directory (for --resume)
     # the optimisation
     steps: int = 1000
     batch_size: int = 8  # sequences per step
