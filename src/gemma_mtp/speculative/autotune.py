@@ -103,7 +103,7 @@ class _Costs:
         self.last_seen: dict[int, int] = {}  # key -> round of its latest timing
         self.now = 0
         self._first: set[int] = set()  # keys whose window still holds their first timing
-        self._cache: dict[int, float | None] = {}  # estimates since the last timing
+        self._cache: dict[int | str, float | None] = {}  # estimates since the last timing
 
     def add(self, key: int, ms: float, now: int) -> None:
         self.now = now
@@ -121,6 +121,17 @@ class _Costs:
         """Median timing per key, fresh keys only (all keys when none is fresh)."""
         fresh = [k for k, t in self.last_seen.items() if self.now - t <= self.max_age] or self.last_seen
         return {k: statistics.median(self.samples[k]) for k in sorted(fresh)}
+
+    def dispersion(self) -> float:
+        """Typical relative spread of a key's timings: the median over keys of MAD / median."""
+        if "dispersion" not in self._cache:
+            spreads = []
+            for window in self.samples.values():
+                if len(window) >= 3:
+                    mid = statistics.median(window)
+                    spreads.append(statistics.median(abs(x - mid) for x in window) / mid if mid > 0 else 0.0)
+            self._cache["dispersion"] = statistics.median(spreads) if spreads else 0.0
+        return self._cache["dispersion"]
 
     def estimate(self, key: int) -> float | None:
         if key not in self._cache:
@@ -250,7 +261,10 @@ class Autotuner:
         rates = self.rates() if rates is None else rates
         top = max(range(len(rates)), key=rates.__getitem__)
         cur = self.current
-        if 0 <= cur <= self.n_cap and rates[top] <= rates[cur] * (1.0 + self.config.switch_margin):
+        # Noisy timings (a shared, loaded machine) cannot tell close draft lengths apart: then only
+        # a difference larger than the noise moves the controller off its current choice.
+        margin = max(self.config.switch_margin, 0.5 * self.verify.dispersion())
+        if 0 <= cur <= self.n_cap and rates[top] <= rates[cur] * (1.0 + margin):
             return cur
         return top
 
