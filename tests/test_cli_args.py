@@ -341,3 +341,8 @@ def test_verbose_shows_the_traceback(api, capsys):
 def test_planned_commands_exit_2(name, capsys):
     assert main([name, "--any", "flag"]) == 2
     assert one_line_error(capsys) == f"error: 'gemma-mtp {name}' is not available in this version yet\n"
+
+
+def test_spec_autotune_reaches_the_engine(api):
+    assert main([*RUN, "--spec-type", "ngram", "--spec-autotune"]) == 0
+    assert api.generate_calls[0][3].autotune is True

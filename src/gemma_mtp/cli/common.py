@@ -62,6 +62,7 @@ def spec_from_options(options: RunOptions) -> SpecOptions:
         n_max=options.spec_draft_n_max,
         n_min=options.spec_draft_n_min,
         p_min=options.spec_draft_p_min,
+        autotune=options.spec_autotune,
     )
     if spec.type in ("mtp", "draft") and options.model_draft is None:
         raise UsageError(f"--spec-type {spec.type} needs a drafter: pass -md/--model-draft")

@@ -165,12 +165,21 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="stop drafting below this draft probability (default: %(default)s)",
     )
+    group.add_argument(
+        "--spec-autotune",
+        action="store_true",
+        help="let an online controller pick each round's draft length (a request's own n_max turns it off)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     kind = args.spec_type or ("mtp" if args.model_draft else "none")
     spec = SpecOptions(
-        type=kind, n_max=args.spec_draft_n_max, n_min=args.spec_draft_n_min, p_min=args.spec_draft_p_min
+        type=kind,
+        n_max=args.spec_draft_n_max,
+        n_min=args.spec_draft_n_min,
+        p_min=args.spec_draft_p_min,
+        autotune=args.spec_autotune,
     )
     if args.model is None:
         raise UsageError("no model: pass -m/--model PATH (a Hugging Face model directory or a .gguf file)")

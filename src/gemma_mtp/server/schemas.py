@@ -256,6 +256,7 @@ def spec_options(field: SpeculativeField | None, default: SpecOptions, available
     n_min = min(default.n_min, n_max) if field.n_min is None else field.n_min
     p_min = default.p_min if field.p_min is None else field.p_min
     try:
-        return SpecOptions(type=kind, n_max=n_max, n_min=n_min, p_min=p_min)
+        autotune = default.autotune and field.n_max is None  # an explicit n_max is a fixed choice
+        return SpecOptions(type=kind, n_max=n_max, n_min=n_min, p_min=p_min, autotune=autotune)
     except UsageError as exc:
         raise RequestError(f"speculative: {exc}", param="speculative") from None
