@@ -319,7 +319,9 @@ def train_drafter(
             held_len = heldout["mean_accepted_length"][-1]
             bar.set_postfix(loss=f"{float(parts.total.detach()):.3f}", heldout_len=f"{held_len:.2f}")
         if out_of_time:
-            log(f"--max-minutes {options.max_minutes}: stopping after step {done}")
+            log(
+                f"stopping after step {done} of {options.steps} (time limit or stop_after); --resume continues"
+            )
             break
     bar.close()
     steps_done = step + 1 if options.steps > start else start
