@@ -15,16 +15,18 @@ from gemma_mtp.cli.run import run_command
 from gemma_mtp.errors import GemmaMTPError
 from gemma_mtp.gguf.cli import GGUF_COMMANDS, add_gguf_commands
 from gemma_mtp.server.cli import add_serve_arguments, serve_command
+from gemma_mtp.train.cli import add_train_arguments, train_command
 
 __all__ = ["main", "build_parser", "PLANNED_COMMANDS"]
 
 # Registered so that `gemma-mtp --help` shows the whole surface; each says it is not there yet.
-PLANNED_COMMANDS = ("train-drafter",)
+PLANNED_COMMANDS: tuple[str, ...] = ()
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": run_command,
     "chat": chat_command,
     "serve": serve_command,
     "bench": bench_command,
+    "train-drafter": train_command,
     **GGUF_COMMANDS,
 }
 
@@ -55,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_gguf_commands(commands)
     add_serve_arguments(commands)
     add_bench_arguments(commands)
+    add_train_arguments(commands)
     for name in PLANNED_COMMANDS:
         commands.add_parser(name, help="(not available in this version yet)", allow_abbrev=False)
     return parser
