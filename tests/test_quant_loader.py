@@ -105,6 +105,7 @@ def test_quantized_drafter_loads_and_runs(reference_models, tmp_path, ordered):
     assert isinstance(model.pre_projection, QuantLinear)
     # the centroid head gathers rows of a float table; a dense head is the tied kernel
     assert isinstance(model.model.embed_tokens, QuantEmbedding) != ordered
+    assert any("centroid head gathers rows" in n for n in report.notices) == ordered
     backbone = config.backbone_hidden_size
     shared = {
         kind: dataclasses.replace(kv, keys=kv.keys.bfloat16(), values=kv.values.bfloat16())

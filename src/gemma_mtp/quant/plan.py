@@ -52,6 +52,8 @@ def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarra
         return Choice("float", "no kernel for this type")
     if role == "lookup":
         return Choice("blocks")
+    if role == "centroid_table":
+        return Choice("float", "the drafter's centroid head gathers rows of a float table")
     if role != "matrix":
         return Choice("float", "not a matrix of a linear layer or the tied head")
     kind = kernels.get(qtype, "float")

@@ -91,7 +91,8 @@ def _shared_layer_kv(gguf_name: str, shared_layers: set[int]) -> bool:
 
 
 def _role(model: nn.Module, ours: str, config: TextConfig | AssistantConfig) -> str | None:
-    """`matrix` (a linear layer or the tied head), `lookup` (an embedding only indexed) or None."""
+    """`matrix` (a linear layer or the tied head), `lookup` (an embedding only indexed),
+    `centroid_table` (a drafter's table whose rows the centroid head gathers) or None."""
     path, _, leaf = ours.rpartition(".")
     if leaf != "weight":
         return None
@@ -103,7 +104,7 @@ def _role(model: nn.Module, ours: str, config: TextConfig | AssistantConfig) -> 
     if path == "embed_tokens":  # a target's tied embedding and output head
         return "matrix"
     if path == "model.embed_tokens":  # a drafter's head; the centroid head gathers float rows
-        return None if config.use_ordered_embeddings else "matrix"
+        return "centroid_table" if config.use_ordered_embeddings else "matrix"
     return "lookup"
 
 
