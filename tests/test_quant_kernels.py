@@ -172,3 +172,88 @@ def test_tied_head_attend_is_the_matmul_with_the_table():
     got = emb.attend(hidden).float()
     assert got.shape == (1, 3, N)
     assert ((got - want).abs() <= 2**-8 * want.abs() + 1e-5).all()
+
+
+# -- our native q8 kernel ---------------------------------------------------------------------------
+
+ALL_CODE_TYPES = LEGACY + K_QUANTS
+
+
+def _q8_reference(x: torch.Tensor, weight) -> torch.Tensor:
+    """What the q8 kernel computes, in float64: x rounded to int8 per 32 (scale max|x| / 127,
+    round half to even), exact integer dot products per group, then the scales and zeros."""
+    m, k = x.shape
+    xb = x.double().view(m, k // 32, 32)
+    dx = xb.abs().amax(-1) / 127
+    qx = torch.round(xb * torch.where(dx > 0, 1 / dx, torch.zeros_like(dx))[..., None])
+    g = weight.group
+    qw = weight.q.double().view(weight.out_features, k // g, g)
+    qxg = qx.view(m, k // g, g)
+    dots = torch.einsum("mgi,ngi->mng", qxg, qw)  # [M, N, K/G]
+    dxg = dx.repeat_interleave(32 // g, dim=1) if g < 32 else dx
+    y = (dots * weight.d.double()[None] * dxg[:, None, :]).sum(-1)
+    if weight.z.numel():
+        y = y + (dx * qx.sum(-1)) @ weight.z.double().T
+    return y
+
+
+@pytest.fixture(scope="module")
+def q8():
+    from gemma_mtp.quant.native import q8_module, why_unavailable
+
+    if q8_module() is None:
+        pytest.skip(why_unavailable())
+    from gemma_mtp.quant.q8 import Q8BlockWeight
+
+    return Q8BlockWeight
+
+
+@pytest.mark.parametrize("qtype", ALL_CODE_TYPES, ids=lambda q: q.name)
+def test_q8_weights_are_the_files_weights_exactly(q8, qtype):
+    data = blocks_of(qtype)
+    weight = q8.from_blocks(data, qtype)
+    assert torch.equal(weight.dequantize(), reference(data, qtype))
+    ids = torch.tensor([[0, 7], [199, 3]])
+    assert torch.equal(weight.rows(ids), reference(data, qtype)[ids])
+
+
+@pytest.mark.parametrize("qtype", ALL_CODE_TYPES, ids=lambda q: q.name)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+def test_q8_matmul_is_the_int8_activation_dot_product(q8, qtype, rows):
+    data = blocks_of(qtype)
+    weight = q8.from_blocks(data, qtype)
+    x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows))
+    x[0, :32] = 0  # an all-zero activation block
+    got = weight.linear(x)
+    want = _q8_reference(x, weight)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    # and close to the float matmul: activation rounding is <= 1/254 of each block's max
+    exact = x.double() @ reference(data, qtype).double().T
+    assert ((got.double() - exact).norm() / exact.norm()).item() < 0.01
+
+
+def test_q8_rows_give_bit_identical_results_in_any_batch(q8):
+    data = blocks_of(Q.Q4_K)
+    weight = q8.from_blocks(data, Q.Q4_K)
+    x = torch.randn(9, K, generator=torch.Generator().manual_seed(3))
+    together = weight.linear(x)
+    for i in range(9):
+        assert torch.equal(weight.linear(x[i : i + 1])[0], together[i])
+    assert torch.equal(weight.linear(x[2:7]), together[2:7])
+
+
+def test_q8_linear_module_keeps_leading_dims_and_dtype(q8):
+    weight = q8.from_blocks(blocks_of(Q.Q6_K), Q.Q6_K)
+    layer = QuantLinear(weight)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 3, K, dtype=dtype)
+        y = layer(x)
+        assert y.shape == (2, 3, N) and y.dtype == dtype
+        assert torch.equal(y, layer(x.reshape(6, K)).reshape(2, 3, N))
+
+
+def test_q8_kernel_rejects_bad_shapes(q8):
+    weight = q8.from_blocks(blocks_of(Q.Q8_0), Q.Q8_0)
+    with pytest.raises(RuntimeError, match="K mismatch"):
+        weight.linear(torch.randn(1, K + 32))

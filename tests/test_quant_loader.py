@@ -1,8 +1,9 @@
 """Loading GGUF files with quantized weights kept quantized (tiny HF models -> Q8_0 GGUF).
 
-Against the float32 dequantized load, a quantized load (bfloat16 activations) must be no further
-off than the bfloat16 dequantized load is: the kernels' weights differ from the dequantized ones
-by at most the bfloat16 rounding of the block scales (see test_quant_kernels.py).
+Against the float32 dequantized load, a quantized load must be no further off than the bfloat16
+dequantized load is: the q8 kernel's weights are the file's (its activations are rounded to int8
+per 32), torch's int4pack weights differ from the dequantized ones by at most the bfloat16
+rounding of the block scales (see test_quant_kernels.py).
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ def test_matrices_and_the_tied_head_are_swapped_and_reported(reference_models, t
     path = _q8_file(reference_models, tmp_path, "e2b")
     model, _, report = load_gguf_model(path)
     _, _, dense = load_gguf_model(path, dtype="bfloat16", quantized=False)
-    assert isinstance(model.embed_tokens, QuantEmbedding) and model.embed_tokens.table.kind == "int4"
+    assert isinstance(model.embed_tokens, QuantEmbedding) and model.embed_tokens.table.kind == "q8"
     assert isinstance(model.layers[0].self_attn.q_proj, QuantLinear)
     assert isinstance(model.layers[0].mlp.down_proj, QuantLinear)
-    assert model.dtype == torch.bfloat16
-    assert any(n.startswith("Q8_0 x") and "kept quantized: int4pack" in n for n in report.notices)
+    assert model.dtype == torch.float32  # auto: float32 activations over the q8 kernel
+    assert any(n.startswith("Q8_0 x") and "kept quantized: native block-int8" in n for n in report.notices)
     assert any(n.startswith("weights take") for n in report.notices)
     assert report.n_bytes < dense.n_bytes
 
@@ -63,7 +64,7 @@ def test_lookup_only_tables_keep_their_blocks_and_decode_exact_rows(tmp_path):
         ref._gemma4(tmp_path / "ple", 0, text, False).path, tmp_path / "p.gguf", out_type="Q8_0"
     )
     model, _, report = load_gguf_model(path)
-    dense, _, _ = load_gguf_model(path, dtype="bfloat16", quantized=False)
+    dense, _, _ = load_gguf_model(path, dtype=str(model.dtype).removeprefix("torch."), quantized=False)
     assert model.embed_tokens_per_layer.table.kind == "blocks"
     tokens = torch.tensor([[0, 5, 255]])
     assert torch.equal(model.embed_tokens_per_layer(tokens), dense.embed_tokens_per_layer(tokens))
@@ -76,15 +77,35 @@ def test_experts_stay_float_with_a_notice(reference_models, tmp_path):
     assert any(n.startswith("dequantized Q8_0") and "not a matrix" in n for n in report.notices)
 
 
-def test_float32_loads_stay_dequantized_and_quantized_needs_bf16(reference_models, tmp_path):
+def test_explicit_float32_loads_stay_dequantized_unless_asked(reference_models, tmp_path):
     path = _q8_file(reference_models, tmp_path, "gemma3")
     model, _, report = load_gguf_model(path, dtype="float32")
     assert isinstance(model.layers[0].self_attn.q_proj, torch.nn.Linear)
     assert any("dequantized Q8_0" in n for n in report.notices)
-    with pytest.raises(UsageError, match="bfloat16"):
-        load_gguf_model(path, dtype="float32", quantized=True)
+    model, _, _ = load_gguf_model(path, dtype="float32", quantized=True)
+    assert isinstance(model.layers[0].self_attn.q_proj, QuantLinear) and model.dtype == torch.float32
+    model, _, _ = load_gguf_model(path, dtype="bfloat16")
+    assert model.layers[0].self_attn.q_proj.qweight.kind == "q8" and model.dtype == torch.bfloat16
     with pytest.raises(UsageError, match="unknown GGUF type"):
         load_gguf_model(path, kernels={"Q9_9": "int8"})
+
+
+def test_without_the_native_kernel_torch_kernels_stand_in_and_say_so(reference_models, tmp_path, monkeypatch):
+    from gemma_mtp.quant.native import q8_module
+
+    path = _q8_file(reference_models, tmp_path, "gemma3")
+    monkeypatch.setenv("GEMMA_MTP_NATIVE", "0")
+    q8_module.cache_clear()
+    try:
+        model, _, report = load_gguf_model(path)
+    finally:
+        monkeypatch.delenv("GEMMA_MTP_NATIVE")
+        q8_module.cache_clear()
+    assert model.embed_tokens.table.kind == "int4" and model.dtype == torch.bfloat16
+    assert any("GEMMA_MTP_NATIVE=0" in n and "torch's weight-only kernels" in n for n in report.notices)
+    tokens = ref.random_tokens(1, 16, seed=5)
+    want = target_logits(load_gguf_model(path, dtype="float32")[0], tokens)
+    assert _rel(target_logits(model, tokens), want) <= 0.05
 
 
 def test_kernels_override_puts_q8_0_in_int8_rows(reference_models, tmp_path):
@@ -108,10 +129,10 @@ def test_quantized_drafter_loads_and_runs(reference_models, tmp_path, ordered):
     assert any("centroid head gathers rows" in n for n in report.notices) == ordered
     backbone = config.backbone_hidden_size
     shared = {
-        kind: dataclasses.replace(kv, keys=kv.keys.bfloat16(), values=kv.values.bfloat16())
+        kind: dataclasses.replace(kv, keys=kv.keys.to(model.dtype), values=kv.values.to(model.dtype))
         for kind, kv in synthetic_shared_kv(config.text).items()
     }
-    out = model(torch.randn(1, 1, 2 * backbone), torch.tensor([[5]]), shared)
+    out = model(torch.randn(1, 1, 2 * backbone, dtype=model.dtype), torch.tensor([[5]]), shared)
     assert out.logits.shape == (1, 1, config.text.vocab_size) and torch.isfinite(out.logits).all()
 
 

@@ -31,14 +31,19 @@ __all__ = ["load", "Engine", "Result", "Step", "Timings", "SpecOptions"]
 
 
 def _load_any(
-    path: str | Path, **options
+    path: str | Path, *, quantized: bool | None = None, kernels: dict[str, str] | None = None, **options
 ) -> tuple[torch.nn.Module, TextConfig | AssistantConfig, LoadReport]:
+    """A GGUF file or an HF directory; `quantized`/`kernels` apply to GGUF files only."""
     path = Path(path)
     if path.suffix == ".gguf":
         from .weights.gguf_loader import load_gguf_model
 
-        return load_gguf_model(path, **options)
+        return load_gguf_model(path, quantized=quantized, kernels=kernels, **options)
     return load_hf_model(path, **options)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _stop_ids(path: Path, config: TextConfig) -> frozenset[int]:
@@ -64,10 +69,15 @@ def load(
     n_gpu_layers_draft: int | None = None,
     ctx_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
+    quantized: bool | None = None,
+    kernels: dict[str, str] | None = None,
 ) -> Engine:
-    """Load a target (and optionally its drafter) from HF directories.
+    """Load a target (and optionally its drafter) from HF directories or GGUF files.
 
     ``progress(n_loaded, n_total)`` is called as the target's tensors load (for a progress bar).
+    ``quantized``/``kernels`` (GGUF only): keep quantized weights quantized (default: on the CPU)
+    and per-type kernel overrides such as ``{"Q8_0": "int8"}`` (see `quant.policy`). With
+    ``dtype="auto"`` the drafter runs in the target's dtype (they share the KV cache).
     """
     if model is None:
         raise UsageError("no model given: pass -m/--model with a Hugging Face model directory")
@@ -75,7 +85,13 @@ def load(
         raise UsageError(f"-c/--ctx-size {ctx_size} is too small; use at least 2")
     t0 = time.perf_counter()
     target, config, report = _load_any(
-        model, dtype=dtype, device=device, n_gpu_layers=n_gpu_layers, progress=progress
+        model,
+        dtype=dtype,
+        device=device,
+        n_gpu_layers=n_gpu_layers,
+        progress=progress,
+        quantized=quantized,
+        kernels=kernels,
     )
     if isinstance(config, AssistantConfig):
         raise ModelFormatError(
@@ -84,7 +100,19 @@ def load(
         )
     drafter = None
     if draft is not None:
-        drafter, _, _ = _load_any(draft, dtype=dtype, device=device, n_gpu_layers=n_gpu_layers_draft)
+        draft_dtype, draft_quantized = dtype, quantized
+        if dtype == "auto":  # the drafter reads the target's KV and hidden states: same dtype
+            draft_dtype = _dtype_name(target.dtype)
+            if quantized is None and target.device.type == "cpu":
+                draft_quantized = True
+        drafter, _, _ = _load_any(
+            draft,
+            dtype=draft_dtype,
+            device=device,
+            n_gpu_layers=n_gpu_layers_draft,
+            quantized=draft_quantized,
+            kernels=kernels,
+        )
     engine = Engine(
         target, config, ctx_size=ctx_size, stop_ids=_stop_ids(Path(model), config), drafter=drafter
     )

@@ -31,12 +31,24 @@ class RMSNorm(nn.Module):
             nn.Parameter(torch.ones(dim) if offset == 0.0 else torch.zeros(dim)) if with_scale else None
         )
 
+    def _scale(self) -> torch.Tensor | None:
+        """`weight + offset` in float32, recomputed only when the weight changes."""
+        if self.weight is None:
+            return None
+        if self.weight.requires_grad and torch.is_grad_enabled():  # training: keep the graph
+            return self.weight.float() + self.offset
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        cached = self.__dict__.get("_scale_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.weight.detach().float() + self.offset)
+            self.__dict__["_scale_cache"] = cached
+        return cached[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        out = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + self.eps, -0.5)
-        if self.weight is not None:
-            out = out * (self.weight.float() + self.offset)
-        return out.type_as(x)
+        dim = x.shape[-1]
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (dim,), self._scale(), self.eps)
+        return F.rms_norm(x.float(), (dim,), self._scale(), self.eps).type_as(x)
 
 
 class GatedMLP(nn.Module):

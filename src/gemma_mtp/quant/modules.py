@@ -2,11 +2,12 @@
 (for the models' `ScaledEmbedding`, including the tied output head), and `BlockRows`, GGUF blocks
 kept as they are in the file for tables that are only ever looked up (per-layer embeddings).
 
-The kernels take bfloat16 activations; a module returns its input's dtype. Every forward takes
-the kernel, prompt prefills too: the kernels re-read the weights once per 4 rows, but within one
-call a layer's weights stay in cache, and on a CPU without native bfloat16 (AVX2) that measured
-no slower than dequantizing to float32 for one GEMM up to a few hundred rows (and the 262144-row
-head would need a 0.7 GB float32 copy). It also keeps a row's result independent of the batch.
+Our q8 kernel takes any float activations, torch's int4pack/int8pack take bfloat16; a module
+returns its input's dtype. Every forward takes the kernel, prompt prefills too: the kernels read
+a tile of weights once per 4 rows while it sits in cache, which on a CPU without native bfloat16
+(AVX2) measured no slower than dequantizing to float for one GEMM up to a few hundred rows (and
+the 262144-row head would need a 0.7 GB float32 copy). It also keeps a row's result independent
+of the batch (each row's activations are quantized on their own).
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from torch import nn
 from .codes import decode_codes
 from .int4 import Int4GroupWeight
 from .int8 import Int8RowWeight
+from .q8 import Q8BlockWeight
 
 __all__ = ["QuantLinear", "QuantEmbedding", "BlockRows"]
 
 ALIGN = 64  # bytes; the AVX-512 int8 kernel loads activation rows with aligned 32-byte loads
 
-KernelWeight = Int8RowWeight | Int4GroupWeight
+KernelWeight = Q8BlockWeight | Int8RowWeight | Int4GroupWeight
 
 
 class BlockRows(nn.Module):
@@ -64,6 +66,8 @@ def quant_linear(weight: KernelWeight, x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(-1, weight.in_features)
     if flat.shape[0] == 0:
         out = flat.new_empty(0, weight.out_features)
+    elif weight.kind == "q8":  # takes any float dtype, returns float32
+        out = weight.linear(flat)
     else:
         out = weight.linear(_kernel_input(flat))
     return out.to(x.dtype).view(*lead, weight.out_features)
@@ -119,7 +123,7 @@ class QuantEmbedding(nn.Module):
 
 
 def describe(module: nn.Module) -> str | None:
-    """ "int8" / "int4" / "blocks" for quantized modules, else None."""
+    """ "q8" / "int8" / "int4" / "blocks" for quantized modules, else None."""
     if isinstance(module, QuantLinear):
         return module.qweight.kind
     if isinstance(module, QuantEmbedding):

@@ -20,14 +20,16 @@ from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
 from .int4 import HAVE_INT4_KERNEL, Int4GroupWeight, int4_kernel_ok
 from .int8 import HAVE_INT8_KERNEL, Int8RowWeight, int8_kernel_ok
 from .modules import BlockRows, QuantEmbedding, QuantLinear
-from .policy import EXACTNESS, FLOAT_REASONS, KERNEL_NOTES, KINDS, MATRIX_KERNELS
+from .native import why_unavailable
+from .policy import EXACTNESS, FALLBACK_KERNELS, FLOAT_REASONS, KERNEL_NOTES, KINDS, MATRIX_KERNELS
+from .q8 import Q8BlockWeight, q8_kernel_ok
 
-__all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_kernels"]
+__all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_kernels", "fallback_notice"]
 
 
 @dataclass(frozen=True)
 class Choice:
-    kind: str  # "int4", "int8", "blocks" or "float"
+    kind: str  # "q8", "int4", "int8", "blocks" or "float"
     reason: str = ""  # why a quantized tensor stays float
 
 
@@ -57,9 +59,13 @@ def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarra
     if role != "matrix":
         return Choice("float", "not a matrix of a linear layer or the tied head")
     kind = kernels.get(qtype, "float")
+    if kind == "q8" and why_unavailable() is not None:
+        kind = FALLBACK_KERNELS.get(qtype, "float")
     if (kind == "int4" and not HAVE_INT4_KERNEL) or (kind == "int8" and not HAVE_INT8_KERNEL):
         return Choice("float", f"torch {torch.__version__} has no {kind}pack CPU kernel")
     probe = decode_codes(data[:1], qtype)
+    if kind == "q8" and not q8_kernel_ok(probe.codes.shape[1]):
+        return Choice("float", "the q8 kernel needs rows of a multiple of 32")
     if kind == "int4" and not int4_kernel_ok(probe):
         return Choice("float", f"int4pack needs 32-wide groups ({qtype.name} has {probe.group})")
     if kind == "int8" and not int8_kernel_ok(probe.codes.shape[1]):
@@ -75,6 +81,8 @@ def build_module(
     """The quantized replacement for `old` (an `nn.Linear` or a scaled embedding)."""
     if choice.kind == "blocks":
         weight = BlockRows(torch.from_numpy(np.array(data, dtype=np.uint8)), qtype, old.embedding_dim)
+    elif choice.kind == "q8":
+        weight = Q8BlockWeight.from_blocks(data, qtype)
     elif choice.kind == "int4":
         weight = Int4GroupWeight.from_blocks(data, qtype)
     else:
@@ -89,3 +97,11 @@ def describe_choice(kind: str, qtype: GGMLQuantizationType, count: int, max_erro
     exact = EXACTNESS.get((kind, qtype in SYMMETRIC_TYPES), EXACTNESS.get((kind, None), ""))
     seen = f"; largest |dw| seen {100 * max_error:.2f}% of the max" if kind in ("int4", "int8") else ""
     return f"{qtype.name} x{count} kept quantized: {KERNEL_NOTES[kind]}, {exact}{seen}"
+
+
+def fallback_notice(kept_kinds: set[str]) -> str | None:
+    """Say why torch's kernels stand in for ours, when they do."""
+    why = why_unavailable()
+    if why is None or not kept_kinds & {"int4", "int8"}:
+        return None
+    return f"{why}; using torch's weight-only kernels instead (slower)"

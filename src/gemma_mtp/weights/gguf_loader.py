@@ -32,7 +32,8 @@ from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_s
 from ..models.assistant import AssistantModel
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel, ScaledEmbedding
-from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, parse_kernels
+from ..quant.native import why_unavailable
+from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
 from .hf import LoadReport
 from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
 
@@ -56,10 +57,17 @@ def _restore_rotary(model: nn.Module, text: TextConfig) -> None:
             module.inv_freq = rope_inv_freq(text.rope[spec.kind], spec.head_dim)
 
 
-def _auto_dtype(gf: GGUFFile) -> str:
-    """`auto`: float32 for an all-F32 file, else bfloat16 (half the memory; the fast CPU float path)."""
+def _auto_dtype(gf: GGUFFile, device: str) -> str:
+    """`auto`: float32 for an all-F32 file; for a quantized file on the CPU, float32 activations
+    over quantized weights when our q8 kernel is built (its activations are float32 anyway, and
+    float32 elementwise ops beat emulated bfloat16 on AVX2), else bfloat16 (half the memory)."""
     types = {t.tensor_type for t in gf.tensors.values() if len(t.shape) > 1}
-    return "float32" if types <= {GGMLQuantizationType.F32} else "bfloat16"
+    if types <= {GGMLQuantizationType.F32}:
+        return "float32"
+    quantized = bool(types - FLOAT_TYPES)
+    if quantized and resolve_device(device).type == "cpu" and why_unavailable() is None:
+        return "float32"
+    return "bfloat16"
 
 
 def _float_tensor(t: TensorInfo, dtype: torch.dtype, offset: float) -> torch.Tensor:
@@ -108,15 +116,14 @@ def _role(model: nn.Module, ours: str, config: TextConfig | AssistantConfig) -> 
     return "lookup"
 
 
-def _wants_quantized(quantized: bool | None, dtype: torch.dtype, device: str) -> bool:
+def _wants_quantized(quantized: bool | None, dtype: torch.dtype, device: str, auto: bool) -> bool:
+    """Default: on the CPU, keep quantized weights quantized in bfloat16 and for `dtype=auto`;
+    an explicit float32 load dequantizes (the exact reference)."""
     on_cpu = resolve_device(device).type == "cpu"
     if quantized is None:
-        return on_cpu and dtype == torch.bfloat16
-    if quantized and not (on_cpu and dtype == torch.bfloat16):
-        raise UsageError(
-            "quantized GGUF kernels run on the CPU with bfloat16 activations; "
-            "use --dtype bfloat16 (or auto) and --device cpu, or load dequantized"
-        )
+        return on_cpu and (auto or dtype == torch.bfloat16)
+    if quantized and not on_cpu:
+        raise UsageError("quantized GGUF kernels run on the CPU; use --device cpu, or load dequantized")
     return quantized
 
 
@@ -140,6 +147,9 @@ def _quant_notices(kept: dict, dequantized: Counter, dtype_name: str, reasons: d
     notices = [
         describe_choice(kind, qtype, len(errors), max(errors)) for (qtype, kind), errors in kept.items()
     ]
+    fallback = fallback_notice({kind for _, kind in kept})
+    if fallback:
+        notices.append(fallback)
     for name, n in sorted(dequantized.items()):
         notices.append(f"dequantized {name} x{n} tensors to {dtype_name}: {reasons[name]}")
     return notices
@@ -168,12 +178,12 @@ def load_gguf_model(
     to_ours = {theirs: ours for ours, theirs in name_map(config, layout).items() if ours in expected}
     shared_layers = {s.index for s in text.layers if not s.owns_kv} if not config.is_assistant else set()
 
-    want_dtype = resolve_dtype(_auto_dtype(gf) if dtype == "auto" else dtype)
+    want_dtype = resolve_dtype(_auto_dtype(gf, device) if dtype == "auto" else dtype)
     try:
         table = parse_kernels(kernels)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    quantize = _wants_quantized(quantized, want_dtype, device)
+    quantize = _wants_quantized(quantized, want_dtype, device, dtype == "auto")
     report = LoadReport(path=str(gf.path), dtype=want_dtype, device=device, notices=notices)
     loaded: dict[str, torch.Tensor] = {}
     swapped: dict[str, nn.Module] = {}

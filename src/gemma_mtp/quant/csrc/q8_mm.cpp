@@ -1,0 +1,191 @@
+// Block-int8 weight x block-int8 activation matmul for the CPU ("q8" kernel format).
+//
+// Weights: int8 codes q[N, K] with one float32 scale per group of G inputs (G = 32 or 16) and,
+// for asymmetric GGUF types, one float32 zero per 32 inputs: w[n, k] = d[n, k/G] * q[n, k] + z[n, k/32].
+// Every GGUF type in quant/codes.py maps onto this exactly (Q8_0, Q4_0, Q5_0, Q6_K symmetric;
+// Q4_1, Q5_1, Q4_K, Q5_K with zeros).
+// Activations: each row of x is quantized per block of 32 to int8 with scale max|x| / 127
+// (round to nearest), as llama.cpp does for its dot products. Sums of products are exact int32 per
+// 32 inputs, then scaled and accumulated in float32.
+// Each weight block is loaded once and used for every row of x (up to 4 at a time), so a forward
+// over a few drafted positions reads the weights once.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define Q8_AVX2 1
+#else
+#define Q8_AVX2 0
+#endif
+
+namespace {
+
+constexpr int64_t QK = 32;
+
+// x [M, K] float -> codes [M, K] int8, scale [M, K/32], sum-scale [M, K/32] (= scale * sum(codes))
+void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
+  const int64_t nb = K / QK;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + m * K + b * QK;
+      float amax = 0.f;
+      for (int i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float dd = amax / 127.f;
+      const float id = dd > 0.f ? 1.f / dd : 0.f;
+      int sum = 0;
+      int8_t* qb = q + m * K + b * QK;
+      for (int i = 0; i < QK; ++i) {
+        const int v = static_cast<int>(std::nearbyint(xb[i] * id));
+        qb[i] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      d[m * nb + b] = dd;
+      s[m * nb + b] = dd * static_cast<float>(sum);
+    }
+  }
+}
+
+#if Q8_AVX2
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+template <int MB, int G>
+void rows_avx2(const int8_t* xq, const float* xd, const float* xs, int64_t K, const int8_t* wq,
+               const float* wd, const float* wz, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+  const int64_t nb = K / QK;
+  const int64_t ng = K / G;
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* w = wq + n * K;
+    const float* d = wd + n * ng;
+    __m256 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + b * QK));
+      const __m256i aw = _mm256_sign_epi8(wv, wv);
+      __m256 ds;
+      if constexpr (G == 32) {
+        ds = _mm256_broadcast_ss(d + b);
+      } else {
+        ds = _mm256_set_m128(_mm_broadcast_ss(d + 2 * b + 1), _mm_broadcast_ss(d + 2 * b));
+      }
+      for (int m = 0; m < MB; ++m) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * K + b * QK));
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(aw, _mm256_sign_epi8(xv, wv)), ones);
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_mul_ps(ds, _mm256_set1_ps(xd[m * nb + b])),
+                                 acc[m]);
+      }
+    }
+    for (int m = 0; m < MB; ++m) {
+      float r = hsum(acc[m]);
+      if (wz != nullptr) {
+        const float* z = wz + n * nb;
+        const float* s = xs + m * nb;
+        for (int64_t b = 0; b < nb; ++b) r += z[b] * s[b];
+      }
+      out[m * ldo + n] = r;
+    }
+  }
+}
+#endif
+
+template <int MB>
+void rows_scalar(const int8_t* xq, const float* xd, const float* xs, int64_t K, const int8_t* wq,
+                 const float* wd, const float* wz, int64_t G, int64_t n0, int64_t n1, float* out,
+                 int64_t ldo) {
+  const int64_t nb = K / QK;
+  const int64_t ng = K / G;
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* w = wq + n * K;
+    for (int m = 0; m < MB; ++m) {
+      float r = 0.f;
+      for (int64_t g = 0; g < ng; ++g) {
+        int32_t sum = 0;
+        for (int64_t i = g * G; i < (g + 1) * G; ++i) sum += int32_t(w[i]) * int32_t(xq[m * K + i]);
+        r += static_cast<float>(sum) * (wd[n * ng + g] * xd[m * nb + g * G / QK]);
+      }
+      if (wz != nullptr) {
+        for (int64_t b = 0; b < nb; ++b) r += wz[n * nb + b] * xs[m * nb + b];
+      }
+      out[m * ldo + n] = r;
+    }
+  }
+}
+
+template <int MB>
+void rows(const int8_t* xq, const float* xd, const float* xs, int64_t K, const int8_t* wq, const float* wd,
+          const float* wz, int64_t G, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+#if Q8_AVX2
+  if (G == 32) return rows_avx2<MB, 32>(xq, xd, xs, K, wq, wd, wz, n0, n1, out, ldo);
+  return rows_avx2<MB, 16>(xq, xd, xs, K, wq, wd, wz, n0, n1, out, ldo);
+#else
+  return rows_scalar<MB>(xq, xd, xs, K, wq, wd, wz, G, n0, n1, out, ldo);
+#endif
+}
+
+}  // namespace
+
+// x [M, K] (any float dtype), q int8 [N, K], d float32 [N, K/G], z float32 [N, K/32] or empty.
+torch::Tensor q8_mm(const torch::Tensor& x, const torch::Tensor& q, const torch::Tensor& d,
+                    const torch::Tensor& z, int64_t group) {
+  TORCH_CHECK(x.dim() == 2 && q.dim() == 2 && d.dim() == 2, "q8_mm: x, q, d must be 2-D");
+  TORCH_CHECK(q.scalar_type() == torch::kInt8 && d.scalar_type() == torch::kFloat32, "q8_mm: dtypes");
+  TORCH_CHECK(group == 32 || group == 16, "q8_mm: group must be 16 or 32");
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  TORCH_CHECK(q.size(1) == K && K % QK == 0, "q8_mm: K mismatch or not a multiple of 32");
+  TORCH_CHECK(d.size(0) == N && d.size(1) == K / group, "q8_mm: scale shape");
+  const bool has_zero = z.numel() > 0;
+  if (has_zero) TORCH_CHECK(z.scalar_type() == torch::kFloat32 && z.size(0) == N && z.size(1) == K / QK);
+  TORCH_CHECK(q.is_contiguous() && d.is_contiguous() && (!has_zero || z.is_contiguous()));
+  auto xf = x.to(torch::kFloat32).contiguous();
+  auto out = torch::empty({M, N}, x.options().dtype(torch::kFloat32));
+  if (M == 0 || N == 0) return out;
+  const int64_t nb = K / QK;
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> xd(M * nb), xs(M * nb);
+  quantize_rows(xf.data_ptr<float>(), M, K, xq.data(), xd.data(), xs.data());
+  const int8_t* wq = q.data_ptr<int8_t>();
+  const float* wd = d.data_ptr<float>();
+  const float* wz = has_zero ? z.data_ptr<float>() : nullptr;
+  float* o = out.data_ptr<float>();
+  // tiles of weight rows small enough to stay in L2 while every group of 4 x rows passes over them
+  const int64_t tile = std::max<int64_t>(16, (256 << 10) / std::max<int64_t>(K, 1));
+  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t t0 = n0; t0 < n1; t0 += tile) {
+      const int64_t t1 = std::min(n1, t0 + tile);
+      for (int64_t m0 = 0; m0 < M; m0 += 4) {
+        const int64_t mb = std::min<int64_t>(4, M - m0);
+        const int8_t* xqm = xq.data() + m0 * K;
+        const float* xdm = xd.data() + m0 * nb;
+        const float* xsm = xs.data() + m0 * nb;
+        float* om = o + m0 * N;
+        switch (mb) {
+          case 1: rows<1>(xqm, xdm, xsm, K, wq, wd, wz, group, t0, t1, om, N); break;
+          case 2: rows<2>(xqm, xdm, xsm, K, wq, wd, wz, group, t0, t1, om, N); break;
+          case 3: rows<3>(xqm, xdm, xsm, K, wq, wd, wz, group, t0, t1, om, N); break;
+          default: rows<4>(xqm, xdm, xsm, K, wq, wd, wz, group, t0, t1, om, N); break;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+bool has_avx2() { return Q8_AVX2 != 0; }
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("q8_mm", &q8_mm, "block-int8 weight x int8-quantized activation matmul",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("has_avx2", &has_avx2);
+}
