@@ -14,6 +14,8 @@ import functools
 import hashlib
 import os
 import platform
+import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -56,6 +58,8 @@ def q8_module() -> ModuleType | None:
     try:
         from torch.utils.cpp_extension import load
 
+        if shutil.which("ninja") is None:  # the `ninja` wheel sits beside this interpreter
+            os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         where = build_dir()
         where.mkdir(parents=True, exist_ok=True)
         return load(
