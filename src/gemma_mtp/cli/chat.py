@@ -25,10 +25,10 @@ from gemma_mtp.cli.common import (
     options_from_args,
     print_lines,
     read_tokenizer,
-    require_model,
     sampling_from_args,
     spec_from_options,
     status_line,
+    with_demo_pair,
 )
 from gemma_mtp.engine.results import Result
 from gemma_mtp.errors import ContextOverflowError
@@ -49,8 +49,9 @@ _HELLO = "chat: /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops a
 def chat_command(args: argparse.Namespace) -> int:
     options = options_from_args(args, ChatOptions)
     sampling = sampling_from_args(args)
+    options = with_demo_pair(options)
     spec = spec_from_options(options)
-    tokenizer = read_tokenizer(require_model(options), required=True)
+    tokenizer = read_tokenizer(options.model, required=True)
     # The template is checked before the weights load: a model without one fails in a second.
     template = ChatTemplate.for_tokenizer(tokenizer, override_file=options.chat_template_file)
     engine = load_engine(options, spec, show_progress=not options.quiet and sys.stderr.isatty())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
@@ -20,7 +21,7 @@ __all__ = [
     "options_from_args",
     "sampling_from_args",
     "spec_from_options",
-    "require_model",
+    "with_demo_pair",
     "read_tokenizer",
     "load_engine",
     "load_summary",
@@ -69,10 +70,32 @@ def spec_from_options(options: RunOptions) -> SpecOptions:
     return spec
 
 
-def require_model(options: RunOptions) -> str:
-    if options.model is None:
-        raise UsageError("no model: pass -m/--model PATH (a Hugging Face model directory or a .gguf file)")
-    return options.model
+def with_demo_pair(options: Options) -> Options:
+    """Without ``-m``: the embedded demo target, with the demo drafter unless ``-md`` or ``--spec-type``
+    says otherwise (so the spec type defaults to mtp, as with any drafter). A notice on stderr names
+    the pair; with ``-m``, the options are returned as they are (no implicit drafter)."""
+    if options.model is not None:
+        return options
+    from gemma_mtp import demo
+
+    drafter = options.model_draft
+    implicit_drafter = drafter is None and (options.spec_type is None or options.resolved_spec_type == "mtp")
+    if implicit_drafter:
+        drafter = str(demo.demo_drafter())  # before the target: a missing file fails without a download
+    if not options.quiet:
+        print(_demo_notice(drafter, implicit_drafter), file=sys.stderr)
+    return dataclasses.replace(options, model=str(demo.demo_target()), model_draft=drafter)
+
+
+def _demo_notice(drafter: str | None, implicit_drafter: bool) -> str:
+    target = "the demo target Gemma 3 270M Q4_K_M (GGUF from PyPI, cached on first use)"
+    if implicit_drafter:
+        with_drafter = f" with its trained MTP drafter {Path(drafter).name}"
+    elif drafter is not None:
+        with_drafter = f" with -md {drafter}"
+    else:
+        with_drafter = ""
+    return f"no -m/--model: using {target}{with_drafter}; pass -m (and -md) to run your own model"
 
 
 def read_tokenizer(model: str, *, required: bool) -> Tokenizer | None:

@@ -20,10 +20,10 @@ from gemma_mtp.cli.common import (
     options_from_args,
     print_lines,
     read_tokenizer,
-    require_model,
     sampling_from_args,
     spec_from_options,
     summary_line,
+    with_demo_pair,
 )
 from gemma_mtp.engine.results import Result
 from gemma_mtp.errors import ContextOverflowError, GemmaMTPError, UsageError
@@ -38,10 +38,10 @@ __all__ = ["run_command", "options_from_args", "sampling_from_args", "summary_li
 def run_command(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     sampling = sampling_from_args(args)
+    text = _prompt_text(options)  # usage errors first: without -m the demo target may be fetched
+    options = with_demo_pair(options)
     spec = spec_from_options(options)
-    text = _prompt_text(options)
-    model = require_model(options)
-    tokenizer = read_tokenizer(model, required=text is not None)
+    tokenizer = read_tokenizer(options.model, required=text is not None)
     if text is None:
         prompt_ids = list(options.prompt_ids or ())
     elif options.uses_template:
