@@ -105,10 +105,31 @@ def test_in_place_rewrites_the_input(leaky, tmp_path, capsys):
     assert "nothing changed" in capsys.readouterr().out
 
 
-def test_works_on_any_architecture(leaky, tmp_path):
+@pytest.mark.parametrize("argv", [["{out}"], ["--in-place"], ["--check"]], ids=["out", "in-place", "check"])
+def test_wrong_architecture_exits_1_naming_it_and_the_supported_ones(leaky, tmp_path, capsys, argv):
     foreign = rewrite_gguf(leaky, tmp_path / "llama.gguf", arch="llama")
-    result = sanitize_gguf(foreign, tmp_path / "out.gguf")
-    assert len(result.removed) == 2 and open_gguf(result.path).arch == "llama"
+    before = _digest(foreign)
+    argv = [a.format(out=tmp_path / "out.gguf") for a in argv]
+    assert run_cli(["sanitize", str(foreign), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {foreign}: general.architecture 'llama' is not") and err.count("\n") == 1
+    assert "gemma4, gemma3, gemma4-assistant, gemma4_assistant, gemma4_mtp" in err and "--any-arch" in err
+    assert not (tmp_path / "out.gguf").exists() and _digest(foreign) == before
+
+
+def test_any_arch_sanitizes_a_foreign_architecture(leaky, tmp_path, capsys):
+    foreign = rewrite_gguf(leaky, tmp_path / "llama.gguf", arch="llama")
+    assert run_cli(["sanitize", str(foreign), str(tmp_path / "out.gguf"), "--any-arch"]) == 0
+    assert open_gguf(tmp_path / "out.gguf").arch == "llama"
+    result = sanitize_gguf(foreign, tmp_path / "lib.gguf", any_arch=True)
+    assert {leak.key for leak in result.removed} == set(IMATRIX)
+
+
+@pytest.mark.parametrize("arch", ["gemma4_assistant", "gemma4_mtp", "gemma4-assistant"])
+def test_every_drafter_layout_architecture_is_accepted(leaky, tmp_path, arch):
+    # the header surgery does not parse hyperparameters, so a relabelled target stands in
+    drafter = rewrite_gguf(leaky, tmp_path / f"{arch}.gguf", arch=arch)
+    assert len(sanitize_gguf(drafter, tmp_path / "out.gguf").removed) == 2
 
 
 def test_custom_alignment_is_kept(clean, tmp_path):

@@ -135,7 +135,9 @@ def sanitize_command(args: argparse.Namespace) -> int:
         raise UsageError("--check changes nothing; drop OUT and --in-place")
     if not args.check and args.output and args.in_place:
         raise UsageError("give OUT or --in-place, not both")
-    result = sanitize_gguf(args.input, args.output, in_place=args.in_place, check=args.check)
+    result = sanitize_gguf(
+        args.input, args.output, in_place=args.in_place, check=args.check, any_arch=args.any_arch
+    )
     verb = "found" if args.check else "removed"
     for leak in result.removed:
         _out(f"{verb} {leak.key} = {leak.value!r} ({leak.why})")
@@ -276,6 +278,9 @@ def add_gguf_commands(subparsers: Any) -> None:
     p.add_argument("output", metavar="OUT", nargs="?")
     p.add_argument("--in-place", action="store_true", help="rewrite IN (through a temp file)")
     p.add_argument("--check", action="store_true", help="only report; exit 1 when leaks exist")
+    p.add_argument(
+        "--any-arch", action="store_true", help="also rewrite GGUFs of architectures gemma-mtp does not run"
+    )
 
     p = _add(subparsers, "inspect", "show what a GGUF file holds",
              "Architecture, layout, hyperparameters, tensor types and sizes, bits per weight, leaks.")  # fmt: skip

@@ -3,7 +3,8 @@ absolute paths of its imatrix file and dataset into every quantized file; FACTS.
 
 The rewrite is byte surgery on the header: the kept key/value records and the tensor infos are
 copied verbatim, only the key count changes, and the whole data section (tensor offsets are
-relative to it) is copied unchanged. Works on any GGUF, whatever its architecture.
+relative to it) is copied unchanged. Only files gemma-mtp handles are touched (the Gemma targets and
+the three drafter layouts): anything else is refused by name unless `any_arch` says otherwise.
 """
 
 from __future__ import annotations
@@ -17,10 +18,20 @@ from pathlib import Path
 from gguf import GGUFValueType
 
 from ..errors import ModelFormatError, UsageError
+from .keys import LAYOUT_BY_ARCH, TARGET_ARCHS
+from .metadata import describe_supported
 from .reader import DEFAULT_ALIGNMENT, GGUFFile, open_gguf
 from .writer import atomic_output
 
-__all__ = ["Leak", "SanitizeResult", "find_leaks", "is_host_path", "sanitize_gguf", "IMATRIX_KEYS"]
+__all__ = [
+    "Leak",
+    "SanitizeResult",
+    "find_leaks",
+    "is_host_path",
+    "sanitize_gguf",
+    "check_architecture",
+    "IMATRIX_KEYS",
+]
 
 # Keys llama-quantize fills with paths on the build host (removed whatever they hold).
 IMATRIX_KEYS = {
@@ -171,15 +182,32 @@ def _data_start_bound(gf: GGUFFile) -> int:
     return min(t.data_offset for t in gf.tensors.values())
 
 
+def check_architecture(gf: GGUFFile) -> None:
+    """Refuse a GGUF whose `general.architecture` is not one gemma-mtp handles."""
+    if gf.arch not in TARGET_ARCHS and gf.arch not in LAYOUT_BY_ARCH:
+        raise ModelFormatError(
+            f"{gf.path}: general.architecture {gf.arch!r} is not a model gemma-mtp handles "
+            f"({describe_supported()}); nothing written. Pass --any-arch to sanitize it anyway"
+        )
+
+
 def sanitize_gguf(
-    src: str | Path, dst: str | Path | None = None, *, in_place: bool = False, check: bool = False
+    src: str | Path,
+    dst: str | Path | None = None,
+    *,
+    in_place: bool = False,
+    check: bool = False,
+    any_arch: bool = False,
 ) -> SanitizeResult:
     """Remove every leak (`find_leaks`) from `src` into `dst`, or into `src` itself with `in_place`;
-    `check` only reports. Writes through a temp file and a rename."""
+    `check` only reports. Writes through a temp file and a rename. A file of an architecture
+    gemma-mtp does not handle is refused unless `any_arch` (the surgery itself is format-generic)."""
     src = Path(src)
     if not check and (dst is None) == (not in_place):
         raise UsageError("sanitize needs OUT or --in-place (one of them)")
     gf = open_gguf(src)
+    if not any_arch:
+        check_architecture(gf)
     leaks = find_leaks(gf)
     n_kv = len(gf.fields)
     after = n_kv - len(leaks)
