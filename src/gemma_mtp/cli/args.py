@@ -1,7 +1,8 @@
 """Flags of ``gemma-mtp run`` and ``chat``: llama.cpp names, old spellings kept as aliases.
 
 Defaults come from ``RunOptions``/``ChatOptions`` and ``SamplingParams``; nothing here repeats a
-default value. ``run`` and ``chat`` share the model, speculative, template and sampling groups.
+default value. ``run`` and ``chat`` share the model, quantization, speculative, template and sampling
+groups.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ __all__ = [
     "SAMPLING_FIELDS",
     "add_run_arguments",
     "add_chat_arguments",
+    "add_quant_arguments",
     "parse_token_ids",
+    "parse_quant_kernels",
 ]
 
 _SPEC = SpecOptions()  # the speculative defaults live in the engine's options, not here
@@ -51,6 +54,8 @@ class RunOptions:
     n_gpu_layers: int | None = None  # None: every layer on the GPU when the device is one
     n_gpu_layers_draft: int | None = None
     dtype: str = "auto"
+    quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
+    quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
     chat: bool = False
     system_prompt: str | None = None
     chat_template_file: str | None = None
@@ -111,9 +116,60 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
+def parse_quant_kernels(text: str) -> dict[str, str]:
+    """``"Q8_0=int8,Q6_K=float"`` -> ``{"Q8_0": "int8", "Q6_K": "float"}``, checked against the
+    loader's own rules (`quant.plan.parse_kernels`); argparse turns the error into a usage error."""
+    from gemma_mtp.quant.plan import parse_kernels  # torch-heavy: only when the flag is given
+
+    kernels = {}
+    for item in text.split(","):
+        name, sep, kind = item.partition("=")
+        if not sep or not name.strip() or not kind.strip():
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not TYPE=KERNEL (e.g. Q8_0=int8)")
+        kernels[name.strip().upper()] = kind.strip().lower()
+    try:
+        parse_kernels(kernels)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("kernels: ")) from None
+    return kernels
+
+
+class _MergeKernels(argparse.Action):
+    """A repeated ``--quant-kernels`` adds to the earlier ones (a later TYPE wins)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), **values})
+
+
+def add_quant_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
+    """``--quantized/--no-quantized`` and ``--quant-kernels``: `gemma_mtp.load`'s `quantized` and
+    `kernels` (GGUF files only)."""
+    from gemma_mtp.quant.policy import KINDS  # data only, no torch
+
+    group = parser.add_argument_group("quantized GGUF weights")
+    group.add_argument(
+        "--quantized",
+        dest="quantized",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.quantized,
+        help="keep quantized GGUF weights quantized in memory (CPU only); --no-quantized dequantizes "
+        "them to --dtype (default: quantized on the CPU with --dtype auto or bfloat16)",
+    )
+    group.add_argument(
+        "--quant-kernels",
+        dest="quant_kernels",
+        type=parse_quant_kernels,
+        action=_MergeKernels,
+        default=defaults.quant_kernels,
+        metavar="TYPE=KERNEL,...",
+        help=f"kernel per GGUF type, e.g. Q8_0=int8,Q6_K=float; kernels: {', '.join(KINDS)}",
+    )
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = RunOptions()
     _add_model_arguments(parser, defaults)
+    add_quant_arguments(parser, defaults)
     _add_spec_arguments(parser, defaults)
 
     prompt = parser.add_argument_group("prompt and output")
@@ -147,6 +203,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ChatOptions()
     _add_model_arguments(parser, defaults)
+    add_quant_arguments(parser, defaults)
     _add_spec_arguments(parser, defaults)
     _add_n_predict(parser.add_argument_group("answers"), defaults)
     _add_template_arguments(parser, defaults, implies_chat=False)
