@@ -10,8 +10,21 @@ from torch import nn
 
 from ..cache import SharedKV
 from ..config import RopeSpec
+from ..quant.native import fast_cpu_ops
 
-__all__ = ["RMSNorm", "GatedMLP", "Rotary", "attention", "apply_rope", "softcap", "SharedKV", "ACTIVATIONS"]
+__all__ = [
+    "RMSNorm",
+    "GatedMLP",
+    "Rotary",
+    "attention",
+    "apply_rope",
+    "norm_rope",
+    "softcap",
+    "SharedKV",
+    "ACTIVATIONS",
+]
+
+_NO_TENSOR = torch.empty(0)
 
 ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -46,6 +59,10 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dim = x.shape[-1]
+        ops = fast_cpu_ops(x, self.weight)
+        if ops is not None:  # float32 inference on the CPU: one fused call
+            scale = self._scale()
+            return ops.rms_norm(x.contiguous(), _NO_TENSOR if scale is None else scale, self.eps)
         if x.dtype == torch.float32:
             return F.rms_norm(x, (dim,), self._scale(), self.eps)
         return F.rms_norm(x.float(), (dim,), self._scale(), self.eps).type_as(x)
@@ -93,6 +110,22 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+def norm_rope(norm: RMSNorm, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    """`apply_rope(norm(x), cos, sin)` (no rotation when cos is None) for x [B, T, H, D]."""
+    ops = fast_cpu_ops(x, norm.weight, cos)
+    if ops is not None:
+        scale = norm._scale()
+        return ops.head_norm_rope(
+            x.contiguous(),
+            _NO_TENSOR if scale is None else scale,
+            norm.eps,
+            _NO_TENSOR if cos is None else cos.contiguous(),
+            _NO_TENSOR if sin is None else sin.contiguous(),
+        )
+    y = norm(x)
+    return y if cos is None else apply_rope(y, cos, sin)
 
 
 def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..cache import ForwardPlan, KVCache, SharedKV
 from ..config import FULL, LayerSpec, TextConfig
-from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, apply_rope, attention, softcap
+from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, attention, norm_rope, softcap
 from .moe import Experts, Router
 
 __all__ = ["GemmaModel", "TargetOutput"]
@@ -50,11 +50,11 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, plan: ForwardPlan, cache: KVCache, shared: dict):
         b, t, _ = x.shape
         d = self.spec.head_dim
-        q = apply_rope(self.q_norm(self.q_proj(x).view(b, t, -1, d)), cos, sin).transpose(1, 2)
+        q = norm_rope(self.q_norm, self.q_proj(x).view(b, t, -1, d), cos, sin).transpose(1, 2)
         if self.spec.owns_kv:
             k = self.k_proj(x).view(b, t, -1, d)
             v = k if self.v_proj is None else self.v_proj(x).view(b, t, -1, d)
-            k = apply_rope(self.k_norm(k), cos, sin).transpose(1, 2)
+            k = norm_rope(self.k_norm, k, cos, sin).transpose(1, 2)
             v = (v if self.v_norm is None else self.v_norm(v)).transpose(1, 2)
             attend = cache.attend_full if self.spec.kind == FULL else cache.attend_sliding
             kv = attend(self.spec.index, plan, k, v)

@@ -21,7 +21,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["q8_module", "why_unavailable", "build_dir"]
+__all__ = ["q8_module", "why_unavailable", "build_dir", "fast_cpu_ops"]
 
 SOURCE = Path(__file__).with_name("csrc") / "q8_mm.cpp"
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
@@ -79,3 +79,14 @@ def q8_module() -> ModuleType | None:
 def why_unavailable() -> str | None:
     """None when the kernel is available, else the reason."""
     return None if q8_module() is not None else _failure
+
+
+def fast_cpu_ops(*tensors: torch.Tensor | None) -> ModuleType | None:
+    """The compiled module when every tensor given is a float32 CPU tensor outside autograd (the
+    fused norm / rotary ops are inference-only), else None: the caller takes the torch path."""
+    for t in tensors:
+        if t is None:
+            continue
+        if t.dtype != torch.float32 or t.device.type != "cpu" or (t.requires_grad and torch.is_grad_enabled()):
+            return None
+    return q8_module()

@@ -1,0 +1,70 @@
+"""The fused float32 CPU ops (`quant/csrc/q8_mm.cpp`: RMS norm, per-head norm + rotary) against the
+torch formulas they replace, and the guard that keeps autograd on the torch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gemma_mtp.models.common import RMSNorm, apply_rope, norm_rope
+from gemma_mtp.quant.native import fast_cpu_ops, q8_module
+
+
+@pytest.fixture(scope="module")
+def ops():
+    module = q8_module()
+    if module is None:
+        pytest.skip("the native kernels cannot be built here")
+    return module
+
+
+def _torch_norm(x, w, eps):
+    out = x * torch.pow(x.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    return out if w is None else out * w
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_rms_norm_matches_the_torch_formula(ops, scaled):
+    x = torch.randn(3, 5, 640) * 7
+    w = torch.randn(640) if scaled else None
+    got = ops.rms_norm(x, w if scaled else torch.empty(0), 1e-6)
+    assert torch.allclose(got, _torch_norm(x, w, 1e-6), rtol=1e-5, atol=1e-6)
+
+
+def test_head_norm_rope_matches_norm_then_rope(ops):
+    x = torch.randn(2, 3, 4, 64)
+    w = torch.randn(64)
+    angles = torch.randn(2, 3, 32)
+    cos = torch.cat([angles, angles], -1).cos()
+    sin = torch.cat([angles, angles], -1).sin()
+    got = ops.head_norm_rope(x, w, 1e-6, cos, sin)
+    assert torch.allclose(got, apply_rope(_torch_norm(x, w, 1e-6), cos, sin), rtol=1e-5, atol=1e-6)
+    # no rotation when cos is empty (the value norm)
+    plain = ops.head_norm_rope(x, torch.empty(0), 1e-6, torch.empty(0), torch.empty(0))
+    assert torch.allclose(plain, _torch_norm(x, None, 1e-6), rtol=1e-5, atol=1e-6)
+
+
+def test_modules_take_the_fused_path_only_outside_autograd_and_float32(ops):
+    norm = RMSNorm(64, 1e-6, offset=1.0)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(2, 3, 4, 64)
+    assert fast_cpu_ops(x, norm.weight) is None  # the weight requires grad: training keeps torch ops
+    with torch.no_grad():
+        assert fast_cpu_ops(x, norm.weight) is ops
+        fused = norm(x)
+        rope = norm_rope(norm, x, None, None)
+    assert fast_cpu_ops(x.bfloat16()) is None
+    want = _torch_norm(x, norm.weight.detach() + 1.0, 1e-6)
+    assert torch.allclose(fused, want, rtol=1e-5, atol=1e-6) and torch.equal(rope, fused)
+    y = norm(x)  # with grad: the torch path, and gradients reach the weight
+    y.sum().backward()
+    assert norm.weight.grad is not None and torch.allclose(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_changed_weight_is_picked_up(ops):
+    norm = RMSNorm(32, 1e-6).requires_grad_(False)
+    x = torch.randn(1, 32)
+    first = norm(x)
+    norm.weight.mul_(2)
+    assert torch.allclose(norm(x), 2 * first)
