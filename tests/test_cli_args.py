@@ -262,11 +262,9 @@ def test_bad_values_exit_2_naming_the_flag(flags, named, api, capsys):
     assert api.load_calls == []
 
 
-def test_missing_prompt_or_model_is_a_usage_error(api, capsys):
+def test_missing_prompt_is_a_usage_error(api, capsys):
     assert main(["run", "-m", "d"]) == 2
     assert "--prompt-ids" in one_line_error(capsys)
-    assert main(["run", "--prompt-ids", "1"]) == 2
-    assert "--model" in one_line_error(capsys)
 
 
 def test_text_prompts_need_the_model_tokenizer(api, capsys, tmp_path):

@@ -125,6 +125,8 @@ def load_engine(options: RunOptions, spec: SpecOptions, *, show_progress: bool) 
             n_gpu_layers_draft=options.n_gpu_layers_draft,
             ctx_size=options.ctx_size,
             progress=bar,
+            quantized=options.quantized,
+            kernels=options.quant_kernels,
         )
     finally:
         if bar is not None:
