@@ -186,6 +186,8 @@ def test_run_passes_flags_to_load_and_generate(api):
         "n_gpu_layers_draft": 2,
         "ctx_size": 256,
         "progress": None,  # no progress bar: stderr is not a terminal here
+        "quantized": None,
+        "kernels": None,
     }
     assert api.load_calls == [("model-dir", None, options)]
     sampling = SamplingParams(temperature=0.0, top_k=5, seed=9)
