@@ -1,5 +1,6 @@
-"""Conversions: a HF checkpoint -> GGUF (targets and drafters, any drafter layout), and a drafter
-GGUF -> another drafter layout (tensor bytes copied unchanged)."""
+"""Conversions: a HF checkpoint -> GGUF (targets and drafters, any drafter layout, with the
+checkpoint's tokenizer and chat template when it has them), and a drafter GGUF -> another drafter
+layout (tensor bytes copied unchanged)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .keys import DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
 from .metadata import config_from_gguf
 from .names import DRAFTER_HEADS, ROPE_FREQS, name_map, norm_offset
 from .reader import GGUFFile, open_gguf
+from .vocab import tokenizer_entries
 from .writer import (
     Entry,
     check_out_type,
@@ -118,15 +120,20 @@ def _encoded(
 def convert_hf_to_gguf(
     src_dir: str | Path, out_path: str | Path, *, layout: str = "mainline", out_type: str = "F32"
 ) -> Path:
-    """HF checkpoint (target or assistant) -> GGUF. Drafters keep their centroid tensors in every layout."""
+    """HF checkpoint (target or assistant) -> GGUF. Drafters keep their centroid tensors in every layout.
+    A tokenizer.json in `src_dir` is embedded with its chat template (`vocab.tokenizer_entries`);
+    where config.json and the tokenizer both give a special token id, config.json's is kept."""
     _check_layout(layout)
     check_out_type(out_type)
     src = Path(src_dir)
     config = load_config(src)
+    vocab = tokenizer_entries(src, config)  # before the tensors: a bad tokenizer fails fast
     tensors = _hf_tensors(src, config)
     arch, entries = metadata_entries(config, layout=layout, out_type=out_type)
     entries.insert(0, Entry("general.type", "model", GGUFValueType.STRING))
     entries.insert(1, Entry("general.name", src.name, GGUFValueType.STRING))
+    have = {entry.key for entry in entries}
+    entries += [entry for entry in vocab if entry.key not in have]
     return write_gguf(out_path, arch, entries, list(_encoded(tensors, config, layout, out_type)))
 
 
