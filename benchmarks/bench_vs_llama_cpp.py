@@ -76,7 +76,7 @@ def main() -> int:
     ap.add_argument("-n", type=int, default=128)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--spec-type", default="none")
     ap.add_argument("--out", default=str(RESULTS / "vs_llama_cpp.jsonl"))
     args = ap.parse_args()

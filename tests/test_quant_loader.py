@@ -147,3 +147,23 @@ def test_speculative_output_equals_plain_output_on_a_quantized_target(reference_
             prompt, n_predict=24, sampling=greedy, spec=SpecOptions(type="ngram", n_max=n_max)
         )
         assert spec.token_ids == plain.token_ids
+
+
+def test_q_k_v_and_gate_up_fuse_into_one_matmul_over_shared_memory(reference_models, tmp_path):
+    path = _q8_file(reference_models, tmp_path, "gemma3")
+    model, _, _ = load_gguf_model(path)
+    if model.embed_tokens.table.kind != "q8":
+        pytest.skip("the native q8 kernel is not built here")
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    assert attn.fused_qkv is not None and mlp.fused_gate_up is not None
+    x = torch.randn(3, attn.q_proj.in_features)
+    q, k, v = attn.fused_qkv(x)
+    # the same numbers as the separate projections, whose weights are row views of the fused one
+    assert torch.equal(q, attn.q_proj(x)) and torch.equal(k, attn.k_proj(x)) and torch.equal(v, attn.v_proj(x))
+    fused = attn.fused_qkv.weight.q
+    assert attn.k_proj.qweight.q.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+    gate, up = mlp.fused_gate_up(x)
+    assert torch.equal(gate, mlp.gate_proj(x)) and torch.equal(up, mlp.up_proj(x))
+    tokens = ref.random_tokens(1, 16, seed=5)
+    want = target_logits(load_gguf_model(path, dtype="float32")[0], tokens)
+    assert _rel(target_logits(model, tokens), want) <= 0.02

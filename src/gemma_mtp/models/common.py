@@ -75,9 +75,14 @@ class GatedMLP(nn.Module):
         self.up_proj = nn.Linear(hidden, intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
         self.act = ACTIVATIONS[activation]
+        self.fused_gate_up = None  # optional: one module computing gate and up together (quant/fuse.py)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused_gate_up is not None:
+            gate, up = self.fused_gate_up(x)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act(gate) * up)
 
 
 def rope_inv_freq(spec: RopeSpec, head_dim: int) -> torch.Tensor:
@@ -112,7 +117,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
-def norm_rope(norm: RMSNorm, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+def norm_rope(
+    norm: RMSNorm, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+) -> torch.Tensor:
     """`apply_rope(norm(x), cos, sin)` (no rotation when cos is None) for x [B, T, H, D]."""
     ops = fast_cpu_ops(x, norm.weight, cos)
     if ops is not None:

@@ -46,14 +46,21 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(d, config.rms_norm_eps, offset=offset)
             self.v_norm = None if gemma3 else RMSNorm(d, config.rms_norm_eps, with_scale=False)
         self.o_proj = nn.Linear(h * d, config.hidden_size, bias=False)
+        self.fused_qkv = None  # optional: one module computing q (k, v) together (quant/fuse.py)
 
     def forward(self, x, cos, sin, plan: ForwardPlan, cache: KVCache, shared: dict):
         b, t, _ = x.shape
         d = self.spec.head_dim
-        q = norm_rope(self.q_norm, self.q_proj(x).view(b, t, -1, d), cos, sin).transpose(1, 2)
+        if self.fused_qkv is not None:
+            parts = self.fused_qkv(x)
+        else:
+            parts = (self.q_proj(x),)
+            if self.spec.owns_kv:
+                parts += (self.k_proj(x),) + (() if self.v_proj is None else (self.v_proj(x),))
+        q = norm_rope(self.q_norm, parts[0].view(b, t, -1, d), cos, sin).transpose(1, 2)
         if self.spec.owns_kv:
-            k = self.k_proj(x).view(b, t, -1, d)
-            v = k if self.v_proj is None else self.v_proj(x).view(b, t, -1, d)
+            k = parts[1].view(b, t, -1, d)
+            v = k if self.v_proj is None else parts[2].view(b, t, -1, d)
             k = norm_rope(self.k_norm, k, cos, sin).transpose(1, 2)
             v = (v if self.v_norm is None else self.v_norm(v)).transpose(1, 2)
             attend = cache.attend_full if self.spec.kind == FULL else cache.attend_sliding

@@ -32,6 +32,7 @@ from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_s
 from ..models.assistant import AssistantModel
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel, ScaledEmbedding
+from ..quant.fuse import fuse_model_projections
 from ..quant.native import why_unavailable
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
 from .hf import LoadReport
@@ -255,6 +256,8 @@ def load_gguf_model(
         )
     for ours, module in swapped.items():
         _swap(model, ours, module)
+    if swapped:
+        fuse_model_projections(model)
     model.load_state_dict(loaded, strict=False, assign=True)
     _restore_rotary(model, text)
     report.device = place_layers(model, resolve_device(device), n_gpu_layers)
