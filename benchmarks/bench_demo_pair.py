@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from _common import (
-    REPO,
     RESULTS,
     append_jsonl,
     cpu_name,
@@ -31,11 +30,11 @@ from _common import (
 
 import gemma_mtp
 from gemma_mtp.assets import gemma3_270m_gguf
+from gemma_mtp.demo import demo_drafter
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
 from gemma_mtp.tokenizer import load_tokenizer
 
-DRAFTER = REPO / "assets" / "drafters" / "gemma3-270m-mtp.gguf"
 GREEDY = SamplingParams(temperature=0)
 
 # Held out: written for this benchmark, not taken from the training corpus.
@@ -97,11 +96,11 @@ def run_all(engine, prompts: list[list[int]], n: int, specs: list[SpecOptions], 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-md", "--model-draft", default=str(DRAFTER))
+    ap.add_argument("-md", "--model-draft", default=None, help="default: the committed demo drafter")
     ap.add_argument("--n-max", default="1,2,3,4")
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "demo_pair.jsonl"))
     args = ap.parse_args()
@@ -109,7 +108,8 @@ def main() -> int:
 
     target = gemma3_270m_gguf()
     t0 = time.perf_counter()
-    engine = gemma_mtp.load(target, args.model_draft, dtype=args.dtype, device="cpu", ctx_size=1024)
+    drafter = args.model_draft or str(demo_drafter())
+    engine = gemma_mtp.load(target, drafter, dtype=args.dtype, device="cpu", ctx_size=1024)
     load_s = time.perf_counter() - t0
     tok = load_tokenizer(target)
     prompts = [tok.encode(p) for p in PROMPTS]
@@ -118,7 +118,7 @@ def main() -> int:
 
     common = {
         "target": target.name,
-        "draft": Path(args.model_draft).name,
+        "draft": Path(drafter).name,
         "dtype": args.dtype,
         "device": "cpu",
         "cpu": cpu_name(),

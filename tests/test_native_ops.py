@@ -68,3 +68,54 @@ def test_a_changed_weight_is_picked_up(ops):
     first = norm(x)
     norm.weight.mul_(2)
     assert torch.allclose(norm(x), 2 * first)
+
+
+@pytest.mark.parametrize("cap", [0.0, 20.0])
+def test_row_attention_matches_sdpa_and_is_the_same_for_any_number_of_queries(ops, cap):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 5, 4, 64, generator=g)  # [B, T, Hq, D]
+    k = torch.randn(2, 2, 9, 64, generator=g)  # [B, Hkv, S, D]
+    v = torch.randn(2, 2, 9, 64, generator=g)
+    positions = torch.tensor([[4, 5, 6, 7, 8], [2, 3, 4, -1, -1]])
+    mask = (torch.arange(9)[None, None, None, :] <= positions[:, None, :, None]).expand(2, 1, 5, 9)
+    mask = mask | (torch.arange(9) == 0)  # padding queries see slot 0, as the cache's masks do
+    got = ops.attend_rows(q, k, v, mask, 0.125, cap)
+    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    scores = torch.matmul(q.transpose(1, 2), kk.transpose(2, 3)) * 0.125
+    if cap:
+        scores = torch.tanh(scores / cap) * cap
+    want = torch.matmul(torch.softmax(scores.masked_fill(~mask, -torch.inf), -1), vv)
+    assert torch.allclose(got, want.transpose(1, 2).reshape(2, 5, 256), atol=1e-5)
+    for t in range(5):  # one query at a time: bit for bit the same rows
+        assert torch.equal(
+            ops.attend_rows(q[:, t : t + 1], k, v, mask[:, :, t : t + 1], 0.125, cap), got[:, t : t + 1]
+        )
+
+
+def test_real_model_forward_over_drafts_equals_one_position_forwards():
+    """The property lossless greedy speculation rests on: with the default (quantized) load, a
+    forward over 4 positions gives each position's logits bit for bit as 4 single forwards do."""
+    from gemma_mtp.assets import AssetError, gemma3_270m_gguf
+    from gemma_mtp.weights.gguf_loader import load_gguf_model
+
+    try:
+        path = gemma3_270m_gguf()
+    except AssetError as exc:
+        if exc.offline:
+            pytest.skip(f"the Gemma 3 270M GGUF cannot be fetched: {exc}")
+        raise
+    model, _, _ = load_gguf_model(path)
+    if model.embed_tokens.table.kind != "q8":
+        pytest.skip("the native kernels are not built here")
+    tokens = torch.tensor([[2, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000]])
+
+    def run(split: bool) -> torch.Tensor:
+        cache = model.make_cache(batch_size=1, max_context=64, max_draft=8)
+        model(tokens[:, :8], torch.arange(8)[None], cache)
+        if not split:
+            return model.logits(model(tokens[:, 8:], torch.arange(8, 12)[None], cache).hidden)
+        steps = [model(tokens[:, i : i + 1], torch.tensor([[i]]), cache).hidden for i in range(8, 12)]
+        return model.logits(torch.cat(steps, 1))
+
+    with torch.no_grad():
+        assert torch.equal(run(True), run(False))

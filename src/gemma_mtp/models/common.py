@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 _NO_TENSOR = torch.empty(0)
+ROW_ATTENTION_MAX_T = 32  # queries per forward up to which attention runs one row at a time
 
 ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -148,7 +149,17 @@ def attention(
     scale: float,
     logit_cap: float | None = None,
 ) -> torch.Tensor:
-    """q: [B, Hq, T, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, T, S] bool (True = attend) -> [B, T, Hq*D]."""
+    """q: [B, Hq, T, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, T, S] bool (True = attend) -> [B, T, Hq*D].
+
+    Float32 on the CPU with at most `ROW_ATTENTION_MAX_T` queries (decode, verification of drafts)
+    goes through the native one-row-at-a-time kernel: each query's result is then the same in a
+    forward over one position or several, which is what makes greedy speculative output equal plain
+    output exactly. Longer forwards (prompt prefill) take torch's SDPA.
+    """
+    if q.shape[2] <= ROW_ATTENTION_MAX_T:
+        ops = fast_cpu_ops(q, k, v)
+        if ops is not None and mask.device.type == "cpu":
+            return ops.attend_rows(q.transpose(1, 2), k, v, mask, scale, logit_cap or 0.0)
     if logit_cap is None:
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]

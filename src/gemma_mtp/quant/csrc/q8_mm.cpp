@@ -241,10 +241,102 @@ torch::Tensor head_norm_rope(const torch::Tensor& x, const torch::Tensor& w, dou
   return out;
 }
 
+// Attention for a few query positions (decode and verification), one query row at a time:
+// every row's result is computed by the same code in the same order whatever the number of rows,
+// so a forward over several drafted positions gives each position exactly what a one-position
+// forward gives (torch's SDPA picks different kernels for different query counts, and the tiny
+// differences, amplified by int8 activation rounding, can change a greedy token).
+// q [B, T, Hq, D], k/v [B, Hkv, S, D] (last dim contiguous; any other strides), mask [B, 1, T, S]
+// bool (True = attend; any strides) -> [B, T, Hq * D]. cap > 0: scores = cap * tanh(scores / cap).
+namespace {
+inline float dot(const float* a, const float* b, int64_t n) {
+#if Q8_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float r = hsum(acc);
+#else
+  float r = 0.f;
+  int64_t i = 0;
+#endif
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+inline void axpy(float w, const float* x, float* y, int64_t n) {
+#if Q8_AVX2
+  const __m256 wv = _mm256_set1_ps(w);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#else
+  int64_t i = 0;
+#endif
+  for (; i < n; ++i) y[i] += w * x[i];
+}
+}  // namespace
+
+torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                          const torch::Tensor& mask, double scale, double cap) {
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && mask.dim() == 4, "attend_rows: 4-D inputs");
+  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && k.scalar_type() == torch::kFloat32 &&
+                  v.scalar_type() == torch::kFloat32 && mask.scalar_type() == torch::kBool,
+              "attend_rows: float32 q/k/v and a bool mask");
+  auto qc = q.contiguous();
+  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3);
+  const int64_t Hkv = k.size(1), S = k.size(2);
+  TORCH_CHECK(k.size(0) == B && v.size(0) == B && v.size(1) == Hkv && v.size(2) == S && k.size(3) == D &&
+                  v.size(3) == D && Hq % Hkv == 0,
+              "attend_rows: shapes");
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "attend_rows: k/v rows must be contiguous");
+  TORCH_CHECK(mask.size(0) == B && mask.size(2) == T && mask.size(3) == S, "attend_rows: mask shape");
+  auto out = torch::zeros({B, T, Hq * D}, q.options());
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const bool* mp = mask.data_ptr<bool>();
+  float* op = out.data_ptr<float>();
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  const int64_t ms0 = mask.stride(0), ms2 = mask.stride(2), ms3 = mask.stride(3);
+  const int64_t group = Hq / Hkv;
+  const float fscale = static_cast<float>(scale), fcap = static_cast<float>(cap);
+  at::parallel_for(0, B * T * Hq, 1, [&](int64_t r0, int64_t r1) {
+    std::vector<float> scores(S);
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / (T * Hq), t = (r / Hq) % T, h = r % Hq, kh = h / group;
+      const float* qr = qp + ((b * T + t) * Hq + h) * D;
+      const bool* mr = mp + b * ms0 + t * ms2;
+      const float* kb = kp + b * ks0 + kh * ks1;
+      const float* vb = vp + b * vs0 + kh * vs1;
+      float best = -INFINITY;
+      for (int64_t s = 0; s < S; ++s) {
+        if (!mr[s * ms3]) continue;
+        float x = dot(qr, kb + s * ks2, D) * fscale;
+        if (fcap > 0.f) x = fcap * std::tanh(x / fcap);
+        scores[s] = x;
+        best = std::max(best, x);
+      }
+      float* orow = op + (b * T + t) * Hq * D + h * D;
+      if (best == -INFINITY) continue;  // nothing to attend to: zeros
+      float total = 0.f;
+      for (int64_t s = 0; s < S; ++s) {
+        if (!mr[s * ms3]) continue;
+        const float p = std::exp(scores[s] - best);
+        total += p;
+        axpy(p, vb + s * vs2, orow, D);
+      }
+      const float inv = 1.f / total;
+      for (int64_t i = 0; i < D; ++i) orow[i] *= inv;
+    }
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q8_mm", &q8_mm, "block-int8 weight x int8-quantized activation matmul",
         py::call_guard<py::gil_scoped_release>());
   m.def("has_avx2", &has_avx2);
   m.def("rms_norm", &rms_norm, "RMS norm over the last dim, float32");
   m.def("head_norm_rope", &head_norm_rope, "per-head RMS norm then rotary embedding, float32");
+  m.def("attend_rows", &attend_rows, "attention one query row at a time (batch-invariant), float32");
 }
