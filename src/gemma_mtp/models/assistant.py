@@ -18,13 +18,24 @@ from ..config import AssistantConfig
 from .common import RMSNorm, Rotary
 from .gemma import DecoderLayer, GemmaModel, ScaledEmbedding
 
-__all__ = ["AssistantModel", "AssistantOutput", "CentroidHead"]
+__all__ = ["AssistantModel", "AssistantOutput", "CentroidHead", "DraftContext"]
 
 
 @dataclass(frozen=True)
 class AssistantOutput:
     logits: torch.Tensor  # [B, T, V] float32
     hidden: torch.Tensor  # [B, T, backbone] post-projected state for the next step
+
+
+@dataclass(frozen=True)
+class DraftContext:
+    """What every draft step of a round shares, made once per round by `AssistantModel.prepare`:
+    all steps query the same positions against the same target KV, so the masks, the moves to the
+    assistant's device and the rotary tables do not change between steps."""
+
+    positions: torch.Tensor  # [B, T] on the assistant's device
+    shared: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # kind -> (keys, values, mask)
+    rotary: dict[tuple[str, torch.dtype], tuple[torch.Tensor, torch.Tensor]]  # filled on first use
 
 
 class CentroidHead(nn.Module):
@@ -82,6 +93,7 @@ class AssistantModel(nn.Module):
         self.pre_projection = nn.Linear(2 * backbone, width, bias=False)
         self.post_projection = nn.Linear(width, backbone, bias=False)
         self.masked_embedding = CentroidHead(config) if config.use_ordered_embeddings else None
+        self.rope_keys = tuple(GemmaModel._rope_key(layer.spec) for layer in self.model.layers)
 
     # read from the final norm: quantized projections have no float weight to ask
     @property
@@ -96,21 +108,33 @@ class AssistantModel(nn.Module):
         self, inputs_embeds: torch.Tensor, positions: torch.Tensor, shared_kv: dict[str, SharedKV]
     ) -> AssistantOutput:
         """inputs_embeds: [B, T, 2*backbone] (T is 1 when drafting); positions: [B, T]."""
+        return self.step(inputs_embeds, self.prepare(positions, shared_kv))
+
+    def prepare(self, positions: torch.Tensor, shared_kv: dict[str, SharedKV]) -> DraftContext:
+        """The per-round part of `forward` for queries at `positions` [B, T] over `shared_kv`."""
         dev = self.device
-        x = self.pre_projection(inputs_embeds.to(dev, self.dtype))
-        positions = positions.to(dev)
         shared = {
             kind: (kv.keys.to(dev), kv.values.to(dev), kv.mask(positions.to(kv.positions.device)).to(dev))
             for kind, kv in shared_kv.items()
         }
-        tables = {}
-        for layer in self.model.layers:
-            key = GemmaModel._rope_key(layer.spec)
-            if key not in tables:
-                tables[key] = self.model.rotary[key](positions, x.dtype)
-            x = layer(x, None, *tables[key], None, None, shared)
+        return DraftContext(positions=positions.to(dev), shared=shared, rotary={})
+
+    def step(self, inputs_embeds: torch.Tensor, context: DraftContext) -> AssistantOutput:
+        """One draft step: `forward` with the per-round part already made by `prepare`."""
+        x = self.pre_projection(inputs_embeds.to(self.device, self.dtype))
+        for layer, key in zip(self.model.layers, self.rope_keys, strict=True):
+            cos, sin = self._rotary(context, key, x.dtype)
+            x = layer(x, None, cos, sin, None, None, context.shared)
         x = self.model.norm(x)
         return AssistantOutput(logits=self.head(x), hidden=self.post_projection(x))
+
+    def _rotary(
+        self, context: DraftContext, key: str, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tables = context.rotary.get((key, dtype))
+        if tables is None:
+            tables = context.rotary[key, dtype] = self.model.rotary[key](context.positions, dtype)
+        return tables
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if self.masked_embedding is not None:

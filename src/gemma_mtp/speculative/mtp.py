@@ -84,10 +84,12 @@ class MTPDrafter:
             token[r.row, 0] = r.tokens[-1]
         positions = self.cache.lengths[:, None].to(dev)
         shared = {kind: self.cache.shared_kv(kind) for kind in self.cache.config.layer_kinds}
+        # every step queries `positions` over the same KV: masks and rotary tables are made once
+        context = self.assistant.prepare(positions, shared)
         state = hidden
         collect = DraftCollector(requests)
         while collect.active:
-            out = self.assistant(torch.cat([self.target.embed(token), state], dim=-1), positions, shared)
+            out = self.assistant.step(torch.cat([self.target.embed(token), state], dim=-1), context)
             state = out.hidden.to(dev)
             for row in list(collect.active):
                 drafted = collect.offer(row, out.logits[row, 0])
