@@ -161,7 +161,9 @@ torch::Tensor q8_mm(const torch::Tensor& x, const torch::Tensor& q, const torch:
   float* o = out.data_ptr<float>();
   // tiles of weight rows small enough to stay in L2 while every group of 4 x rows passes over them
   const int64_t tile = std::max<int64_t>(16, (256 << 10) / std::max<int64_t>(K, 1));
-  at::parallel_for(0, N, 64, [&](int64_t n0, int64_t n1) {
+  // at least ~256K weights per chunk: smaller matrices run on the calling thread
+  const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 18) / std::max<int64_t>(K * std::min<int64_t>(M, 4), 1));
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
     for (int64_t t0 = n0; t0 < n1; t0 += tile) {
       const int64_t t1 = std::min(n1, t0 + tile);
       for (int64_t m0 = 0; m0 < M; m0 += 4) {
@@ -300,7 +302,9 @@ torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const 
   const int64_t ms0 = mask.stride(0), ms2 = mask.stride(2), ms3 = mask.stride(3);
   const int64_t group = Hq / Hkv;
   const float fscale = static_cast<float>(scale), fcap = static_cast<float>(cap);
-  at::parallel_for(0, B * T * Hq, 1, [&](int64_t r0, int64_t r1) {
+  // a parallel region costs more than a few short rows (and stalls when a core is busy elsewhere)
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, S * D));
+  at::parallel_for(0, B * T * Hq, grain, [&](int64_t r0, int64_t r1) {
     std::vector<float> scores(S);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t b = r / (T * Hq), t = (r / Hq) % T, h = r % Hq, kh = h / group;
