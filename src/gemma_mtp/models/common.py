@@ -47,23 +47,23 @@ class RMSNorm(nn.Module):
 
     def _scale(self) -> torch.Tensor | None:
         """`weight + offset` in float32, recomputed only when the weight changes."""
-        if self.weight is None:
+        weight = self._parameters.get("weight")
+        if weight is None:
             return None
-        if self.weight.requires_grad and torch.is_grad_enabled():  # training: keep the graph
-            return self.weight.float() + self.offset
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.device)
+        if weight.requires_grad and torch.is_grad_enabled():  # training: keep the graph
+            return weight.float() + self.offset
         cached = self.__dict__.get("_scale_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, self.weight.detach().float() + self.offset)
+        if cached is None or cached[0] is not weight or cached[1] != weight._version:
+            cached = (weight, weight._version, weight.detach().float() + self.offset)
             self.__dict__["_scale_cache"] = cached
-        return cached[1]
+        return cached[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dim = x.shape[-1]
-        ops = fast_cpu_ops(x, self.weight)
+        ops = fast_cpu_ops(x, self._parameters.get("weight"))
         if ops is not None:  # float32 inference on the CPU: one fused call
             scale = self._scale()
             return ops.rms_norm(x.contiguous(), _NO_TENSOR if scale is None else scale, self.eps)
+        dim = x.shape[-1]
         if x.dtype == torch.float32:
             return F.rms_norm(x, (dim,), self._scale(), self.eps)
         return F.rms_norm(x.float(), (dim,), self._scale(), self.eps).type_as(x)
@@ -158,7 +158,9 @@ def attention(
     """
     if q.shape[2] <= ROW_ATTENTION_MAX_T:
         ops = fast_cpu_ops(q, k, v)
-        if ops is not None and mask.device.type == "cpu":
+        if ops is not None and mask.device.type == "cpu" and k.shape[0] == q.shape[0]:
+            b, _, t, _ = q.shape
+            mask = mask.expand(b, 1, t, k.shape[2])  # broadcast dims as SDPA would (stride 0)
             return ops.attend_rows(q.transpose(1, 2), k, v, mask, scale, logit_cap or 0.0)
     if logit_cap is None:
         out = F.scaled_dot_product_attention(

@@ -42,7 +42,12 @@ def _cpu_flags() -> str:
 
 def build_dir() -> Path:
     key = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), torch.__version__.encode(), " ".join(CFLAGS).encode(), _cpu_flags().encode()):
+    for part in (
+        SOURCE.read_bytes(),
+        torch.__version__.encode(),
+        " ".join(CFLAGS).encode(),
+        _cpu_flags().encode(),
+    ):
         key.update(part)
     root = Path(os.environ.get("GEMMA_MTP_CACHE", Path.home() / ".cache" / "gemma-mtp"))
     return root / "kernels" / key.hexdigest()[:16]
@@ -84,9 +89,8 @@ def why_unavailable() -> str | None:
 def fast_cpu_ops(*tensors: torch.Tensor | None) -> ModuleType | None:
     """The compiled module when every tensor given is a float32 CPU tensor outside autograd (the
     fused norm / rotary ops are inference-only), else None: the caller takes the torch path."""
+    grad = torch.is_grad_enabled()
     for t in tensors:
-        if t is None:
-            continue
-        if t.dtype != torch.float32 or t.device.type != "cpu" or (t.requires_grad and torch.is_grad_enabled()):
+        if t is not None and (t.dtype != torch.float32 or not t.is_cpu or (grad and t.requires_grad)):
             return None
     return q8_module()

@@ -79,7 +79,12 @@ class Q8BlockWeight(nn.Module):
         return w.view(*ids.shape, k)
 
     def dequantize(self) -> torch.Tensor:
-        return torch.cat([self.rows(torch.arange(s, min(s + 4096, self.out_features))) for s in range(0, self.out_features, 4096)])
+        return torch.cat(
+            [
+                self.rows(torch.arange(s, min(s + 4096, self.out_features)))
+                for s in range(0, self.out_features, 4096)
+            ]
+        )
 
     @property
     def nbytes(self) -> int:
