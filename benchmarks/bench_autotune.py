@@ -4,7 +4,7 @@
         --n-max 1,2,3,4 --prompts builtin --categories code,json -n 64 --reps 2 --temp 0
 
 Without -m it runs the embedded Gemma 3 270M GGUF with n-gram (prompt-lookup) drafting, the pair
-that gives meaningful acceptance on this project's machines (no trained MTP drafter yet). It uses
+that gives the most acceptance on this project's machines (`-md` with the demo drafter and `--spec-type mtp` runs MTP). It uses
 the bench harness (`gemma_mtp.bench.runner`): plain decoding, each fixed n and autotune run rep by
 rep, interleaved, with the same seeds; autotune starts cold in every rep and learns across that
 rep's prompts. The issue's target: autotune within 5% of the best fixed choice (plain decoding
@@ -71,7 +71,7 @@ def main() -> int:
     ap.add_argument("-n", "--n-predict", type=int, default=64)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--temp", type=float, default=0.0)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(RESULTS / "autotune.jsonl"))
