@@ -60,7 +60,7 @@ class CentroidHead(nn.Module):
         clusters = self.token_ordering.view(self.num_centroids, self.per_centroid)
         ids = clusters[top].reshape(x.shape[0], -1)  # [N, k*per]
         emb = table[ids]  # [N, k*per, D]
-        return ids, torch.einsum("nd,nkd->nk", x.to(emb.dtype), emb).float()
+        return ids, torch.bmm(emb, x.to(emb.dtype)[:, :, None])[:, :, 0].float()
 
     def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -108,7 +108,8 @@ class AssistantModel(nn.Module):
         self, inputs_embeds: torch.Tensor, positions: torch.Tensor, shared_kv: dict[str, SharedKV]
     ) -> AssistantOutput:
         """inputs_embeds: [B, T, 2*backbone] (T is 1 when drafting); positions: [B, T]."""
-        return self.step(inputs_embeds, self.prepare(positions, shared_kv))
+        x = self.step(inputs_embeds, self.prepare(positions, shared_kv))
+        return AssistantOutput(logits=self.head(x), hidden=self.post_projection(x))
 
     def prepare(self, positions: torch.Tensor, shared_kv: dict[str, SharedKV]) -> DraftContext:
         """The per-round part of `forward` for queries at `positions` [B, T] over `shared_kv`."""
@@ -119,14 +120,15 @@ class AssistantModel(nn.Module):
         }
         return DraftContext(positions=positions.to(dev), shared=shared, rotary={})
 
-    def step(self, inputs_embeds: torch.Tensor, context: DraftContext) -> AssistantOutput:
-        """One draft step: `forward` with the per-round part already made by `prepare`."""
+    def step(self, inputs_embeds: torch.Tensor, context: DraftContext) -> torch.Tensor:
+        """One draft step up to the final norm [B, T, width], the per-round part made by `prepare`;
+        `head` gives its logits and `post_projection` the next step's hidden input (a drafter
+        skips the latter after its last step)."""
         x = self.pre_projection(inputs_embeds.to(self.device, self.dtype))
         for layer, key in zip(self.model.layers, self.rope_keys, strict=True):
             cos, sin = self._rotary(context, key, x.dtype)
             x = layer(x, None, cos, sin, None, None, context.shared)
-        x = self.model.norm(x)
-        return AssistantOutput(logits=self.head(x), hidden=self.post_projection(x))
+        return self.model.norm(x)
 
     def _rotary(
         self, context: DraftContext, key: str, dtype: torch.dtype

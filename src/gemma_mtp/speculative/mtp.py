@@ -89,12 +89,14 @@ class MTPDrafter:
         state = hidden
         collect = DraftCollector(requests)
         while collect.active:
-            out = self.assistant.step(torch.cat([self.target.embed(token), state], dim=-1), context)
-            state = out.hidden.to(dev)
+            x = self.assistant.step(torch.cat([self.target.embed(token), state], dim=-1), context)
+            logits = self.assistant.head(x)
             for row in list(collect.active):
-                drafted = collect.offer(row, out.logits[row, 0])
+                drafted = collect.offer(row, logits[row, 0])
                 if drafted is not None:
                     token[row, 0] = drafted
+            if collect.active:  # the next step's hidden input; none after the last step
+                state = self.assistant.post_projection(x).to(dev)
         return collect.drafts()
 
     def reset_row(self, row: int) -> None:
