@@ -6,7 +6,10 @@
 llama.cpp runs through llama-cpp-python (`pip install llama-cpp-python==0.3.36` builds it from
 source, ~15 min on 2 cores) in the interpreter given by --llama-python, in a subprocess, so it never
 shares a process with torch. The model defaults to the Gemma 3 270M Q4_K_M GGUF (gemma_mtp.assets).
-Reports decode tokens/s (first token excluded) for each engine and the ratio ours / llama.cpp.
+Reports decode tokens/s (first token excluded) for each engine and the ratio ours / llama.cpp,
+and each process's peak RSS (`VmHWM`) with its baseline before the model loads (Python + torch
+for ours, Python + llama_cpp for theirs). The engines alternate rep by rep (llama.cpp in a fresh
+subprocess each rep), so a change in machine load hits both alike.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, median, timestamp
@@ -23,7 +27,12 @@ PROMPT = "def fibonacci(n):\n    "
 
 LLAMA_SCRIPT = r"""
 import json, sys, time
+def hwm(key="VmHWM"):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
 from llama_cpp import Llama
+base = hwm()
 path, prompt, n, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
 ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
@@ -36,37 +45,54 @@ for _ in range(reps + 1):
         if len(stamps) >= n:
             break
     rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
-print(json.dumps({"rates": rates[1:]}))
+print(json.dumps({"rates": rates[1:], "peak_rss_mb": hwm(), "base_rss_mb": base, "rss_mb": hwm("VmRSS")}))
 """
 
 
-def llama_cpp_rates(python: str, model: str, n: int, reps: int, threads: int) -> list[float]:
+def _hwm_mb(key: str = "VmHWM") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def llama_cpp_rates(python: str, model: str, n: int, reps: int, threads: int) -> dict:
     out = subprocess.run(
         [python, "-c", LLAMA_SCRIPT, model, PROMPT, str(n), str(reps), str(threads)],
         capture_output=True,
         text=True,
         check=True,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])["rates"]
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def our_rates(model: str, n: int, reps: int, dtype: str, spec_type: str) -> list[float]:
-    import gemma_mtp
-    from gemma_mtp.sampling import SamplingParams
-    from gemma_mtp.speculative.base import SpecOptions
-    from gemma_mtp.tokenizer import load_tokenizer
+class Ours:
+    """Our engine, loaded once; `rates(reps)` runs greedy generations like the llama.cpp script."""
 
-    engine = gemma_mtp.load(model, dtype=dtype, device="cpu", ctx_size=1024)
-    ids = load_tokenizer(model).encode(PROMPT)
-    greedy = SamplingParams(temperature=0)
-    rates = []
-    for _ in range(reps + 1):
-        stamps = []
-        for _step in engine.stream(ids, n_predict=n, sampling=greedy, spec=SpecOptions(type=spec_type)):
-            stamps.append((time.perf_counter(), len(_step.token_ids)))
-        tokens = sum(k for _, k in stamps[1:])
-        rates.append(tokens / (stamps[-1][0] - stamps[0][0]))
-    return rates[1:]
+    def __init__(self, model: str, dtype: str) -> None:
+        import gemma_mtp
+        from gemma_mtp.tokenizer import load_tokenizer
+
+        self.base_rss_mb = _hwm_mb()
+        self.engine = gemma_mtp.load(model, dtype=dtype, device="cpu", ctx_size=1024)
+        self.ids = load_tokenizer(model).encode(PROMPT)
+        self.rates(1)  # warm-up
+
+    def rates(self, reps: int, spec_type: str = "none") -> list[float]:
+        from gemma_mtp.sampling import SamplingParams
+        from gemma_mtp.speculative.base import SpecOptions
+
+        greedy, out = SamplingParams(temperature=0), []
+        for _ in range(reps):
+            stamps = []
+            spec = SpecOptions(type=spec_type)
+            for step in self.engine.stream(self.ids, n_predict=self.n, sampling=greedy, spec=spec):
+                stamps.append((time.perf_counter(), len(step.token_ids)))
+            tokens = sum(k for _, k in stamps[1:])
+            out.append(tokens / (stamps[-1][0] - stamps[0][0]))
+        return out
+
+    n = 128
 
 
 def main() -> int:
@@ -85,8 +111,17 @@ def main() -> int:
         from gemma_mtp.assets import gemma3_270m_gguf
 
         args.model = str(gemma3_270m_gguf())
-    theirs = median(llama_cpp_rates(args.llama_python, args.model, args.n, args.reps, args.threads))
-    ours = median(our_rates(args.model, args.n, args.reps, args.dtype, args.spec_type))
+    ours_engine = Ours(args.model, args.dtype)
+    ours_engine.n = args.n
+    theirs_rates, ours_rates, theirs_rss, theirs_base, theirs_now = [], [], 0.0, 0.0, 0.0
+    for _ in range(args.reps):  # alternate, so that load changes hit both engines alike
+        got = llama_cpp_rates(args.llama_python, args.model, args.n, 1, args.threads)
+        theirs_rates += got["rates"]
+        theirs_rss, theirs_base = max(theirs_rss, got["peak_rss_mb"]), got["base_rss_mb"]
+        theirs_now = got["rss_mb"]
+        ours_rates += ours_engine.rates(1, args.spec_type)
+    theirs, ours = median(theirs_rates), median(ours_rates)
+    ours_rss, ours_now = _hwm_mb(), _hwm_mb("VmRSS")
     common = {
         "model": args.model,
         "cpu": cpu_name(),
@@ -104,6 +139,10 @@ def main() -> int:
             "spec": "none",
             "tokens_per_s": theirs,
             "ratio": 1.0,
+            "rates": [round(r, 1) for r in theirs_rates],
+            "peak_rss_mb": round(theirs_rss),
+            "rss_mb": round(theirs_now),
+            "base_rss_mb": round(theirs_base),
         },
         {
             **common,
@@ -112,10 +151,30 @@ def main() -> int:
             "spec": args.spec_type,
             "tokens_per_s": ours,
             "ratio": ours / theirs,
+            "rates": [round(r, 1) for r in ours_rates],
+            "peak_rss_mb": round(ours_rss),
+            "rss_mb": round(ours_now),
+            "base_rss_mb": round(ours_engine.base_rss_mb),
         },
     ]
     append_jsonl(args.out, rows)
-    print(format_table(rows, ["engine", "dtype", "spec", "tokens_per_s", "ratio"]))
+    print(
+        format_table(
+            rows,
+            [
+                "engine",
+                "dtype",
+                "spec",
+                "tokens_per_s",
+                "ratio",
+                "rates",
+                "peak_rss_mb",
+                "rss_mb",
+                "base_rss_mb",
+            ],
+        )
+    )
+    print(f"file {Path(args.model).stat().st_size / 2**20:.0f} MiB")
     return 0
 
 
