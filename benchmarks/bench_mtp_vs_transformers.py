@@ -13,7 +13,7 @@ phrases, the next phrase drawn from a peaked distribution given the previous two
 `gemma_mtp.train.train_drafter` distils the assistant (the same shape as `hf_reference.assistant_config`)
 from the trained target's own continuations. Both are cached under .cache/bench_mtp_pair/ (keyed by
 the settings and the trainer's and reference builder's sources); prompts are sampled from the
-language with a seed the training never uses. About 2 minutes on one thread, once.
+language with a seed the training never uses. 2–3 minutes on one thread, once.
 `--pair random`: the random-weight pair and fixed prompts (acceptance ~0: every draft is wasted).
 
 Reported, greedy, per engine: decode tokens/s (prefill excluded: ours from its decode timer;
