@@ -5,13 +5,15 @@
 Part 1 (`kernel` rows): one matmul `[M, K] x [N, K]^T` for M = 1..8 rows, on the Gemma 3 270M's
 tied head (262144 x 640) and a layer matrix (2048 x 640, 640 x 2048): float32 and bfloat16
 `F.linear`, `_weight_int8pack_mm` (int8, one scale per row), `_weight_int4pack_mm_for_cpu` with
-one and two 4-bit digits (two digits: how Q5_0/Q8_0 are held exactly). Weights are random; cost
+one and two 4-bit digits (two digits: how Q5_0/Q8_0 are held exactly), and our native q8 kernel
+(`q8 (ours)`: int8 codes with a float32 scale per 32, activations rounded to int8 per 32). Weights are random; cost
 does not depend on values. Layer matrices are small enough to stay in cache between repetitions,
 so their numbers flatter every method alike; the model rows below do not have that problem.
 
 Part 2 (`forward` rows): the real Gemma 3 270M Q4_K_M GGUF, one target forward over T = 1..5 new
 positions after a 64-token context, with logits at every position (what verifying T-1 drafted
-tokens costs), for each load: `fp32` and `bf16` (dequantized), `quant` (the default kernels), and
+tokens costs), for each load: `fp32` and `bf16` (dequantized), `quant` (quantized kernels with
+bfloat16 activations), `auto` (the CPU default: quantized, float32 activations), and
 the `--variants` given as `name:TYPE=kind,...` (default `q8int8:Q8_0=int8` and `int8:` every type
 int8). All variants are loaded in this one process and timed interleaved, so machine load hits
 each alike (every repetition runs every (T, load) once, in turn); the median of `--reps` is
@@ -37,6 +39,7 @@ from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, g
 
 from gemma_mtp.api import Engine
 from gemma_mtp.assets import gemma3_270m_gguf
+from gemma_mtp.quant.native import q8_module
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
 from gemma_mtp.tokenizer import load_tokenizer
@@ -58,6 +61,9 @@ def area_of_triangle(base, height):
 ALL_INT8 = "Q8_0=int8,Q5_0=int8,Q4_K=int8,Q6_K=int8"
 
 
+NO_ZERO = torch.empty(0)
+
+
 def kernel_methods(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     gen = torch.Generator().manual_seed(0)
     w = torch.randn(n, k, generator=gen) * 0.02
@@ -73,13 +79,18 @@ def kernel_methods(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.T
             x if digits == 1 else x.repeat(1, digits), packed, 32, sz
         )
 
-    return {
+    methods = {
         "fp32": lambda x: F.linear(x.float(), w),
         "bf16": lambda x: F.linear(x, wb),
         "int8pack": lambda x: torch.ops.aten._weight_int8pack_mm(x, q8, s8),
         "int4pack": int4(1),
         "int4pack x2": int4(2),
     }
+    native = q8_module()
+    if native is not None:  # ours: int8 codes, float32 scale per 32, int8 activations per 32
+        d = torch.rand(n, k // 32, generator=gen) * 0.01
+        methods["q8 (ours)"] = lambda x: native.q8_mm(x, q8, d, NO_ZERO, 32)
+    return methods
 
 
 def time_interleaved(fns: dict, reps: int, inner: int) -> dict:
@@ -133,6 +144,7 @@ def bench_forward(reps: int, positions: int, variants: dict, base: dict) -> list
         "fp32": {"dtype": "float32"},
         "bf16": {"dtype": "bfloat16", "quantized": False},
         "quant": {"dtype": "bfloat16"},
+        "auto": {"dtype": "auto"},  # the CPU default: q8 kernel, float32 activations
     } | {name: {"dtype": "bfloat16", "kernels": kinds} for name, kinds in variants.items()}
     models, caches = {}, {}
     context = torch.randint(3, 200_000, (1, 64), generator=torch.Generator().manual_seed(0))

@@ -248,7 +248,11 @@ def load_gguf_model(
     elif dequantized:
         kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(dequantized.items()))
         why = (
-            "quantized kernels run on the CPU in bfloat16" if dtype_name != "bfloat16" else "quantized=False"
+            "quantized kernels run on the CPU"
+            if resolve_device(device).type != "cpu"
+            else "quantized=False"
+            if quantized is False
+            else f"an explicit --dtype {dtype_name} dequantizes; the default keeps them quantized"
         )
         report.notices.append(
             f"dequantized {kinds} tensors to {dtype_name} ({why}), "
