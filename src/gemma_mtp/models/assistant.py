@@ -62,12 +62,28 @@ class CentroidHead(nn.Module):
         emb = table[ids]  # [N, k*per, D]
         return ids, torch.bmm(emb, x.to(emb.dtype)[:, :, None])[:, :, 0].float()
 
+    @staticmethod
+    def expand(ids: torch.Tensor, cand: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """Full logits [..., V] from `candidates` [..., n]: each row's minimum - 1 off the candidates."""
+        out = (cand.min(dim=-1, keepdim=True).values - 1.0).expand(*cand.shape[:-1], vocab_size).clone()
+        return out.scatter_(-1, ids, cand)
+
+    def distinct_candidates(self) -> bool:
+        """Whether a row's candidate ids are always distinct (token_ordering is a permutation), which
+        `speculative.base.greedy_from_candidates` needs; checked again after the buffer changes
+        (an inference-mode tensor has no version counter: then again when it is replaced)."""
+        order = self.token_ordering
+        key = (order.data_ptr(), None if order.is_inference() else order._version)
+        if getattr(self, "_distinct_key", None) != key:
+            counts = torch.bincount(order.flatten().clamp(0, order.numel() - 1), minlength=order.numel())
+            self._distinct = bool(order.min() >= 0) and bool((counts == 1).all())
+            self._distinct_key = key
+        return self._distinct
+
     def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         ids, cand = self.candidates(flat, table)
-        out = (cand.min(dim=-1, keepdim=True).values - 1.0).expand(-1, table.shape[0]).clone()
-        out.scatter_(1, ids, cand)
-        return out.view(*x.shape[:-1], table.shape[0])
+        return self.expand(ids, cand, table.shape[0]).view(*x.shape[:-1], table.shape[0])
 
 
 class AssistantBody(nn.Module):
@@ -137,6 +153,15 @@ class AssistantModel(nn.Module):
         if tables is None:
             tables = context.rotary[key, dtype] = self.model.rotary[key](context.positions, dtype)
         return tables
+
+    def head_candidates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A centroid head's candidates for x [B, T, width]: (ids, float32 logits), each [B, T, n];
+        `CentroidHead.expand` makes `head(x)` of them. None for a dense head."""
+        head = self.masked_embedding
+        if head is None:
+            return None
+        ids, cand = head.candidates(x.reshape(-1, x.shape[-1]), self.model.embed_tokens.weight)
+        return ids.view(*x.shape[:-1], -1), cand.view(*x.shape[:-1], -1)
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if self.masked_embedding is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -10,7 +11,16 @@ import torch
 from ..errors import UsageError
 from ..sampling import SamplingParams, probs_from_logits, sample
 
-__all__ = ["SPEC_TYPES", "SpecOptions", "Draft", "DraftRequest", "Drafter", "DraftCollector", "choose_token"]
+__all__ = [
+    "SPEC_TYPES",
+    "SpecOptions",
+    "Draft",
+    "DraftRequest",
+    "Drafter",
+    "DraftCollector",
+    "choose_token",
+    "greedy_from_candidates",
+]
 
 SPEC_TYPES = ("none", "mtp", "ngram", "draft")
 MAX_DRAFT = 16  # the KV cache's rollback headroom (sliding rings keep window + MAX_DRAFT + 1 slots)
@@ -87,6 +97,36 @@ def choose_token(logits: torch.Tensor, request: DraftRequest) -> tuple[int, torc
     return token, q, float(q[token])
 
 
+def greedy_from_candidates(
+    ids: torch.Tensor, cand: torch.Tensor, vocab_size: int, p_min: float
+) -> tuple[int, float] | None:
+    """The greedy `choose_token` of a centroid head's logits without building them.
+
+    The full logits [V] hold the candidates' float32 logits `cand` [n] at token ids `ids` [n] (all
+    distinct) and `cand.min() - 1` everywhere else, so their argmax is the smallest id among the
+    maximal candidates (full `argmax` returns the first maximum). For p_min > 0 the token's softmax
+    probability is 1 / (sum(exp(cand - max)) + (V - n) * exp(filler - max)), taken here in float64;
+    the full-logit float32 softmax may differ from it by its summation error (at most about V float32
+    ulps), so within that of p_min this returns None and the caller decides on the full logits, which
+    keeps every stop decision the full-logit path makes. None too where the filler is not below the
+    maximum (NaN or infinite logits, or equal ones so large that min - 1 rounds to min).
+    """
+    top = cand.max()
+    mx = float(top)
+    filler = float(cand.min() - 1.0)  # the float32 value the full logits hold, as the head makes it
+    if not (filler < mx and math.isfinite(mx)):
+        return None
+    token = int(torch.where(cand == top, ids, vocab_size).min())
+    if p_min <= 0:
+        return token, 1.0
+    c = cand.double()
+    rest = (vocab_size - cand.numel()) * math.exp(filler - mx)
+    p = 1.0 / (float(torch.exp(c - mx).sum()) + rest)
+    if abs(p - p_min) <= (vocab_size + 8) * 2.0**-23 * p_min:
+        return None
+    return token, p
+
+
 class DraftCollector:
     """Per-row bookkeeping of an autoregressive drafting loop: which rows still draft, their tokens
     and distributions. `offer` takes one step's logits for a row and returns the drafted token, or
@@ -98,8 +138,12 @@ class DraftCollector:
         self.active: dict[int, DraftRequest] = {r.row: r for r in requests if r.n_max > 0}
 
     def offer(self, row: int, logits: torch.Tensor) -> int | None:
+        return self.offer_choice(row, *choose_token(logits, self.active[row]))
+
+    def offer_choice(self, row: int, token: int, q: torch.Tensor | None, p: float) -> int | None:
+        """`offer` for a token already chosen (e.g. by `greedy_from_candidates`): q its distribution
+        (None when greedy), p its probability for the p_min test."""
         r = self.active[row]
-        token, q, p = choose_token(logits, r)
         if p < r.options.p_min:
             del self.active[row]
             return None

@@ -20,7 +20,7 @@ from ..config import AssistantConfig, TextConfig
 from ..errors import ModelFormatError
 from ..models.assistant import AssistantModel
 from ..models.gemma import GemmaModel
-from .base import Draft, DraftCollector, DraftRequest
+from .base import Draft, DraftCollector, DraftRequest, greedy_from_candidates
 
 __all__ = ["MTPDrafter", "check_pair"]
 
@@ -88,11 +88,28 @@ class MTPDrafter:
         context = self.assistant.prepare(positions, shared)
         state = hidden
         collect = DraftCollector(requests)
+        head = self.assistant.masked_embedding
+        # a centroid head's greedy rows choose among its candidates (no [V] logits; same tokens)
+        sparse = head is not None and head.distinct_candidates()
+        vocab = self.assistant.model.embed_tokens.weight.shape[0]
         while collect.active:
             x = self.assistant.step(torch.cat([self.target.embed(token), state], dim=-1), context)
-            logits = self.assistant.head(x)
+            if sparse:
+                ids, cand = self.assistant.head_candidates(x)
+            else:
+                logits = self.assistant.head(x)
             for row in list(collect.active):
-                drafted = collect.offer(row, logits[row, 0])
+                if not sparse:
+                    drafted = collect.offer(row, logits[row, 0])
+                else:
+                    r = collect.active[row]
+                    choice = None
+                    if r.sampling.greedy:
+                        choice = greedy_from_candidates(ids[row, 0], cand[row, 0], vocab, r.options.p_min)
+                    if choice is not None:
+                        drafted = collect.offer_choice(row, choice[0], None, choice[1])
+                    else:  # sampling needs the drafter's full distribution
+                        drafted = collect.offer(row, head.expand(ids[row, 0], cand[row, 0], vocab))
                 if drafted is not None:
                     token[row, 0] = drafted
             if collect.active:  # the next step's hidden input; none after the last step
