@@ -80,10 +80,10 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused_gate_up is not None:
-            gate, up = self.fused_gate_up(x)
+            gate, up = self.fused_gate_up.forward(x)
         else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(self.act(gate) * up)
+            gate, up = self.gate_proj.forward(x), self.up_proj.forward(x)
+        return self.down_proj.forward(self.act(gate) * up)
 
 
 def rope_inv_freq(spec: RopeSpec, head_dim: int) -> torch.Tensor:
