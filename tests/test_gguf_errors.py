@@ -110,7 +110,9 @@ def test_kv_tensors_of_kv_shared_layers_are_tolerated(reference_models, tmp_path
     load_gguf_model(path, dtype="float32")
 
 
-@pytest.mark.parametrize(("out_type", "dtype"), [("F32", torch.float32), ("F16", torch.bfloat16), ("Q8_0", None)])
+@pytest.mark.parametrize(
+    ("out_type", "dtype"), [("F32", torch.float32), ("F16", torch.bfloat16), ("Q8_0", None)]
+)
 def test_auto_dtype_keeps_f32_files_f32_and_halves_the_others(reference_models, tmp_path, out_type, dtype):
     """auto: F32 files stay float32, F16 ones load in bfloat16; quantized files on the CPU keep their
     weights quantized under float32 activations when our q8 kernel is built (else bfloat16)."""

@@ -159,7 +159,9 @@ def test_q_k_v_and_gate_up_fuse_into_one_matmul_over_shared_memory(reference_mod
     x = torch.randn(3, attn.q_proj.in_features)
     q, k, v = attn.fused_qkv(x)
     # the same numbers as the separate projections, whose weights are row views of the fused one
-    assert torch.equal(q, attn.q_proj(x)) and torch.equal(k, attn.k_proj(x)) and torch.equal(v, attn.v_proj(x))
+    assert (
+        torch.equal(q, attn.q_proj(x)) and torch.equal(k, attn.k_proj(x)) and torch.equal(v, attn.v_proj(x))
+    )
     fused = attn.fused_qkv.weight.q
     assert attn.k_proj.qweight.q.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
     gate, up = mlp.fused_gate_up(x)
