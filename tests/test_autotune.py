@@ -228,3 +228,40 @@ def test_engine_autotune_is_lossless_and_reports_its_choices(reference_models):
     assert sum(report["chosen"]) >= tuned.stats.rounds > 0
     assert 0 <= report["final"] <= 8
     assert decoder.autotuners["ngram"].verify.samples  # costs were measured, and persist in the decoder
+
+
+def test_time_between_rounds_counts_against_short_drafts():
+    """The engine's own per-round time (streaming, detokenizing) is paid once per round whatever n
+    is: counting it moves a near tie between n = 0 and n = 1 (the CPU demo pair) to n = 1."""
+    profile = Profile(
+        (0.44, 0.5, 0.45, 0.4, 0.4, 0.4, 0.4, 0.4), lambda n: 3.5 * n, lambda k: 19.5 + 4.5 * (k - 1)
+    )
+    between = 3.0
+
+    def rate(n: int) -> float:
+        return profile.tokens(n) / (profile.cost(n) + between)
+
+    assert max(range(9), key=rate) == 1 and rate(1) > 1.05 * rate(0)
+    rng = random.Random(0)
+    tuner = Autotuner(AutotuneConfig(seed=0))
+    session = tuner.session(start=3)
+    choices = []
+    for _ in range(600):
+        n = session.choose(limit=16)
+        accepted = 0
+        while accepted < n and rng.random() < profile.accept[accepted]:
+            accepted += 1
+        jitter = rng.uniform(0.9, 1.1)
+        session.observe(
+            n,
+            accepted,
+            profile.draft_ms(n) * jitter,
+            profile.verify_ms(n + 1) * jitter,
+            between_ms=between * jitter,
+        )
+        choices.append(n)
+    late = choices[200:]
+    assert tuner.between_cost() == pytest.approx(between, rel=0.1)
+    assert late.count(1) > 0.6 * len(late)
+    got = sum(profile.tokens(n) for n in late) / sum(profile.cost(n) + between for n in late)
+    assert got >= 0.97 * rate(1)

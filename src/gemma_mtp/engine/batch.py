@@ -42,6 +42,7 @@ class Slot:
     first_round_ms: float = 0.0  # the round that fed the last prompt token and sampled the first token
     decode_ms: float = 0.0  # every round, the first included
     tuner: AutotuneSession | None = None  # --spec-autotune: chooses this row's draft length per round
+    last_round_end: float | None = None  # perf_counter when this slot's previous round ended
 
     @property
     def generated(self) -> list[int]:
@@ -205,7 +206,14 @@ class BatchDecoder:
             s.stats.draft_ms += (t1 - t0) * 1e3
             s.stats.verify_ms += (t2 - t1) * 1e3
             if s.tuner is not None:
-                s.tuner.observe(*outcomes[s.row], (t1 - t0) * 1e3, (t2 - t1) * 1e3, width=width)
+                # the caller's time between rounds (streaming, detokenizing); a long gap is not
+                # per-round work (a paused consumer), so it is left out
+                gap = None if s.last_round_end is None else (t0 - s.last_round_end) * 1e3
+                between = gap if gap is not None and gap < 1000.0 else None
+                s.tuner.observe(
+                    *outcomes[s.row], (t1 - t0) * 1e3, (t2 - t1) * 1e3, width=width, between_ms=between
+                )
+            s.last_round_end = t2
             if s.decode_ms == 0.0:
                 s.first_round_ms = (t2 - t0) * 1e3
             s.decode_ms += (t2 - t0) * 1e3

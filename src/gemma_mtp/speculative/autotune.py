@@ -3,12 +3,14 @@
 The controller maximises expected committed tokens per second. For a draft length n,
 
     tokens(n) = 1 + sum_{i<=n} prod_{j<=i} q_j * a_j
-    cost(n)   = draft(n) + sum_m P(m drafted | n) * verify(m + 1)
+    cost(n)   = draft(n) + sum_m P(m drafted | n) * verify(m + 1) + between
 
 with a_j the conditional acceptance at draft position j (position j is accepted given that j-1
 was), q_j the chance that the drafter produces a j-th token at all (n-gram lookups and p_min stop
 early), draft(n) the measured drafting time for a request of n, and verify(k) the measured target
-forward over k positions. All of them are learned online: acceptance and availability as decayed
+forward over k positions, and `between` the engine's own time per round outside drafting and
+verifying (streaming, detokenizing, stop checks: paid once per round whatever n is, so ignoring
+it undervalues drafting). All of them are learned online: acceptance and availability as decayed
 counts per position (an EWMA over outcomes; positions rarely reached drift back to an optimistic
 prior), costs as the median of each width's recent timings pooled through an affine fit over
 widths (see `_Costs`). Every few rounds the controller probes a neighbour of its current best
@@ -184,6 +186,7 @@ class Autotuner:
             cfg.cost_window, cfg.cost_shrink, cfg.cost_max_age, lambda k, ms: cfg.verify_slope * ms
         )
         self.draft = _Costs(cfg.cost_window, cfg.cost_shrink, cfg.cost_max_age, lambda k, ms: ms / k)  # by n
+        self.between: deque[float] = deque(maxlen=cfg.cost_window)  # ms per round outside the round
         self.rounds = 0
         self.current = -1  # the n in force; -1 until the first session sets its start
         self.resets = 0
@@ -246,7 +249,10 @@ class Autotuner:
                 reach *= q[m] * a[m]
                 tokens += reach
             p_drafted = p_more
-        return tokens, self.draft_cost(n) + verify
+        return tokens, self.draft_cost(n) + verify + self.between_cost()
+
+    def between_cost(self) -> float:
+        return statistics.median(self.between) if self.between else 0.0
 
     def rates(self) -> list[float]:
         """Expected committed tokens per ms for n = 0..n_cap."""
@@ -291,10 +297,19 @@ class Autotuner:
 
     # -- learning -------------------------------------------------------------------------------
     def observe(
-        self, n_requested: int, n_drafted: int, n_accepted: int, draft_ms: float, verify_ms: float, width: int
+        self,
+        n_requested: int,
+        n_drafted: int,
+        n_accepted: int,
+        draft_ms: float,
+        verify_ms: float,
+        width: int,
+        between_ms: float | None = None,
     ) -> None:
         self.rounds += 1
         self.verify.add(width, verify_ms, self.rounds)
+        if between_ms is not None:
+            self.between.append(between_ms)
         if n_requested > 0:
             self.draft.add(n_requested, draft_ms, self.rounds)
         self._learn(n_requested, n_drafted, n_accepted)
@@ -356,11 +371,19 @@ class AutotuneSession:
         return self._requested
 
     def observe(
-        self, n_drafted: int, n_accepted: int, draft_ms: float, verify_ms: float, *, width: int | None = None
+        self,
+        n_drafted: int,
+        n_accepted: int,
+        draft_ms: float,
+        verify_ms: float,
+        *,
+        width: int | None = None,
+        between_ms: float | None = None,
     ) -> None:
-        """Feed one round's outcome; `width` is the target forward's width (default n_drafted + 1)."""
+        """Feed one round's outcome; `width` is the target forward's width (default n_drafted + 1);
+        `between_ms` the time since this request's previous round ended (None: unknown)."""
         width = n_drafted + 1 if width is None else width
-        self.tuner.observe(self._requested, n_drafted, n_accepted, draft_ms, verify_ms, width)
+        self.tuner.observe(self._requested, n_drafted, n_accepted, draft_ms, verify_ms, width, between_ms)
         self._requested = 0
         if self.stats is not None:
             self.stats.autotune = self.report()
