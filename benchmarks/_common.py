@@ -68,6 +68,19 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> Path:
     return path
 
 
+def status_mb(key: str = "VmHWM") -> float | None:
+    """A memory figure of this process from /proc/self/status in MB (`VmHWM`: peak RSS, `VmRSS`:
+    now); None off Linux. Read in the measured process itself: `ru_maxrss` survives execve, so a
+    spawned child would report its parent's peak whenever that is higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{key}:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 

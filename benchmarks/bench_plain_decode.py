@@ -35,7 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, git_dirty, median, timestamp
+from _common import (
+    RESULTS,
+    append_jsonl,
+    cpu_name,
+    format_table,
+    git_commit,
+    git_dirty,
+    median,
+    status_mb,
+    timestamp,
+)
 
 S, F = "sliding_attention", "full_attention"
 ENGINES = ("ours", "transformers")
@@ -114,14 +124,10 @@ def build_checkpoint(name: str, root: Path) -> Path:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak RSS. On Linux, VmHWM of /proc/self/status: `ru_maxrss` survives execve,
-    so a spawned child would report the parent's peak (transformers + model build) when that is higher."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    """This process's peak RSS (VmHWM; `ru_maxrss` off Linux)."""
+    peak = status_mb("VmHWM")
+    if peak is not None:
+        return peak
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, median, timestamp
+from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, median, status_mb, timestamp
 
 PROMPT = "def fibonacci(n):\n    "
 
@@ -49,13 +49,6 @@ print(json.dumps({"rates": rates[1:], "peak_rss_mb": hwm(), "base_rss_mb": base,
 """
 
 
-def _hwm_mb(key: str = "VmHWM") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def llama_cpp_rates(python: str, model: str, n: int, reps: int, threads: int) -> dict:
     out = subprocess.run(
         [python, "-c", LLAMA_SCRIPT, model, PROMPT, str(n), str(reps), str(threads)],
@@ -73,7 +66,7 @@ class Ours:
         import gemma_mtp
         from gemma_mtp.tokenizer import load_tokenizer
 
-        self.base_rss_mb = _hwm_mb()
+        self.base_rss_mb = status_mb("VmHWM")
         self.engine = gemma_mtp.load(model, dtype=dtype, device="cpu", ctx_size=1024)
         self.ids = load_tokenizer(model).encode(PROMPT)
         self.rates(1)  # warm-up
@@ -121,7 +114,7 @@ def main() -> int:
         theirs_now = got["rss_mb"]
         ours_rates += ours_engine.rates(1, args.spec_type)
     theirs, ours = median(theirs_rates), median(ours_rates)
-    ours_rss, ours_now = _hwm_mb(), _hwm_mb("VmRSS")
+    ours_rss, ours_now = status_mb("VmHWM"), status_mb("VmRSS")
     common = {
         "model": args.model,
         "cpu": cpu_name(),

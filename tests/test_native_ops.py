@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from asset_helpers import gemma3_270m
 
 from gemma_mtp.models.common import RMSNorm, apply_rope, norm_rope
 from gemma_mtp.quant.native import fast_cpu_ops, q8_module
@@ -95,15 +96,9 @@ def test_row_attention_matches_sdpa_and_is_the_same_for_any_number_of_queries(op
 def test_real_model_forward_over_drafts_equals_one_position_forwards():
     """The property lossless greedy speculation rests on: with the default (quantized) load, a
     forward over 4 positions gives each position's logits bit for bit as 4 single forwards do."""
-    from gemma_mtp.assets import AssetError, gemma3_270m_gguf
     from gemma_mtp.weights.gguf_loader import load_gguf_model
 
-    try:
-        path = gemma3_270m_gguf()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"the Gemma 3 270M GGUF cannot be fetched: {exc}")
-        raise
+    path = gemma3_270m()
     model, _, _ = load_gguf_model(path)
     if model.embed_tokens.table.kind != "q8":
         pytest.skip("the native kernels are not built here")

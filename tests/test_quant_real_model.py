@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from asset_helpers import gemma3_270m
 from gguf.quants import dequantize
 from test_gguf_real_model import CONTINUATION, PROMPT
 
-from gemma_mtp.assets import AssetError, gemma3_270m_gguf
 from gemma_mtp.gguf.reader import open_gguf
 from gemma_mtp.quant import QuantEmbedding, QuantLinear, decode_codes
 from gemma_mtp.weights.gguf_loader import load_gguf_model
@@ -22,12 +22,7 @@ from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 @pytest.fixture(scope="module")
 def path():
-    try:
-        return gemma3_270m_gguf()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"the Gemma 3 270M GGUF cannot be fetched: {exc}")
-        raise
+    return gemma3_270m()
 
 
 @pytest.fixture(scope="module")

