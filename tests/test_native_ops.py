@@ -114,3 +114,12 @@ def test_real_model_forward_over_drafts_equals_one_position_forwards():
 
     with torch.no_grad():
         assert torch.equal(run(True), run(False))
+
+
+def test_a_scale_first_made_in_inference_mode_serves_autograd_later():
+    norm = RMSNorm(16, 1e-6, offset=1.0).requires_grad_(False)
+    with torch.inference_mode():
+        norm(torch.randn(2, 16))
+    x = torch.randn(2, 16, requires_grad=True)
+    norm(x).sum().backward()  # an inference tensor saved for backward would raise here
+    assert x.grad is not None

@@ -54,7 +54,8 @@ class RMSNorm(nn.Module):
             return weight.float() + self.offset
         cached = self.__dict__.get("_scale_cache")
         if cached is None or cached[0] is not weight or cached[1] != weight._version:
-            cached = (weight, weight._version, weight.detach().float() + self.offset)
+            with torch.inference_mode(False):  # a normal tensor even when first made while decoding
+                cached = (weight, weight._version, weight.detach().float() + self.offset)
             self.__dict__["_scale_cache"] = cached
         return cached[2]
 
