@@ -1,8 +1,8 @@
 """Loading GGUF files with quantized weights kept quantized (tiny HF models -> Q8_0 GGUF).
 
 Against the float32 dequantized load, a quantized load must be no further off than the bfloat16
-dequantized load is: the q8 kernel's weights are the file's (its activations are rounded to int8
-per 32), torch's int4pack weights differ from the dequantized ones by at most the bfloat16
+dequantized load is: the gguf and q8 kernels' weights are the file's (their activations are rounded
+to int8 per 32), torch's int4pack weights differ from the dequantized ones by at most the bfloat16
 rounding of the block scales (see test_quant_kernels.py).
 """
 
@@ -30,6 +30,18 @@ def _q8_file(reference_models, tmp_path, name: str):
     return convert_hf_to_gguf(reference_models.target(name).path, tmp_path / f"{name}.gguf", out_type="Q8_0")
 
 
+def _in_mapping_of(path, tensor: torch.Tensor) -> bool:
+    """Whether the tensor's bytes lie in a memory mapping of the file `path` (Linux)."""
+    start, stop = tensor.data_ptr(), tensor.data_ptr() + tensor.numel() * tensor.element_size()
+    for line in open("/proc/self/maps"):
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].strip() == str(path):
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            if lo <= start and stop <= hi:
+                return True
+    return False
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
@@ -48,11 +60,14 @@ def test_matrices_and_the_tied_head_are_swapped_and_reported(reference_models, t
     path = _q8_file(reference_models, tmp_path, "e2b")
     model, _, report = load_gguf_model(path)
     _, _, dense = load_gguf_model(path, dtype="bfloat16", quantized=False)
-    assert isinstance(model.embed_tokens, QuantEmbedding) and model.embed_tokens.table.kind == "q8"
+    assert isinstance(model.embed_tokens, QuantEmbedding) and model.embed_tokens.table.kind == "gguf"
     assert isinstance(model.layers[0].self_attn.q_proj, QuantLinear)
     assert isinstance(model.layers[0].mlp.down_proj, QuantLinear)
-    assert model.dtype == torch.float32  # auto: float32 activations over the q8 kernel
-    assert any(n.startswith("Q8_0 x") and "kept quantized: native block-int8" in n for n in report.notices)
+    assert model.dtype == torch.float32  # auto: float32 activations over the native kernel
+    assert any(
+        n.startswith("Q8_0 x") and "kept quantized: native kernel on the GGUF blocks" in n
+        for n in report.notices
+    )
     assert any(n.startswith("weights take") for n in report.notices)
     assert report.n_bytes < dense.n_bytes
 
@@ -85,7 +100,7 @@ def test_explicit_float32_loads_stay_dequantized_unless_asked(reference_models, 
     model, _, _ = load_gguf_model(path, dtype="float32", quantized=True)
     assert isinstance(model.layers[0].self_attn.q_proj, QuantLinear) and model.dtype == torch.float32
     model, _, _ = load_gguf_model(path, dtype="bfloat16")
-    assert model.layers[0].self_attn.q_proj.qweight.kind == "q8" and model.dtype == torch.bfloat16
+    assert model.layers[0].self_attn.q_proj.qweight.kind == "gguf" and model.dtype == torch.bfloat16
     with pytest.raises(UsageError, match="unknown GGUF type"):
         load_gguf_model(path, kernels={"Q9_9": "int8"})
 
@@ -149,21 +164,29 @@ def test_speculative_output_equals_plain_output_on_a_quantized_target(reference_
         assert spec.token_ids == plain.token_ids
 
 
-def test_q_k_v_and_gate_up_fuse_into_one_matmul_over_shared_memory(reference_models, tmp_path):
+@pytest.mark.parametrize("kind", ["gguf", "q8"])
+def test_q_k_v_and_gate_up_fuse_into_one_matmul_over_shared_memory(reference_models, tmp_path, kind):
     path = _q8_file(reference_models, tmp_path, "gemma3")
-    model, _, _ = load_gguf_model(path)
-    if model.embed_tokens.table.kind != "q8":
-        pytest.skip("the native q8 kernel is not built here")
+    model, _, _ = load_gguf_model(path, kernels={"Q8_0": kind})
+    if model.embed_tokens.table.kind != kind:
+        pytest.skip("the native kernels are not built here")
     attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
     assert attn.fused_qkv is not None and mlp.fused_gate_up is not None
     x = torch.randn(3, attn.q_proj.in_features)
     q, k, v = attn.fused_qkv(x)
-    # the same numbers as the separate projections, whose weights are row views of the fused one
+    # the same numbers as the separate projections, with no second copy of their weights
     assert (
         torch.equal(q, attn.q_proj(x)) and torch.equal(k, attn.k_proj(x)) and torch.equal(v, attn.v_proj(x))
     )
-    fused = attn.fused_qkv.weight.q
-    assert attn.k_proj.qweight.q.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+    if kind == "q8":  # the separate weights are row views of the fused codes
+        fused = attn.fused_qkv.weight.q
+        assert attn.k_proj.qweight.q.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+    else:  # the fused call reads the separate weights, which are the file's mapped bytes
+        assert [p.data.data_ptr() for p in attn.fused_qkv.weight.parts] == [
+            m.qweight.data.data_ptr() for m in (attn.q_proj, attn.k_proj, attn.v_proj)
+        ]
+        assert all(_in_mapping_of(path, m.qweight.data) for m in (attn.q_proj, attn.k_proj, mlp.up_proj))
+        assert _in_mapping_of(path, model.embed_tokens.table.data)
     gate, up = mlp.fused_gate_up(x)
     assert torch.equal(gate, mlp.gate_proj(x)) and torch.equal(up, mlp.up_proj(x))
     tokens = ref.random_tokens(1, 16, seed=5)

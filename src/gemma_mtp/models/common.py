@@ -88,13 +88,15 @@ class GatedMLP(nn.Module):
 
 
 def rope_inv_freq(spec: RopeSpec, head_dim: int) -> torch.Tensor:
-    """Inverse frequencies, length head_dim // 2 (proportional RoPE pads the non-rotated part with 0)."""
+    """Inverse frequencies, length head_dim // 2 (proportional RoPE pads the non-rotated part with 0).
+    Always computed on the CPU (also inside a meta-device model build; the caller moves them)."""
+    cpu = torch.device("cpu")
     if spec.kind == "proportional":
         n_rot = int(spec.partial_rotary_factor * head_dim // 2)
-        rot = 1.0 / (spec.theta ** (torch.arange(0, 2 * n_rot, 2, dtype=torch.float) / head_dim))
-        inv = torch.cat([rot, torch.zeros(head_dim // 2 - n_rot)])
+        rot = 1.0 / (spec.theta ** (torch.arange(0, 2 * n_rot, 2, dtype=torch.float, device=cpu) / head_dim))
+        inv = torch.cat([rot, torch.zeros(head_dim // 2 - n_rot, device=cpu)])
     else:
-        inv = 1.0 / (spec.theta ** (torch.arange(0, head_dim, 2, dtype=torch.float) / head_dim))
+        inv = 1.0 / (spec.theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=cpu) / head_dim))
     return inv / spec.factor
 
 

@@ -1,10 +1,12 @@
-"""Fusing the projections that read the same input (q/k/v, gate/up) into one q8 matmul.
+"""Fusing the projections that read the same input (q/k/v, gate/up) into one kernel call.
 
 At one token per step each kernel call has a fixed cost (activation quantization, a parallel
-region, an output allocation); reading q, k and v in one call pays it once. The fused weight owns
-the concatenated codes and the separate modules keep row views of it, so memory does not grow and
-the modules still work (and inspect) on their own. Only q8 weights with the same group size and
-the same kind of zero (none or per 32) fuse; anything else stays as it is.
+region, an output allocation); reading q, k and v in one call pays it once, and the parallel
+region covers all their rows. GGUF block weights (kind "gguf") fuse whatever their types: the
+kernel takes a list of matrices, so nothing is copied. q8 weights fuse when they have the same
+group size and the same kind of zero: the fused weight owns the concatenated codes and the
+separate modules keep row views of it, so memory does not grow. Either way the separate modules
+still work (and inspect) on their own; anything else stays as it is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .blocks import GGUFBlockWeight, GGUFMultiWeight
 from .modules import QuantLinear, quant_linear
 from .q8 import Q8BlockWeight
 
@@ -21,7 +24,7 @@ __all__ = ["FusedLinear", "fuse_q8", "fuse_model_projections"]
 class FusedLinear(nn.Module):
     """`forward(x)` -> the outputs of the fused linears, in order (views of one matmul)."""
 
-    def __init__(self, weight: Q8BlockWeight, sizes: list[int]) -> None:
+    def __init__(self, weight: Q8BlockWeight | GGUFMultiWeight, sizes: list[int]) -> None:
         super().__init__()
         self.weight = weight
         self.sizes = sizes
@@ -46,7 +49,14 @@ def _fusable(linears: list[nn.Module | None]) -> bool:
 
 
 def fuse_q8(linears: list[nn.Module | None]) -> FusedLinear | None:
-    """One `FusedLinear` over `linears` (each then holds a row view of it), or None."""
+    """One `FusedLinear` over `linears` (q8: each then holds a row view of it), or None."""
+    if (
+        len(linears) >= 2
+        and all(isinstance(m, QuantLinear) and isinstance(m.qweight, GGUFBlockWeight) for m in linears)
+        and len({m.in_features for m in linears}) == 1
+    ):
+        parts = [m.qweight for m in linears]
+        return FusedLinear(GGUFMultiWeight(parts), [p.out_features for p in parts])
     if not _fusable(linears):
         return None
     weights = [m.qweight for m in linears]

@@ -18,16 +18,18 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from torch import nn
 
+from .blocks import BLOCK_TYPES, GGUFBlockWeight, as_tensor
 from .codes import decode_codes
 from .int4 import Int4GroupWeight
 from .int8 import Int8RowWeight
+from .native import q8_module
 from .q8 import Q8BlockWeight
 
 __all__ = ["QuantLinear", "QuantEmbedding", "BlockRows"]
 
 ALIGN = 64  # bytes; the AVX-512 int8 kernel loads activation rows with aligned 32-byte loads
 
-KernelWeight = Q8BlockWeight | Int8RowWeight | Int4GroupWeight
+KernelWeight = GGUFBlockWeight | Q8BlockWeight | Int8RowWeight | Int4GroupWeight
 
 
 class BlockRows(nn.Module):
@@ -43,7 +45,12 @@ class BlockRows(nn.Module):
         self.max_error = 0.0
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        picked = self.data[ids.reshape(-1).cpu()].numpy()
+        flat = ids.reshape(-1).to(device="cpu", dtype=torch.long)
+        if self.qtype in BLOCK_TYPES and q8_module() is not None:
+            return (
+                q8_module().gguf_rows(self.data, int(self.qtype), flat, self.in_features).view(*ids.shape, -1)
+            )
+        picked = self.data[flat].numpy()
         w = torch.from_numpy(decode_codes(picked, self.qtype).dequantize())
         return w.view(*ids.shape, self.in_features)
 
@@ -66,7 +73,7 @@ def quant_linear(weight: KernelWeight, x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(-1, weight.in_features)
     if flat.shape[0] == 0:
         out = flat.new_empty(0, weight.out_features)
-    elif weight.kind == "q8":  # takes any float dtype, returns float32
+    elif weight.kind in ("q8", "gguf"):  # take any float dtype, return float32
         out = weight.linear(flat)
     else:
         out = weight.linear(_kernel_input(flat))
@@ -123,7 +130,7 @@ class QuantEmbedding(nn.Module):
 
 
 def describe(module: nn.Module) -> str | None:
-    """ "q8" / "int8" / "int4" / "blocks" for quantized modules, else None."""
+    """ "gguf" / "q8" / "int8" / "int4" / "blocks" for quantized modules, else None."""
     if isinstance(module, QuantLinear):
         return module.qweight.kind
     if isinstance(module, QuantEmbedding):
@@ -132,4 +139,4 @@ def describe(module: nn.Module) -> str | None:
 
 
 def block_rows(data: np.ndarray, qtype: GGMLQuantizationType, in_features: int) -> BlockRows:
-    return BlockRows(torch.from_numpy(np.array(data, dtype=np.uint8)), qtype, in_features)
+    return BlockRows(as_tensor(data), qtype, in_features)

@@ -23,7 +23,7 @@ import torch
 
 __all__ = ["q8_module", "why_unavailable", "build_dir", "fast_cpu_ops"]
 
-SOURCE = Path(__file__).with_name("csrc") / "q8_mm.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("q8_mm.cpp", "gguf_mm.cpp")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 
@@ -43,7 +43,7 @@ def _cpu_flags() -> str:
 def build_dir() -> Path:
     key = hashlib.sha256()
     for part in (
-        SOURCE.read_bytes(),
+        *(source.read_bytes() for source in SOURCES),
         torch.__version__.encode(),
         " ".join(CFLAGS).encode(),
         _cpu_flags().encode(),
@@ -55,7 +55,7 @@ def build_dir() -> Path:
 
 @functools.cache
 def q8_module() -> ModuleType | None:
-    """The compiled module (`q8_mm`, `has_avx2`), or None when it cannot be built here."""
+    """The compiled module (`q8_mm`, `gguf_mm`, `gguf_rows`, the fused ops), or None when it cannot be built here."""
     global _failure
     if os.environ.get("GEMMA_MTP_NATIVE", "1") == "0":
         _failure = "disabled by GEMMA_MTP_NATIVE=0"
@@ -69,7 +69,7 @@ def q8_module() -> ModuleType | None:
         where.mkdir(parents=True, exist_ok=True)
         return load(
             name="gemma_mtp_q8",
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=CFLAGS,
             extra_ldflags=LDFLAGS,
             build_directory=str(where),

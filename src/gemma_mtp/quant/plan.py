@@ -16,12 +16,21 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import nn
 
+from .blocks import GGUFBlockWeight, as_tensor, gguf_kernel_ok
 from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
 from .int4 import HAVE_INT4_KERNEL, Int4GroupWeight, int4_kernel_ok
 from .int8 import HAVE_INT8_KERNEL, Int8RowWeight, int8_kernel_ok
 from .modules import BlockRows, QuantEmbedding, QuantLinear
 from .native import why_unavailable
-from .policy import EXACTNESS, FALLBACK_KERNELS, FLOAT_REASONS, KERNEL_NOTES, KINDS, MATRIX_KERNELS
+from .policy import (
+    EXACTNESS,
+    FALLBACK_KERNELS,
+    FLOAT_REASONS,
+    KERNEL_NOTES,
+    KINDS,
+    MATRIX_KERNELS,
+    NATIVE_KINDS,
+)
 from .q8 import Q8BlockWeight, q8_kernel_ok
 
 __all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_kernels", "fallback_notice"]
@@ -29,7 +38,7 @@ __all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_
 
 @dataclass(frozen=True)
 class Choice:
-    kind: str  # "q8", "int4", "int8", "blocks" or "float"
+    kind: str  # "gguf", "q8", "int4", "int8", "blocks" or "float"
     reason: str = ""  # why a quantized tensor stays float
 
 
@@ -59,11 +68,13 @@ def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarra
     if role != "matrix":
         return Choice("float", "not a matrix of a linear layer or the tied head")
     kind = kernels.get(qtype, "float")
-    if kind == "q8" and why_unavailable() is not None:
+    if kind in NATIVE_KINDS and why_unavailable() is not None:
         kind = FALLBACK_KERNELS.get(qtype, "float")
     if (kind == "int4" and not HAVE_INT4_KERNEL) or (kind == "int8" and not HAVE_INT8_KERNEL):
         return Choice("float", f"torch {torch.__version__} has no {kind}pack CPU kernel")
     probe = decode_codes(data[:1], qtype)
+    if kind == "gguf" and not gguf_kernel_ok(qtype, probe.codes.shape[1]):
+        return Choice("float", f"the gguf kernel has no {qtype.name} blocks of this width")
     if kind == "q8" and not q8_kernel_ok(probe.codes.shape[1]):
         return Choice("float", "the q8 kernel needs rows of a multiple of 32")
     if kind == "int4" and not int4_kernel_ok(probe):
@@ -80,7 +91,9 @@ def build_module(
 ) -> nn.Module:
     """The quantized replacement for `old` (an `nn.Linear` or a scaled embedding)."""
     if choice.kind == "blocks":
-        weight = BlockRows(torch.from_numpy(np.array(data, dtype=np.uint8)), qtype, old.embedding_dim)
+        weight = BlockRows(as_tensor(data), qtype, old.embedding_dim)
+    elif choice.kind == "gguf":
+        weight = GGUFBlockWeight.from_blocks(data, qtype)
     elif choice.kind == "q8":
         weight = Q8BlockWeight.from_blocks(data, qtype)
     elif choice.kind == "int4":

@@ -1,8 +1,10 @@
 """Which kernel holds each GGUF type (data), and what that costs in exactness (stated once, here).
 
 `MATRIX_KERNELS` is the default for matrices used in matmuls (linear layers, the tied head): our
-native block-int8 kernel (`q8.py`), which keeps every type's weights exact. Where that kernel
-cannot be built (no C++ compiler), `FALLBACK_KERNELS` names torch's weight-only kernels instead.
+native kernel reading the GGUF blocks in place (`blocks.py`: the weights are the file's bytes, so
+memory stays at the file size). Our block-int8 format (`q8.py`: the same exact weights unpacked to
+one byte per code, more memory) is the other native choice. Where the native module cannot be
+built (no C++ compiler), `FALLBACK_KERNELS` names torch's weight-only kernels instead.
 A caller may name a kernel per type (`load_gguf_model(kernels={"Q8_0": "int8"})`). Lookup-only
 tables (per-layer embeddings) keep their GGUF blocks as they are and decode looked-up rows
 exactly, whatever the type.
@@ -12,13 +14,22 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType
 
-__all__ = ["MATRIX_KERNELS", "FALLBACK_KERNELS", "FLOAT_REASONS", "KERNEL_NOTES", "EXACTNESS", "KINDS"]
+__all__ = [
+    "MATRIX_KERNELS",
+    "FALLBACK_KERNELS",
+    "FLOAT_REASONS",
+    "KERNEL_NOTES",
+    "EXACTNESS",
+    "KINDS",
+    "NATIVE_KINDS",
+]
 
 Q = GGMLQuantizationType
-KINDS = ("q8", "int4", "int8", "float")
+KINDS = ("gguf", "q8", "int4", "int8", "float")
+NATIVE_KINDS = ("gguf", "q8")
 
 MATRIX_KERNELS: dict[GGMLQuantizationType, str] = {
-    t: "q8" for t in (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q8_0, Q.Q6_K)
+    t: "gguf" for t in (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q8_0, Q.Q6_K)
 }
 # The measured error of each choice on the real Gemma 3 270M (logits vs the float32 dequantized
 # model, 121 positions): bf16 dequantized rel-L2 0.0108; int4 for Q8_0/Q5_0/Q4_K 0.0108;
@@ -38,6 +49,7 @@ FLOAT_REASONS = {
 }
 
 KERNEL_NOTES = {
+    "gguf": "native kernel on the GGUF blocks in place",
     "q8": "native block-int8 kernel",
     "int4": "int4pack, group 32",
     "int8": "int8pack, one scale per row",
@@ -47,6 +59,10 @@ KERNEL_NOTES = {
 
 # What a kernel's weights are, compared with `gguf.quants.dequantize` (tests hold each bound).
 EXACTNESS = {
+    (
+        "gguf",
+        None,
+    ): "weights exact (the file's bytes), activations rounded to int8 per 32 inputs (as llama.cpp)",
     ("q8", None): "weights exact, activations rounded to int8 per 32 inputs (as llama.cpp)",
     ("int4", True): "exact up to the bfloat16 rounding of each block scale (|dw| <= 2^-8 |w|)",
     ("int4", False): "bfloat16 block scale and zero (|dw| <= 2^-7 max|w| of its 32-group)",

@@ -29,13 +29,13 @@ from ..errors import ModelFormatError, UsageError
 from ..gguf.metadata import config_from_gguf
 from ..gguf.names import ROPE_FREQS, SHARED_LAYER_KV, name_map, norm_offset
 from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_shape, tensor_values
-from ..models.assistant import AssistantModel
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel, ScaledEmbedding
 from ..quant.fuse import fuse_model_projections
 from ..quant.native import why_unavailable
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
 from .hf import LoadReport
+from .meta import meta_model
 from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
 
 __all__ = ["load_gguf_model", "empty_model"]
@@ -45,8 +45,7 @@ CHUNK_BYTES = 32 << 20  # quantized bytes dequantized at once
 
 def empty_model(config: TextConfig | AssistantConfig) -> nn.Module:
     """The model for `config` on the meta device: names and shapes, no memory."""
-    with torch.device("meta"):
-        return AssistantModel(config) if isinstance(config, AssistantConfig) else GemmaModel(config)
+    return meta_model(config)
 
 
 def _restore_rotary(model: nn.Module, text: TextConfig) -> None:

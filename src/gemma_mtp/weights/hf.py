@@ -22,6 +22,7 @@ from ..errors import ModelFormatError
 from ..models.assistant import AssistantModel
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel
+from .meta import meta_model
 from .placement import place_layers, resolve_device, resolve_dtype
 
 __all__ = ["load_hf_model", "LoadReport", "TARGET_PREFIXES", "SKIPPED_PREFIXES", "safetensors_files"]
@@ -98,9 +99,7 @@ def _skipped_part(name: str) -> str | None:
 
 
 def _build(config: TextConfig | AssistantConfig) -> nn.Module:
-    with torch.device("meta"):
-        model = AssistantModel(config) if isinstance(config, AssistantConfig) else GemmaModel(config)
-    return model
+    return meta_model(config)
 
 
 def _restore_buffers(model: nn.Module) -> None:

@@ -336,7 +336,17 @@ torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const 
   return out;
 }
 
+// gguf_mm.cpp
+torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types,
+                      bool vectorized);
+torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tensor& ids, int64_t K);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gguf_mm", &gguf_mm, "GGUF blocks read in place x int8-quantized activation matmul",
+        py::arg("x"), py::arg("weights"), py::arg("types"), py::arg("vectorized") = true,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gguf_rows", &gguf_rows, "rows of a GGUF block matrix dequantized to float32",
+        py::call_guard<py::gil_scoped_release>());
   m.def("q8_mm", &q8_mm, "block-int8 weight x int8-quantized activation matmul",
         py::call_guard<py::gil_scoped_release>());
   m.def("has_avx2", &has_avx2);

@@ -1,0 +1,98 @@
+"""GGUF quant blocks read in place by our native kernel (`csrc/gguf_mm.cpp`): kind "gguf".
+
+The weight is the file's bytes, `data` uint8 `[N, bytes_per_row]`, normally a view of the
+memory-mapped file (no copy: the model takes the file's size in memory, the pages are shared with
+the page cache, and loading is instant). The kernel decodes each block as ggml lays it out
+(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K), exactly what `gguf.quants.dequantize` gives,
+and multiplies by activations rounded to int8 per 32 inputs, as llama.cpp does. `GGUFMultiWeight`
+runs several matrices that read the same input (q/k/v, gate/up) in one call, still in place.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from torch import nn
+
+from .native import q8_module
+
+__all__ = ["GGUFBlockWeight", "GGUFMultiWeight", "BLOCK_TYPES", "gguf_kernel_ok", "as_tensor"]
+
+Q = GGMLQuantizationType
+BLOCK_TYPES = frozenset({Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K})
+
+
+def gguf_kernel_ok(qtype: GGMLQuantizationType, in_features: int) -> bool:
+    return qtype in BLOCK_TYPES and in_features % GGML_QUANT_SIZES[qtype][0] == 0
+
+
+def as_tensor(data: np.ndarray) -> torch.Tensor:
+    """A uint8 tensor over `data` without copying it (a read-only memory map included: nothing
+    here ever writes to a weight)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(data.view(np.uint8))
+
+
+class GGUFBlockWeight(nn.Module):
+    kind = "gguf"
+
+    def __init__(self, data: torch.Tensor, qtype: GGMLQuantizationType, in_features: int) -> None:
+        super().__init__()
+        block, size = GGML_QUANT_SIZES[qtype]
+        if data.dim() != 2 or data.dtype != torch.uint8 or data.shape[1] != in_features // block * size:
+            raise ValueError(
+                f"{qtype.name}: {in_features} inputs take {in_features // block * size} bytes per row"
+            )
+        self.register_buffer("data", data)
+        self.qtype = qtype
+        self.out_features, self.in_features = data.shape[0], in_features
+        self.max_error = 0.0  # the weights are the file's, exactly
+
+    @classmethod
+    def from_blocks(cls, data: np.ndarray, qtype: GGMLQuantizationType) -> GGUFBlockWeight:
+        block, size = GGML_QUANT_SIZES[qtype]
+        return cls(as_tensor(data), qtype, data.shape[1] // size * block)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """x `[M, K]` (any float dtype) -> `[M, N]` float32."""
+        return q8_module().gguf_mm(x, [self.data], [int(self.qtype)])
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """The weights of rows `ids` (any shape) as float32 `[*ids.shape, K]`, exactly."""
+        flat = ids.reshape(-1).to(device="cpu", dtype=torch.long)
+        out = q8_module().gguf_rows(self.data, int(self.qtype), flat, self.in_features)
+        return out.view(*ids.shape, self.in_features)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.rows(torch.arange(self.out_features))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+
+class GGUFMultiWeight(nn.Module):
+    """Matrices with the same inputs (any mix of block types), multiplied in one kernel call:
+    `linear(x)` is their outputs side by side."""
+
+    kind = "gguf"
+
+    def __init__(self, parts: list[GGUFBlockWeight]) -> None:
+        super().__init__()
+        if len({p.in_features for p in parts}) != 1:
+            raise ValueError("fused matrices must have the same inputs")
+        self.parts = parts  # plain list: the parts stay owned (and saved) by their own modules
+        self._types = [int(p.qtype) for p in parts]
+        self.in_features = parts[0].in_features
+        self.out_features = sum(p.out_features for p in parts)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        return q8_module().gguf_mm(x, [p.data for p in self.parts], self._types)
+
+    @property
+    def nbytes(self) -> int:
+        return 0  # counted by the parts

@@ -1,0 +1,518 @@
+// Matmuls that read GGUF quant blocks in place ("gguf" kernel format): the weights are the file's
+// bytes (usually a view of the memory-mapped file), so a model takes its file's size in memory and a
+// forward reads as many weight bytes as llama.cpp's does.
+//
+// Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (blocks of 32) and Q4_K, Q5_K, Q6_K (super-blocks of 256),
+// with the byte layouts of ggml's block_q* structs. Every block is decoded into 32-wide sub-blocks
+//   w[i] = d * s[i / 16] * c[i] + m
+// with int8 codes c (the type's offset already subtracted for the symmetric types), small integer
+// scales s (1 except Q6_K's per-16 scales), a float scale d and, for Q4_1 / Q5_1 / Q4_K / Q5_K, a
+// float zero m. This is exactly what `gguf.quants.dequantize` computes.
+//
+// Activations are those of q8_mm.cpp: each row rounded to int8 per 32 inputs with scale
+// max|x| / 127 (llama.cpp does the same for its Q8_0-type dot products); a sub-block's sum of
+// products is exact in int32, then scaled and accumulated in float32. Each weight block is decoded
+// once for up to 4 rows of activations, so a forward over a few drafted positions reads the weights
+// once, and every row's result is independent of the other rows.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX2__) || defined(__F16C__)
+#include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#define GG_AVX2 1
+#else
+#define GG_AVX2 0
+#endif
+
+namespace gguf_blocks {
+
+// ggml type ids
+enum : int { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
+
+struct Layout {
+  int64_t elems;  // weights per block
+  int64_t bytes;  // bytes per block
+};
+
+inline Layout layout_of(int64_t type) {
+  switch (type) {
+    case Q4_0: return {32, 18};
+    case Q4_1: return {32, 20};
+    case Q5_0: return {32, 22};
+    case Q5_1: return {32, 24};
+    case Q8_0: return {32, 34};
+    case Q4_K: return {256, 144};
+    case Q5_K: return {256, 176};
+    case Q6_K: return {256, 210};
+    default: return {0, 0};
+  }
+}
+
+inline float f16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+#if defined(__F16C__)
+  return _cvtsh_ss(h);
+#else
+  return c10::detail::fp16_ieee_to_fp32_value(h);
+#endif
+}
+
+inline uint32_t u32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// Q4_K / Q5_K: the 6-bit scale and min of sub-block j from the 12 packed bytes.
+inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
+  if (j < 4) {
+    sc = q[j] & 63;
+    m = q[j + 4] & 63;
+  } else {
+    sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+
+// One 32-wide sub-block, decoded (the scalar reference every path is tested against).
+struct Sub {
+  int8_t c[32];
+  int16_t s[2];
+  float d;
+  float m;
+};
+
+// Sub-block j (0 for the 32-wide types, 0..7 for the K types) of the block at `b`.
+inline void decode_sub(int64_t type, const uint8_t* b, int j, Sub& o) {
+  o.s[0] = o.s[1] = 1;
+  o.m = 0.f;
+  switch (type) {
+    case Q8_0:
+      o.d = f16(b);
+      std::memcpy(o.c, b + 2, 32);
+      return;
+    case Q4_0:
+    case Q4_1: {
+      const bool zero = type == Q4_1;
+      const uint8_t* qs = b + (zero ? 4 : 2);
+      o.d = f16(b);
+      if (zero) o.m = f16(b + 2);
+      const int off = zero ? 0 : 8;
+      for (int i = 0; i < 16; ++i) {
+        o.c[i] = int8_t((qs[i] & 0xF) - off);
+        o.c[i + 16] = int8_t((qs[i] >> 4) - off);
+      }
+      return;
+    }
+    case Q5_0:
+    case Q5_1: {
+      const bool zero = type == Q5_1;
+      const uint8_t* p = b + (zero ? 4 : 2);
+      o.d = f16(b);
+      if (zero) o.m = f16(b + 2);
+      const uint32_t qh = u32(p);
+      const uint8_t* qs = p + 4;
+      const int off = zero ? 0 : 16;
+      for (int i = 0; i < 16; ++i) {
+        o.c[i] = int8_t(((qs[i] & 0xF) | (((qh >> i) & 1) << 4)) - off);
+        o.c[i + 16] = int8_t(((qs[i] >> 4) | (((qh >> (i + 16)) & 1) << 4)) - off);
+      }
+      return;
+    }
+    case Q4_K:
+    case Q5_K: {
+      int sc, mn;
+      scale_min_k4(j, b + 4, sc, mn);
+      o.d = f16(b) * float(sc);
+      o.m = -(f16(b + 2) * float(mn));
+      const bool five = type == Q5_K;
+      const uint8_t* qh = b + 16;
+      const uint8_t* qs = b + (five ? 48 : 16) + 32 * (j / 2);
+      const int shift = (j % 2) * 4;
+      for (int i = 0; i < 32; ++i) {
+        int v = (qs[i] >> shift) & 0xF;
+        if (five) v |= ((qh[i] >> j) & 1) << 4;
+        o.c[i] = int8_t(v);
+      }
+      return;
+    }
+    case Q6_K: {
+      const int half = j / 4, k = j % 4;
+      const uint8_t* ql = b + 64 * half + (k % 2) * 32;
+      const uint8_t* qh = b + 128 + 32 * half;
+      const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * half + 2 * k;
+      o.d = f16(b + 208);
+      o.s[0] = sc[0];
+      o.s[1] = sc[1];
+      const int lshift = (k / 2) * 4, hshift = 2 * k;
+      for (int i = 0; i < 32; ++i) o.c[i] = int8_t((((ql[i] >> lshift) & 0xF) | (((qh[i] >> hshift) & 3) << 4)) - 32);
+      return;
+    }
+    default:
+      TORCH_CHECK(false, "gguf_mm: unsupported GGUF type ", type);
+  }
+}
+
+// The activations of q8_mm.cpp: int8 codes per 32, their scale, and scale * sum(codes).
+void quantize_acts(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
+  const int64_t nb = K / 32;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + m * K + b * 32;
+      float amax = 0.f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float dd = amax / 127.f;
+      const float id = dd > 0.f ? 1.f / dd : 0.f;
+      int sum = 0;
+      int8_t* qb = q + m * K + b * 32;
+      for (int i = 0; i < 32; ++i) {
+        const int v = static_cast<int>(std::nearbyint(xb[i] * id));
+        qb[i] = static_cast<int8_t>(v);
+        sum += v;
+      }
+      d[m * nb + b] = dd;
+      s[m * nb + b] = dd * static_cast<float>(sum);
+    }
+  }
+}
+
+struct Acts {
+  const int8_t* q;  // [M, K]
+  const float* d;   // [M, K/32]
+  const float* s;   // [M, K/32]: d * sum of the codes
+  int64_t K;
+};
+
+// out[m * ldo + n] for weight rows [n0, n1) of one matrix and MB activation rows.
+template <int MB>
+void rows_scalar(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out,
+                 int64_t ldo) {
+  const Layout L = layout_of(type);
+  const int64_t nblk = a.K / L.elems, subs = L.elems / 32, nb = a.K / 32;
+  Sub sub;
+  for (int64_t n = n0; n < n1; ++n) {
+    float acc[MB] = {};
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      const uint8_t* bp = w + n * pitch + blk * L.bytes;
+      for (int j = 0; j < subs; ++j) {
+        decode_sub(type, bp, j, sub);
+        const int64_t b = blk * subs + j;
+        for (int m = 0; m < MB; ++m) {
+          const int8_t* x = a.q + m * a.K + b * 32;
+          int32_t lo = 0, hi = 0;
+          for (int i = 0; i < 16; ++i) lo += int32_t(sub.c[i]) * x[i];
+          for (int i = 16; i < 32; ++i) hi += int32_t(sub.c[i]) * x[i];
+          const int32_t isum = lo * sub.s[0] + hi * sub.s[1];
+          acc[m] += float(isum) * (sub.d * a.d[m * nb + b]) + sub.m * a.s[m * nb + b];
+        }
+      }
+    }
+    for (int m = 0; m < MB; ++m) out[m * ldo + n] = acc[m];
+  }
+}
+
+#if GG_AVX2
+inline float hsum(__m256 v) {
+  __m128 lo = _mm256_castps256_ps128(v);
+  __m128 hi = _mm256_extractf128_ps(v, 1);
+  lo = _mm_add_ps(lo, hi);
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+// 16 bytes -> 32 nibbles: the low nibbles in bytes 0..15, the high ones in bytes 16..31.
+inline __m256i nibbles16(const uint8_t* p) {
+  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i m = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
+}
+
+// 32 bits -> byte i = 0x10 where bit i is set, else 0.
+inline __m256i bit4_from_bits(uint32_t bits) {
+  const __m256i pick = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0LL);
+  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
+  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), pick), bit);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
+}
+
+// A block decoded for the vector loop: per sub-block the codes, the int16 scales (one per 16
+// lanes of maddubs' output: low 128 bits = inputs 0..15), the float scale and the zero.
+struct VBlock {
+  __m256i c[8];
+  __m256i s[8];
+  float d[8];
+  float m[8];
+  int n;
+};
+
+template <int T>
+inline void decode_vec(const uint8_t* b, VBlock& o) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  if constexpr (T == Q8_0) {
+    o.n = 1;
+    o.d[0] = f16(b);
+    o.m[0] = 0.f;
+    o.s[0] = ones;
+    o.c[0] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2));
+  } else if constexpr (T == Q4_0 || T == Q4_1) {
+    o.n = 1;
+    o.d[0] = f16(b);
+    o.s[0] = ones;
+    if constexpr (T == Q4_0) {
+      o.m[0] = 0.f;
+      o.c[0] = _mm256_sub_epi8(nibbles16(b + 2), _mm256_set1_epi8(8));
+    } else {
+      o.m[0] = f16(b + 2);
+      o.c[0] = nibbles16(b + 4);
+    }
+  } else if constexpr (T == Q5_0 || T == Q5_1) {
+    o.n = 1;
+    o.d[0] = f16(b);
+    o.s[0] = ones;
+    const uint8_t* p = b + (T == Q5_1 ? 4 : 2);
+    const __m256i v = _mm256_or_si256(nibbles16(p + 4), bit4_from_bits(u32(p)));
+    if constexpr (T == Q5_0) {
+      o.m[0] = 0.f;
+      o.c[0] = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
+    } else {
+      o.m[0] = f16(b + 2);
+      o.c[0] = v;
+    }
+  } else if constexpr (T == Q4_K || T == Q5_K) {
+    o.n = 8;
+    const float d = f16(b), dmin = f16(b + 2);
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const uint8_t* qs = b + (T == Q5_K ? 48 : 16);
+    __m256i qh;
+    if constexpr (T == Q5_K) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
+    for (int j = 0; j < 8; ++j) {
+      int sc, mn;
+      scale_min_k4(j, b + 4, sc, mn);
+      o.d[j] = d * float(sc);
+      o.m[j] = -(dmin * float(mn));
+      o.s[j] = ones;
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * (j / 2)));
+      __m256i c = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low);
+      if constexpr (T == Q5_K) {
+        const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << j));
+        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+        c = _mm256_or_si256(c, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
+      }
+      o.c[j] = c;
+    }
+  } else {  // Q6_K
+    o.n = 8;
+    const float d = f16(b + 208);
+    const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
+    const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
+    for (int half = 0; half < 2; ++half) {
+      const __m256i la = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * half));
+      const __m256i lb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * half + 32));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * half));
+      const __m256i c0 = _mm256_or_si256(_mm256_and_si256(la, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), two));
+      const __m256i c1 = _mm256_or_si256(_mm256_and_si256(lb, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), two));
+      const __m256i c2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), low), _mm256_and_si256(qh, two));
+      const __m256i c3 =
+          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), low), _mm256_and_si256(_mm256_srli_epi16(qh, 2), two));
+      const __m256i cs[4] = {c0, c1, c2, c3};
+      for (int k = 0; k < 4; ++k) {
+        const int j = 4 * half + k;
+        const int8_t* s = sc + 8 * half + 2 * k;
+        o.c[j] = _mm256_sub_epi8(cs[k], off);
+        o.s[j] = _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]));
+        o.d[j] = d;
+        o.m[j] = 0.f;
+      }
+    }
+  }
+}
+
+// Codes that are never negative go straight into maddubs' unsigned operand.
+template <int T>
+constexpr bool unsigned_codes() {
+  return T == Q4_1 || T == Q5_1 || T == Q4_K || T == Q5_K;
+}
+template <int T>
+constexpr bool has_zero() {
+  return unsigned_codes<T>();
+}
+
+template <int T, int MB>
+void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+  constexpr Layout L = T == Q4_0   ? Layout{32, 18}
+                       : T == Q4_1 ? Layout{32, 20}
+                       : T == Q5_0 ? Layout{32, 22}
+                       : T == Q5_1 ? Layout{32, 24}
+                       : T == Q8_0 ? Layout{32, 34}
+                       : T == Q4_K ? Layout{256, 144}
+                       : T == Q5_K ? Layout{256, 176}
+                                   : Layout{256, 210};
+  constexpr int subs = L.elems / 32;
+  const int64_t nblk = a.K / L.elems, nb = a.K / 32;
+  VBlock blk;
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[MB];
+    float zacc[MB];
+    for (int m = 0; m < MB; ++m) {
+      acc[m] = _mm256_setzero_ps();
+      zacc[m] = 0.f;
+    }
+    const uint8_t* row = w + n * pitch;
+    for (int64_t bi = 0; bi < nblk; ++bi) {
+      decode_vec<T>(row + bi * L.bytes, blk);
+      for (int j = 0; j < subs; ++j) {
+        const int64_t b = bi * subs + j;
+        const __m256i c = blk.c[j];
+        const __m256i ac = unsigned_codes<T>() ? c : _mm256_sign_epi8(c, c);
+        const __m256 dw = _mm256_set1_ps(blk.d[j]);
+        for (int m = 0; m < MB; ++m) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + m * a.K + b * 32));
+          const __m256i pr = _mm256_maddubs_epi16(ac, unsigned_codes<T>() ? xv : _mm256_sign_epi8(xv, c));
+          const __m256i p = _mm256_madd_epi16(pr, blk.s[j]);
+          const __m256 ds = _mm256_mul_ps(dw, _mm256_broadcast_ss(a.d + m * nb + b));
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), ds, acc[m]);
+          if constexpr (has_zero<T>()) zacc[m] += blk.m[j] * a.s[m * nb + b];
+        }
+      }
+    }
+    for (int m = 0; m < MB; ++m) out[m * ldo + n] = hsum(acc[m]) + zacc[m];
+  }
+}
+
+template <int MB>
+void rows_vec(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out,
+              int64_t ldo) {
+  switch (type) {
+    case Q4_0: return rows_avx2<Q4_0, MB>(w, pitch, a, n0, n1, out, ldo);
+    case Q4_1: return rows_avx2<Q4_1, MB>(w, pitch, a, n0, n1, out, ldo);
+    case Q5_0: return rows_avx2<Q5_0, MB>(w, pitch, a, n0, n1, out, ldo);
+    case Q5_1: return rows_avx2<Q5_1, MB>(w, pitch, a, n0, n1, out, ldo);
+    case Q8_0: return rows_avx2<Q8_0, MB>(w, pitch, a, n0, n1, out, ldo);
+    case Q4_K: return rows_avx2<Q4_K, MB>(w, pitch, a, n0, n1, out, ldo);
+    case Q5_K: return rows_avx2<Q5_K, MB>(w, pitch, a, n0, n1, out, ldo);
+    default: return rows_avx2<Q6_K, MB>(w, pitch, a, n0, n1, out, ldo);
+  }
+}
+#endif
+
+template <int MB>
+void rows_any(bool vec, int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1,
+              float* out, int64_t ldo) {
+#if GG_AVX2
+  if (vec) return rows_vec<MB>(type, w, pitch, a, n0, n1, out, ldo);
+#endif
+  rows_scalar<MB>(type, w, pitch, a, n0, n1, out, ldo);
+}
+
+struct Part {
+  const uint8_t* w;
+  int64_t pitch, type, n, start;  // rows n, output columns [start, start + n)
+};
+
+std::vector<Part> check_parts(const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types, int64_t K,
+                              int64_t& total) {
+  TORCH_CHECK(!ws.empty() && ws.size() == types.size(), "gguf_mm: one type per weight");
+  std::vector<Part> parts;
+  total = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    const auto& w = ws[i];
+    const Layout L = layout_of(types[i]);
+    TORCH_CHECK(L.elems > 0, "gguf_mm: unsupported GGUF type ", types[i]);
+    TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kUInt8 && w.stride(1) == 1 && w.is_cpu(),
+                "gguf_mm: weights must be uint8 [N, bytes per row] CPU tensors with contiguous rows");
+    TORCH_CHECK(K % L.elems == 0 && w.size(1) == K / L.elems * L.bytes, "gguf_mm: weight ", i, " has rows of ",
+                w.size(1), " bytes; ", K, " inputs of type ", types[i], " take ", K / L.elems * L.bytes);
+    parts.push_back({w.data_ptr<uint8_t>(), w.stride(0), types[i], w.size(0), total});
+    total += w.size(0);
+  }
+  return parts;
+}
+
+}  // namespace gguf_blocks
+
+// x [M, K] (any float dtype) times each weight (uint8 [N_i, bytes per row] of GGUF blocks of
+// types[i]) -> float32 [M, sum N_i], the weights' outputs side by side.
+torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types,
+                      bool vectorized) {
+  using namespace gguf_blocks;
+  TORCH_CHECK(x.dim() == 2, "gguf_mm: x must be 2-D");
+  const int64_t M = x.size(0), K = x.size(1);
+  TORCH_CHECK(K % 32 == 0, "gguf_mm: inputs must be a multiple of 32");
+  int64_t N = 0;
+  const auto parts = check_parts(ws, types, K, N);
+  auto out = torch::empty({M, N}, x.options().dtype(torch::kFloat32));
+  if (M == 0 || N == 0) return out;
+  auto xf = x.to(torch::kFloat32).contiguous();
+  const int64_t nb = K / 32;
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> xd(M * nb), xs(M * nb);
+  quantize_acts(xf.data_ptr<float>(), M, K, xq.data(), xd.data(), xs.data());
+  float* o = out.data_ptr<float>();
+  const int64_t row_bytes = std::max<int64_t>(1, K);  // ~ bytes of weights per row (int8 granularity)
+  // tiles of weight rows small enough to stay in L2 while every group of 4 activation rows passes
+  const int64_t tile = std::max<int64_t>(16, (256 << 10) / row_bytes);
+  // at least ~256K weights per chunk: smaller matrices run on the calling thread
+  const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 18) / (row_bytes * std::min<int64_t>(M, 4)));
+  at::parallel_for(0, N, grain, [&](int64_t c0, int64_t c1) {
+    for (const Part& p : parts) {
+      const int64_t lo = std::max(c0, p.start), hi = std::min(c1, p.start + p.n);
+      for (int64_t t0 = lo; t0 < hi; t0 += tile) {
+        const int64_t t1 = std::min(hi, t0 + tile);
+        for (int64_t m0 = 0; m0 < M; m0 += 4) {
+          const int64_t mb = std::min<int64_t>(4, M - m0);
+          const Acts a{xq.data() + m0 * K, xd.data() + m0 * nb, xs.data() + m0 * nb, K};
+          float* om = o + m0 * N + p.start;
+          const int64_t r0 = t0 - p.start, r1 = t1 - p.start;
+          switch (mb) {
+            case 1: rows_any<1>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
+            case 2: rows_any<2>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
+            case 3: rows_any<3>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
+            default: rows_any<4>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+// Rows `ids` of a GGUF block matrix (uint8 [N, bytes per row]) dequantized to float32 [len(ids), K].
+torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tensor& ids, int64_t K) {
+  using namespace gguf_blocks;
+  int64_t total = 0;
+  check_parts({w}, {type}, K, total);
+  TORCH_CHECK(ids.dim() == 1 && ids.scalar_type() == torch::kLong, "gguf_rows: ids must be 1-D int64");
+  auto idc = ids.contiguous();
+  const int64_t n = idc.size(0);
+  const int64_t* ip = idc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) TORCH_CHECK(ip[i] >= 0 && ip[i] < total, "gguf_rows: row ", ip[i], " out of range");
+  auto out = torch::empty({n, K}, torch::dtype(torch::kFloat32));
+  float* o = out.data_ptr<float>();
+  const Layout L = layout_of(type);
+  const uint8_t* base = w.data_ptr<uint8_t>();
+  const int64_t pitch = w.stride(0), nblk = K / L.elems, subs = L.elems / 32;
+  at::parallel_for(0, n, std::max<int64_t>(1, (int64_t(1) << 16) / K), [&](int64_t r0, int64_t r1) {
+    Sub s;
+    for (int64_t r = r0; r < r1; ++r) {
+      float* orow = o + r * K;
+      for (int64_t bi = 0; bi < nblk; ++bi) {
+        for (int j = 0; j < subs; ++j) {
+          decode_sub(type, base + ip[r] * pitch + bi * L.bytes, j, s);
+          float* y = orow + (bi * subs + j) * 32;
+          for (int i = 0; i < 32; ++i) y[i] = s.d * float(s.s[i / 16]) * float(s.c[i]) + s.m;
+        }
+      }
+    }
+  });
+  return out;
+}

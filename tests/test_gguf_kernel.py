@@ -1,0 +1,148 @@
+"""Our native kernel on GGUF blocks read in place (`quant/blocks.py`, `csrc/gguf_mm.cpp`).
+
+References no one here wrote: `gguf.quants.dequantize` for the weights (every row decoded by the
+kernel must equal it bit for bit) and float64 matmuls for the products. The kernel rounds each
+activation row to int8 per 32 inputs (scale max|x| / 127, half to even), as llama.cpp does; the
+reference below applies the same rounding in float64, so the only differences left are float32
+accumulation (<= 1e-5 relative).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from test_quant_kernels import ALL_CODE_TYPES, K, N, blocks_of, reference
+
+from gemma_mtp.quant import QuantLinear
+
+Q = GGMLQuantizationType
+
+
+@pytest.fixture(scope="module")
+def native():
+    from gemma_mtp.quant.native import q8_module, why_unavailable
+
+    if q8_module() is None:
+        pytest.skip(why_unavailable())
+    return q8_module()
+
+
+def weight_of(qtype, **kw):
+    from gemma_mtp.quant.blocks import GGUFBlockWeight
+
+    data = blocks_of(qtype, **kw)
+    return data, GGUFBlockWeight.from_blocks(data, qtype)
+
+
+def rounded(x: torch.Tensor) -> torch.Tensor:
+    """x as the kernel sees it: int8 per 32 with scale max|x| / 127, in float64."""
+    m, k = x.shape
+    xb = x.double().view(m, k // 32, 32)
+    dx = xb.abs().amax(-1, keepdim=True) / 127
+    return (torch.round(xb * torch.where(dx > 0, 1 / dx, torch.zeros_like(dx))) * dx).view(m, k)
+
+
+@pytest.mark.parametrize("qtype", ALL_CODE_TYPES, ids=lambda q: q.name)
+def test_rows_are_the_files_weights_exactly(native, qtype):
+    data, weight = weight_of(qtype)
+    assert torch.equal(weight.dequantize(), reference(data, qtype))
+    ids = torch.tensor([[0, 7], [199, 3]])
+    assert torch.equal(weight.rows(ids), reference(data, qtype)[ids])
+    assert weight.nbytes == data.nbytes  # nothing but the blocks
+
+
+@pytest.mark.parametrize("qtype", ALL_CODE_TYPES, ids=lambda q: q.name)
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9])
+def test_matmul_is_the_int8_activation_dot_product(native, qtype, rows):
+    data, weight = weight_of(qtype)
+    x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows))
+    x[0, :32] = 0  # an all-zero activation block
+    want = rounded(x) @ reference(data, qtype).double().T
+    for vectorized in (True, False):  # the AVX2 path and the portable one
+        got = native.gguf_mm(x, [weight.data], [int(qtype)], vectorized)
+        assert got.dtype == torch.float32
+        assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    exact = x.double() @ reference(data, qtype).double().T
+    assert ((got.double() - exact).norm() / exact.norm()).item() < 0.01
+
+
+@pytest.mark.parametrize("qtype", ALL_CODE_TYPES, ids=lambda q: q.name)
+def test_each_row_of_activations_gets_the_same_bits_in_any_batch(native, qtype):
+    """What lossless greedy speculation rests on: a verify forward over several positions gives each
+    the bits a one-position forward gives."""
+    _, weight = weight_of(qtype)
+    x = torch.randn(9, K, generator=torch.Generator().manual_seed(3))
+    together = weight.linear(x)
+    for i in range(9):
+        assert torch.equal(weight.linear(x[i : i + 1])[0], together[i])
+    assert torch.equal(weight.linear(x[2:7]), together[2:7])
+
+
+def test_one_call_over_several_matrices_of_mixed_types_equals_separate_calls(native):
+    parts = [
+        weight_of(q, rows=r, seed=i)[1] for i, (q, r) in enumerate([(Q.Q5_0, 96), (Q.Q8_0, 32), (Q.Q6_K, 70)])
+    ]
+    from gemma_mtp.quant.blocks import GGUFMultiWeight
+
+    fused = GGUFMultiWeight(parts)
+    for rows in (1, 4, 6):
+        x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows))
+        assert torch.equal(fused.linear(x), torch.cat([p.linear(x) for p in parts], dim=1))
+
+
+def test_row_views_of_a_matrix_work_in_place(native):
+    data, weight = weight_of(Q.Q4_K)
+    x = torch.randn(2, K)
+    view = weight.data[50:120]  # a slice of rows: same bytes, no copy
+    assert view.data_ptr() == weight.data.data_ptr() + 50 * weight.data.stride(0)
+    assert torch.equal(native.gguf_mm(x, [view], [int(Q.Q4_K)]), weight.linear(x)[:, 50:120])
+
+
+def test_widths_that_are_not_whole_super_blocks(native):
+    from gemma_mtp.quant.blocks import gguf_kernel_ok
+
+    data, weight = weight_of(Q.Q8_0, k=640)  # 20 blocks of 32
+    x = torch.randn(3, 640)
+    want = rounded(x) @ reference(data, Q.Q8_0).double().T
+    assert torch.allclose(weight.linear(x).double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert gguf_kernel_ok(Q.Q5_0, 640) and not gguf_kernel_ok(Q.Q4_K, 640)
+    assert not gguf_kernel_ok(Q.Q2_K, 512)
+
+
+def test_bad_inputs_are_refused_with_the_reason(native):
+    data, weight = weight_of(Q.Q8_0)
+    with pytest.raises(RuntimeError, match="rows of 544 bytes"):
+        native.gguf_mm(torch.randn(1, K + 32), [weight.data], [int(Q.Q8_0)])
+    with pytest.raises(RuntimeError, match="unsupported GGUF type 10"):
+        native.gguf_mm(torch.randn(1, K), [weight.data], [int(Q.Q2_K)])
+    with pytest.raises(RuntimeError, match="out of range"):
+        native.gguf_rows(weight.data, int(Q.Q8_0), torch.tensor([N]), K)
+    with pytest.raises(ValueError, match="bytes per row"):
+        from gemma_mtp.quant.blocks import GGUFBlockWeight
+
+        GGUFBlockWeight(weight.data[:, :-2], Q.Q8_0, K)
+
+
+def test_linear_module_keeps_leading_dims_and_dtype(native):
+    _, weight = weight_of(Q.Q5_0)
+    layer = QuantLinear(weight)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(2, 3, K, dtype=dtype)
+        y = layer(x)
+        assert y.shape == (2, 3, N) and y.dtype == dtype
+        assert torch.equal(y, layer(x.reshape(6, K)).reshape(2, 3, N))
+
+
+def test_blocks_from_a_read_only_mapping_are_used_without_a_copy(native, tmp_path):
+    data = blocks_of(Q.Q6_K)
+    path = tmp_path / "blocks.bin"
+    data.tofile(path)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r").reshape(data.shape)
+    from gemma_mtp.quant.blocks import GGUFBlockWeight
+
+    weight = GGUFBlockWeight.from_blocks(mapped, Q.Q6_K)
+    assert weight.data.data_ptr() == mapped.ctypes.data
+    assert torch.equal(weight.dequantize(), reference(data, Q.Q6_K))
+    assert GGML_QUANT_SIZES[Q.Q6_K] == (256, 210)
