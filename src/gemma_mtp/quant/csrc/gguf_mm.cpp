@@ -347,6 +347,21 @@ constexpr bool has_zero() {
   return unsigned_codes<T>();
 }
 
+// Sub-block b of every row accumulates into acc[b % 2][m]: two independent chains of FMAs, so
+// one row of activations is not held up by the FMA latency. The order of the additions is the
+// same for any number of rows, so each row's result is too.
+template <int MB>
+inline void dot_sub(const __m256i c, const __m256i ac, const __m256i s, float d, float zm, bool unsigned_c,
+                    bool with_zero, const Acts& a, int64_t b, int64_t nb, __m256* acc, float* zacc) {
+  for (int m = 0; m < MB; ++m) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + m * a.K + b * 32));
+    const __m256i pr = _mm256_maddubs_epi16(ac, unsigned_c ? xv : _mm256_sign_epi8(xv, c));
+    const __m256i p = _mm256_madd_epi16(pr, s);
+    acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a.d[m * nb + b]), acc[m]);
+    if (with_zero) zacc[m] += zm * a.s[m * nb + b];
+  }
+}
+
 template <int T, int MB>
 void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out, int64_t ldo) {
   constexpr Layout L = T == Q4_0   ? Layout{32, 18}
@@ -358,34 +373,43 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
                        : T == Q5_K ? Layout{256, 176}
                                    : Layout{256, 210};
   constexpr int subs = L.elems / 32;
+  constexpr bool uc = unsigned_codes<T>(), wz = has_zero<T>();
   const int64_t nblk = a.K / L.elems, nb = a.K / 32;
   VBlock blk;
+  auto sub = [&](int j, int64_t b, __m256* acc, float* zacc) {
+    const __m256i c = blk.c[j];
+    dot_sub<MB>(c, uc ? c : _mm256_sign_epi8(c, c), blk.s[j], blk.d[j], blk.m[j], uc, wz, a, b, nb, acc, zacc);
+  };
   for (int64_t n = n0; n < n1; ++n) {
-    __m256 acc[MB];
+    __m256 even[MB], odd[MB];
     float zacc[MB];
     for (int m = 0; m < MB; ++m) {
-      acc[m] = _mm256_setzero_ps();
+      even[m] = odd[m] = _mm256_setzero_ps();
       zacc[m] = 0.f;
     }
     const uint8_t* row = w + n * pitch;
-    for (int64_t bi = 0; bi < nblk; ++bi) {
-      decode_vec<T>(row + bi * L.bytes, blk);
-      for (int j = 0; j < subs; ++j) {
-        const int64_t b = bi * subs + j;
-        const __m256i c = blk.c[j];
-        const __m256i ac = unsigned_codes<T>() ? c : _mm256_sign_epi8(c, c);
-        const __m256 dw = _mm256_set1_ps(blk.d[j]);
-        for (int m = 0; m < MB; ++m) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + m * a.K + b * 32));
-          const __m256i pr = _mm256_maddubs_epi16(ac, unsigned_codes<T>() ? xv : _mm256_sign_epi8(xv, c));
-          const __m256i p = _mm256_madd_epi16(pr, blk.s[j]);
-          const __m256 ds = _mm256_mul_ps(dw, _mm256_broadcast_ss(a.d + m * nb + b));
-          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), ds, acc[m]);
-          if constexpr (has_zero<T>()) zacc[m] += blk.m[j] * a.s[m * nb + b];
+    if constexpr (subs == 1) {
+      int64_t bi = 0;
+      for (; bi + 1 < nblk; bi += 2) {
+        decode_vec<T>(row + bi * L.bytes, blk);
+        sub(0, bi, even, zacc);
+        decode_vec<T>(row + (bi + 1) * L.bytes, blk);
+        sub(0, bi + 1, odd, zacc);
+      }
+      if (bi < nblk) {
+        decode_vec<T>(row + bi * L.bytes, blk);
+        sub(0, bi, even, zacc);
+      }
+    } else {
+      for (int64_t bi = 0; bi < nblk; ++bi) {
+        decode_vec<T>(row + bi * L.bytes, blk);
+        for (int j = 0; j < subs; j += 2) {
+          sub(j, bi * subs + j, even, zacc);
+          sub(j + 1, bi * subs + j + 1, odd, zacc);
         }
       }
     }
-    for (int m = 0; m < MB; ++m) out[m * ldo + n] = hsum(acc[m]) + zacc[m];
+    for (int m = 0; m < MB; ++m) out[m * ldo + n] = hsum(_mm256_add_ps(even[m], odd[m])) + zacc[m];
   }
 }
 
