@@ -1,10 +1,11 @@
-"""Where a target forward's time goes on the CPU: our q8 kernel vs everything around it.
+"""Where a target forward's time goes on the CPU: our native matmul kernel vs everything around it.
 
     .venv/bin/python benchmarks/bench_forward_split.py [--threads 2] [--positions 1,2,4]
 
-Loads the Gemma 3 270M Q4_K_M GGUF the default way (q8 kernel, float32 activations), runs one
-forward + logits over T new positions after a short context, best of 5 x 5 calls; then times the
-same with every q8 matmul replaced by a zero-filled output of the right shape. The difference is
+Loads the Gemma 3 270M Q4_K_M GGUF the default way (the gguf kernel on the file's blocks, float32
+activations; `--kernel q8` for the unpacked block-int8 format), runs one forward + logits over T
+new positions after a short context, best of 5 x 5 calls; then times the same with every native
+matmul replaced by a zero-filled output of the right shape. The difference is
 the kernel's share; the remainder is Python/ATen dispatch, norms, rotary, attention and the cache.
 Rows go to benchmarks/results/forward_split.jsonl.
 """
@@ -19,17 +20,22 @@ from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, t
 
 import gemma_mtp
 from gemma_mtp.assets import gemma3_270m_gguf
+from gemma_mtp.quant.blocks import GGUFBlockWeight, GGUFMultiWeight
 from gemma_mtp.quant.q8 import Q8BlockWeight
+
+WEIGHTS = (GGUFBlockWeight, GGUFMultiWeight, Q8BlockWeight)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--positions", default="1,2,4")
+    ap.add_argument("--kernel", choices=["gguf", "q8"], default="gguf")
     ap.add_argument("--out", default=str(RESULTS / "forward_split.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model = gemma_mtp.load(str(gemma3_270m_gguf()), ctx_size=1024).target
+    kernels = {t: args.kernel for t in ("Q8_0", "Q5_0", "Q4_K", "Q6_K")}
+    model = gemma_mtp.load(str(gemma3_270m_gguf()), ctx_size=1024, kernels=kernels).target
     cache = model.make_cache(batch_size=1, max_context=1024, max_draft=8)
     with torch.no_grad():
         model.forward(torch.tensor([[2, 100, 200, 300]]), torch.arange(4)[None], cache)
@@ -52,13 +58,21 @@ def main() -> int:
 
     positions = [int(p) for p in args.positions.split(",")]
     total = {t: best_ms(t) for t in positions}
-    real = Q8BlockWeight.linear
-    Q8BlockWeight.linear = lambda self, x: torch.zeros(x.shape[0], self.out_features)
+    real = {cls: cls.linear for cls in WEIGHTS}
+    for cls in WEIGHTS:
+        cls.linear = lambda self, x: torch.zeros(x.shape[0], self.out_features)
     try:
         rest = {t: best_ms(t) for t in positions}
     finally:
-        Q8BlockWeight.linear = real
-    common = {"cpu": cpu_name(), "threads": args.threads, "commit": git_commit(), "timestamp": timestamp()}
+        for cls, fn in real.items():
+            cls.linear = fn
+    common = {
+        "cpu": cpu_name(),
+        "threads": args.threads,
+        "kernel": args.kernel,
+        "commit": git_commit(),
+        "timestamp": timestamp(),
+    }
     rows = [
         {**common, "T": t, "total_ms": total[t], "kernel_ms": total[t] - rest[t], "rest_ms": rest[t]}
         for t in positions

@@ -146,3 +146,16 @@ def test_blocks_from_a_read_only_mapping_are_used_without_a_copy(native, tmp_pat
     assert weight.data.data_ptr() == mapped.ctypes.data
     assert torch.equal(weight.dequantize(), reference(data, Q.Q6_K))
     assert GGML_QUANT_SIZES[Q.Q6_K] == (256, 210)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
+def test_products_with_chosen_rows_are_the_full_products_at_those_rows(native, qtype):
+    """A centroid head's candidates: each row of x against its own weight rows, bit for bit what
+    the full matmul gives there."""
+    _, weight = weight_of(qtype)
+    x = torch.randn(3, K, generator=torch.Generator().manual_seed(7))
+    ids = torch.randint(0, N, (3, 50), generator=torch.Generator().manual_seed(8))
+    full = weight.linear(x)
+    assert torch.equal(weight.linear_rows(x, ids), full.gather(1, ids))
+    with pytest.raises(RuntimeError, match="out of range"):
+        weight.linear_rows(x, torch.full((3, 2), N))

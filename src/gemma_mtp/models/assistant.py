@@ -54,11 +54,15 @@ class CentroidHead(nn.Module):
         self.centroids = nn.Linear(text.hidden_size, config.num_centroids, bias=False)
         self.register_buffer("token_ordering", torch.zeros(text.vocab_size, dtype=torch.long))
 
-    def candidates(self, x: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: [N, D] -> (candidate token ids [N, k*per], their logits [N, k*per] float32)."""
+    def candidates(self, x: torch.Tensor, table: torch.Tensor | nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [N, D] -> (candidate token ids [N, k*per], their logits [N, k*per] float32).
+        `table`: the float token table [V, D], or a quantized one with `linear_rows` (GGUF blocks
+        read in place: only the candidates' rows are read)."""
         top = torch.topk(self.centroids(x), k=self.top_k, dim=-1).indices  # [N, k]
         clusters = self.token_ordering.view(self.num_centroids, self.per_centroid)
         ids = clusters[top].reshape(x.shape[0], -1)  # [N, k*per]
+        if not isinstance(table, torch.Tensor):
+            return ids, table.linear_rows(x, ids)
         emb = table[ids]  # [N, k*per, D]
         return ids, torch.bmm(emb, x.to(emb.dtype)[:, :, None])[:, :, 0].float()
 
@@ -80,10 +84,11 @@ class CentroidHead(nn.Module):
             self._distinct_key = key
         return self._distinct
 
-    def forward(self, x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, table: torch.Tensor | nn.Module) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
         ids, cand = self.candidates(flat, table)
-        return self.expand(ids, cand, table.shape[0]).view(*x.shape[:-1], table.shape[0])
+        vocab = self.token_ordering.numel()
+        return self.expand(ids, cand, vocab).view(*x.shape[:-1], vocab)
 
 
 class AssistantBody(nn.Module):
@@ -160,10 +165,16 @@ class AssistantModel(nn.Module):
         head = self.masked_embedding
         if head is None:
             return None
-        ids, cand = head.candidates(x.reshape(-1, x.shape[-1]), self.model.embed_tokens.weight)
+        ids, cand = head.candidates(x.reshape(-1, x.shape[-1]), self._token_table())
         return ids.view(*x.shape[:-1], -1), cand.view(*x.shape[:-1], -1)
+
+    def _token_table(self) -> torch.Tensor | nn.Module:
+        """The float token table, or a quantized table as loaded (never dequantized as a whole)."""
+        embed = self.model.embed_tokens
+        table = getattr(embed, "table", None)
+        return table if table is not None and hasattr(table, "linear_rows") else embed.weight
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         if self.masked_embedding is not None:
-            return self.masked_embedding(x, self.model.embed_tokens.weight)
+            return self.masked_embedding(x, self._token_table())
         return self.model.embed_tokens.attend(x).float()

@@ -61,6 +61,11 @@ class GGUFBlockWeight(nn.Module):
         """x `[M, K]` (any float dtype) -> `[M, N]` float32."""
         return q8_module().gguf_mm(x, [self.data], [int(self.qtype)])
 
+    def linear_rows(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """x `[M, K]`, ids `[M, n]` -> `[M, n]` float32: row m's products with the weight rows
+        `ids[m]` only (what `linear(x)[m, ids[m]]` gives, without the other rows)."""
+        return q8_module().gguf_mm_rows(x, self.data, int(self.qtype), ids.to(torch.long))
+
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The weights of rows `ids` (any shape) as float32 `[*ids.shape, K]`, exactly."""
         flat = ids.reshape(-1).to(device="cpu", dtype=torch.long)

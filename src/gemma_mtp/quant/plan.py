@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from .blocks import GGUFBlockWeight, as_tensor, gguf_kernel_ok
@@ -63,7 +63,11 @@ def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarra
         return Choice("float", "no kernel for this type")
     if role == "lookup":
         return Choice("blocks")
-    if role == "centroid_table":
+    if role == "centroid_table":  # the centroid head reads its candidates' rows in place
+        block, size = GGML_QUANT_SIZES[qtype]
+        width = data.shape[-1] // size * block
+        if kernels.get(qtype) == "gguf" and why_unavailable() is None and gguf_kernel_ok(qtype, width):
+            return Choice("gguf")
         return Choice("float", "the drafter's centroid head gathers rows of a float table")
     if role != "matrix":
         return Choice("float", "not a matrix of a linear layer or the tied head")

@@ -91,7 +91,7 @@ class MTPDrafter:
         head = self.assistant.masked_embedding
         # a centroid head's greedy rows choose among its candidates (no [V] logits; same tokens)
         sparse = head is not None and head.distinct_candidates()
-        vocab = self.assistant.model.embed_tokens.weight.shape[0]
+        vocab = self.assistant.config.text.vocab_size
         while collect.active:
             x = self.assistant.step(torch.cat([self.target.embed(token), state], dim=-1), context)
             if sparse:

@@ -195,14 +195,14 @@ struct Acts {
 // out[m * ldo + n] for weight rows [n0, n1) of one matrix and MB activation rows.
 template <int MB>
 void rows_scalar(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out,
-                 int64_t ldo) {
+                 int64_t ldo, const int64_t* idx) {
   const Layout L = layout_of(type);
   const int64_t nblk = a.K / L.elems, subs = L.elems / 32, nb = a.K / 32;
   Sub sub;
   for (int64_t n = n0; n < n1; ++n) {
     float acc[MB] = {};
     for (int64_t blk = 0; blk < nblk; ++blk) {
-      const uint8_t* bp = w + n * pitch + blk * L.bytes;
+      const uint8_t* bp = w + (idx ? idx[n] : n) * pitch + blk * L.bytes;
       for (int j = 0; j < subs; ++j) {
         decode_sub(type, bp, j, sub);
         const int64_t b = blk * subs + j;
@@ -363,7 +363,8 @@ inline void dot_sub(const __m256i c, const __m256i ac, const __m256i s, float d,
 }
 
 template <int T, int MB>
-void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out, int64_t ldo) {
+void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out, int64_t ldo,
+               const int64_t* idx) {
   constexpr Layout L = T == Q4_0   ? Layout{32, 18}
                        : T == Q4_1 ? Layout{32, 20}
                        : T == Q5_0 ? Layout{32, 22}
@@ -387,7 +388,7 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
       even[m] = odd[m] = _mm256_setzero_ps();
       zacc[m] = 0.f;
     }
-    const uint8_t* row = w + n * pitch;
+    const uint8_t* row = w + (idx ? idx[n] : n) * pitch;
     if constexpr (subs == 1) {
       int64_t bi = 0;
       for (; bi + 1 < nblk; bi += 2) {
@@ -415,27 +416,27 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
 
 template <int MB>
 void rows_vec(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out,
-              int64_t ldo) {
+              int64_t ldo, const int64_t* idx) {
   switch (type) {
-    case Q4_0: return rows_avx2<Q4_0, MB>(w, pitch, a, n0, n1, out, ldo);
-    case Q4_1: return rows_avx2<Q4_1, MB>(w, pitch, a, n0, n1, out, ldo);
-    case Q5_0: return rows_avx2<Q5_0, MB>(w, pitch, a, n0, n1, out, ldo);
-    case Q5_1: return rows_avx2<Q5_1, MB>(w, pitch, a, n0, n1, out, ldo);
-    case Q8_0: return rows_avx2<Q8_0, MB>(w, pitch, a, n0, n1, out, ldo);
-    case Q4_K: return rows_avx2<Q4_K, MB>(w, pitch, a, n0, n1, out, ldo);
-    case Q5_K: return rows_avx2<Q5_K, MB>(w, pitch, a, n0, n1, out, ldo);
-    default: return rows_avx2<Q6_K, MB>(w, pitch, a, n0, n1, out, ldo);
+    case Q4_0: return rows_avx2<Q4_0, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q4_1: return rows_avx2<Q4_1, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q5_0: return rows_avx2<Q5_0, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q5_1: return rows_avx2<Q5_1, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q8_0: return rows_avx2<Q8_0, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q4_K: return rows_avx2<Q4_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q5_K: return rows_avx2<Q5_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    default: return rows_avx2<Q6_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
   }
 }
 #endif
 
 template <int MB>
 void rows_any(bool vec, int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1,
-              float* out, int64_t ldo) {
+              float* out, int64_t ldo, const int64_t* idx = nullptr) {
 #if GG_AVX2
-  if (vec) return rows_vec<MB>(type, w, pitch, a, n0, n1, out, ldo);
+  if (vec) return rows_vec<MB>(type, w, pitch, a, n0, n1, out, ldo, idx);
 #endif
-  rows_scalar<MB>(type, w, pitch, a, n0, n1, out, ldo);
+  rows_scalar<MB>(type, w, pitch, a, n0, n1, out, ldo, idx);
 }
 
 struct Part {
@@ -538,5 +539,38 @@ torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tenso
       }
     }
   });
+  return out;
+}
+
+// For each row m of x [M, K], its dot products with the weight rows ids[m, :] -> float32 [M, n]:
+// a sparse head (the candidates of a centroid head) read straight from the blocks. Each product is
+// the one `gguf_mm` computes for that row and weight row.
+torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64_t type, const torch::Tensor& ids,
+                           bool vectorized) {
+  using namespace gguf_blocks;
+  TORCH_CHECK(x.dim() == 2 && ids.dim() == 2 && ids.size(0) == x.size(0) && ids.scalar_type() == torch::kLong,
+              "gguf_mm_rows: x [M, K] and int64 ids [M, n]");
+  const int64_t M = x.size(0), K = x.size(1), n = ids.size(1);
+  TORCH_CHECK(K % 32 == 0, "gguf_mm_rows: inputs must be a multiple of 32");
+  int64_t N = 0;
+  const auto parts = check_parts({w}, {type}, K, N);
+  auto idc = ids.contiguous();
+  const int64_t* ip = idc.data_ptr<int64_t>();
+  for (int64_t i = 0; i < M * n; ++i) TORCH_CHECK(ip[i] >= 0 && ip[i] < N, "gguf_mm_rows: row ", ip[i], " out of range");
+  auto out = torch::empty({M, n}, x.options().dtype(torch::kFloat32));
+  if (M == 0 || n == 0) return out;
+  auto xf = x.to(torch::kFloat32).contiguous();
+  const int64_t nb = K / 32;
+  std::vector<int8_t> xq(M * K);
+  std::vector<float> xd(M * nb), xs(M * nb);
+  quantize_acts(xf.data_ptr<float>(), M, K, xq.data(), xd.data(), xs.data());
+  float* o = out.data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 18) / K);
+  for (int64_t m = 0; m < M; ++m) {
+    const Acts a{xq.data() + m * K, xd.data() + m * nb, xs.data() + m * nb, K};
+    at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
+      rows_any<1>(vectorized, type, parts[0].w, parts[0].pitch, a, r0, r1, o + m * n, 0, ip + m * n);
+    });
+  }
   return out;
 }

@@ -340,10 +340,15 @@ torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const 
 torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types,
                       bool vectorized);
 torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tensor& ids, int64_t K);
+torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64_t type, const torch::Tensor& ids,
+                           bool vectorized);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_mm", &gguf_mm, "GGUF blocks read in place x int8-quantized activation matmul",
         py::arg("x"), py::arg("weights"), py::arg("types"), py::arg("vectorized") = true,
+        py::call_guard<py::gil_scoped_release>());
+  m.def("gguf_mm_rows", &gguf_mm_rows, "each row of x times its own list of weight rows (GGUF blocks)",
+        py::arg("x"), py::arg("weight"), py::arg("type"), py::arg("ids"), py::arg("vectorized") = true,
         py::call_guard<py::gil_scoped_release>());
   m.def("gguf_rows", &gguf_rows, "rows of a GGUF block matrix dequantized to float32",
         py::call_guard<py::gil_scoped_release>());
