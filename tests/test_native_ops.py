@@ -123,3 +123,35 @@ def test_a_scale_first_made_in_inference_mode_serves_autograd_later():
     x = torch.randn(2, 16, requires_grad=True)
     norm(x).sum().backward()  # an inference tensor saved for backward would raise here
     assert x.grad is not None
+
+
+@pytest.mark.parametrize("name", ["gemma3", "e2b", "dense31b", "moe"])
+def test_native_layer_blocks_give_the_module_path_bit_for_bit(
+    ops, reference_models, tmp_path, name, monkeypatch
+):
+    """`models/native_blocks.py`: each layer's attention and feed-forward halves in one native call
+    compose the same kernels in the same order as the modules do, so decode and verify forwards
+    give the very same logits (e2b: v norm, layer scalar, per-layer inputs, KV-shared layers that
+    stay on the module path; 31b-like: k = v, soft-capping; MoE layers keep their feed-forward on
+    the module path)."""
+    import gemma_mtp.models.gemma as gemma
+    from gemma_mtp.gguf import convert_hf_to_gguf
+    from gemma_mtp.weights.gguf_loader import load_gguf_model
+
+    path = convert_hf_to_gguf(reference_models.target(name).path, tmp_path / f"{name}.gguf", out_type="Q8_0")
+    model, _, _ = load_gguf_model(path)
+    assert any(layer._native()[0] is not None for layer in model.layers)
+    assert all(layer._native()[1] is not None for layer in model.layers if not layer.moe)
+    tokens = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def run() -> torch.Tensor:
+        cache = model.make_cache(batch_size=2, max_context=64, max_draft=4)
+        with torch.inference_mode():
+            model(tokens[:, :8], torch.arange(8).expand(2, 8), cache)
+            out = [model(tokens[:, 8:9], torch.full((2, 1), 8), cache).hidden]
+            out.append(model(tokens[:, 9:12], torch.arange(9, 12).expand(2, 3), cache).hidden)
+            return model.logits(torch.cat(out, 1))
+
+    native = run()
+    monkeypatch.setattr(gemma, "ops_for", lambda x: None)
+    assert torch.equal(native, run())

@@ -19,6 +19,7 @@ from ..cache import ForwardPlan, KVCache, SharedKV
 from ..config import FULL, LayerSpec, TextConfig
 from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, attention, norm_rope, softcap
 from .moe import Experts, Router
+from .native_blocks import attention_fits, native_attention, native_mlp, ops_for, run_attention, run_mlp
 
 __all__ = ["GemmaModel", "TargetOutput"]
 
@@ -98,6 +99,7 @@ class DecoderLayer(nn.Module):
             self.per_layer_input_gate = nn.Linear(hidden, self.ple_dim, bias=False)
             self.per_layer_projection = nn.Linear(self.ple_dim, hidden, bias=False)
             self.post_per_layer_input_norm = RMSNorm(hidden, eps)
+        self.activation = config.hidden_activation
         self.moe = config.num_experts > 0
         if self.moe:
             self.router = Router(config)
@@ -106,11 +108,36 @@ class DecoderLayer(nn.Module):
             self.post_feedforward_layernorm_2 = RMSNorm(hidden, eps)
             self.pre_feedforward_layernorm_2 = RMSNorm(hidden, eps)
 
+    def _native(self):
+        """(attention, mlp) native block specs (models/native_blocks.py), made on first use."""
+        specs = self.__dict__.get("_native_specs")
+        if specs is None:
+            specs = (native_attention(self), None if self.moe else native_mlp(self, self.activation))
+            self.__dict__["_native_specs"] = specs
+        return specs
+
     def forward(self, x, ple, cos, sin, plan, cache, shared):
-        # submodules are called through `.forward`: at one token per step nn.Module.__call__'s hook
-        # handling is a measurable share of a layer (hooks on these inner modules do not fire)
-        attn = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, plan, cache, shared)
-        x = x + self.post_attention_layernorm.forward(attn)
+        ops = ops_for(x)
+        attn_spec, mlp_spec = self._native() if ops is not None else (None, None)
+        if attn_spec is not None and attention_fits(x):
+            x = run_attention(ops, attn_spec, self.self_attn, x, cos, sin, plan, cache, shared)
+        else:
+            # submodules are called through `.forward`: at one token per step nn.Module.__call__'s
+            # hook handling is a measurable share of a layer (hooks on these modules do not fire)
+            attn = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, plan, cache, shared)
+            x = x + self.post_attention_layernorm.forward(attn)
+        if mlp_spec is not None:
+            x = run_mlp(ops, mlp_spec, x)
+        else:
+            x = self._feed_forward(x)
+        if self.ple_dim:
+            gate = self.act(self.per_layer_input_gate(x)) * ple
+            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))
+        if self.has_scalar:
+            x = x * self.layer_scalar
+        return x
+
+    def _feed_forward(self, x):
         residual = x
         y = self.mlp.forward(self.pre_feedforward_layernorm.forward(x))
         if self.moe:
@@ -120,13 +147,7 @@ class DecoderLayer(nn.Module):
                 residual.shape
             )
             y = self.post_feedforward_layernorm_1(y) + self.post_feedforward_layernorm_2(routed)
-        x = residual + self.post_feedforward_layernorm.forward(y)
-        if self.ple_dim:
-            gate = self.act(self.per_layer_input_gate(x)) * ple
-            x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))
-        if self.has_scalar:
-            x = x * self.layer_scalar
-        return x
+        return residual + self.post_feedforward_layernorm.forward(y)
 
 
 class ScaledEmbedding(nn.Embedding):

@@ -23,7 +23,7 @@ import torch
 
 __all__ = ["q8_module", "why_unavailable", "build_dir", "fast_cpu_ops"]
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("q8_mm.cpp", "gguf_mm.cpp")]
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("q8_mm.cpp", "gguf_mm.cpp", "layer.cpp")]
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 

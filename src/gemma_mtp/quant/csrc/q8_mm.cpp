@@ -343,7 +343,26 @@ torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tenso
 torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64_t type, const torch::Tensor& ids,
                            bool vectorized);
 
+// layer.cpp
+torch::Tensor mlp_block(const torch::Tensor& x, const torch::Tensor& pre_w, const torch::Tensor& post_w, double eps,
+                        const std::vector<torch::Tensor>& gate_up, const std::vector<int64_t>& gate_up_types,
+                        const torch::Tensor& down, int64_t down_type, int64_t act);
+std::vector<torch::Tensor> attn_in(const torch::Tensor& x, const torch::Tensor& in_w, double eps,
+                                   const std::vector<torch::Tensor>& qkv, const std::vector<int64_t>& types,
+                                   const std::vector<int64_t>& sizes, int64_t head_dim, const torch::Tensor& q_w,
+                                   const torch::Tensor& k_w, bool v_norm, const torch::Tensor& cos,
+                                   const torch::Tensor& sin);
+torch::Tensor attn_out(const torch::Tensor& residual, const torch::Tensor& q, const torch::Tensor& keys,
+                       const torch::Tensor& values, const torch::Tensor& mask, double scale, double cap,
+                       const torch::Tensor& o, int64_t o_type, const torch::Tensor& post_w, double eps);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("mlp_block", &mlp_block, "a decoder layer's feed-forward half over GGUF blocks, float32",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("attn_in", &attn_in, "input norm, q/k/v over GGUF blocks, head norms and rotary, float32",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("attn_out", &attn_out, "row attention, o_proj over GGUF blocks, post norm and residual, float32",
+        py::call_guard<py::gil_scoped_release>());
   m.def("gguf_mm", &gguf_mm, "GGUF blocks read in place x int8-quantized activation matmul",
         py::arg("x"), py::arg("weights"), py::arg("types"), py::arg("vectorized") = true,
         py::call_guard<py::gil_scoped_release>());

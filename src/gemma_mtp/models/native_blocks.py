@@ -1,0 +1,148 @@
+"""A decoder layer's attention and feed-forward halves as one native call each (`quant/csrc/layer.cpp`).
+
+Taken for float32 inference on the CPU when the layer's matrices are GGUF blocks read in place and
+fused (q/k/v, gate/up): at one token per step the ~20 small ops of a layer cost more in Python and
+dispatch than their arithmetic. The native blocks compose the same kernels in the same order as the
+modules' own forwards, so each row's result is independent of the other rows, as before. Anything
+else (training, other dtypes and kernels, MoE, KV-shared layers, prompt-length forwards for the
+attention half) takes the modules' forwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import FULL
+from ..quant.native import fast_cpu_ops
+from .common import ROW_ATTENTION_MAX_T, RMSNorm
+
+__all__ = ["NativeAttention", "NativeMLP", "native_attention", "native_mlp", "NO_TENSOR"]
+
+NO_TENSOR = torch.empty(0)
+ACTIVATION_CODES = {"gelu_pytorch_tanh": 0, "gelu": 1, "silu": 2}
+
+
+@dataclass(frozen=True)
+class NativeMLP:
+    pre: RMSNorm
+    post: RMSNorm
+    gate_up: list[torch.Tensor]
+    gate_up_types: list[int]
+    down: torch.Tensor
+    down_type: int
+    act: int
+
+
+@dataclass(frozen=True)
+class NativeAttention:
+    norm: RMSNorm
+    post: RMSNorm
+    qkv: list[torch.Tensor]
+    qkv_types: list[int]
+    sizes: list[int]
+    q_norm: RMSNorm
+    k_norm: RMSNorm
+    v_norm: bool
+    o: torch.Tensor
+    o_type: int
+
+
+def _blocks(linear: nn.Module | None):
+    """(data, type) of a QuantLinear over one GGUF block matrix, else None."""
+    weight = getattr(linear, "qweight", None)
+    if getattr(weight, "kind", None) != "gguf" or not hasattr(weight, "data"):
+        return None
+    return weight.data, int(weight.qtype)
+
+
+def _fused_blocks(fused: nn.Module | None, count: int):
+    weight = getattr(fused, "weight", None)
+    parts = getattr(weight, "parts", None)
+    if getattr(weight, "kind", None) != "gguf" or parts is None or len(parts) != count:
+        return None
+    return [p.data for p in parts], [int(p.qtype) for p in parts]
+
+
+def _norms_ok(*norms: RMSNorm) -> bool:
+    return all(n.weight is not None and n.weight.dtype == torch.float32 for n in norms)
+
+
+def native_mlp(layer: nn.Module, activation: str) -> NativeMLP | None:
+    mlp = layer.mlp
+    fused, down = _fused_blocks(mlp.fused_gate_up, 2), _blocks(mlp.down_proj)
+    pre, post = layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm
+    if fused is None or down is None or activation not in ACTIVATION_CODES or not _norms_ok(pre, post):
+        return None
+    return NativeMLP(pre, post, *fused, *down, ACTIVATION_CODES[activation])
+
+
+def native_attention(layer: nn.Module) -> NativeAttention | None:
+    attn = layer.self_attn
+    if not attn.spec.owns_kv:
+        return None
+    count = 2 if attn.v_proj is None else 3
+    fused, o = _fused_blocks(attn.fused_qkv, count), _blocks(attn.o_proj)
+    norms = (layer.input_layernorm, layer.post_attention_layernorm, attn.q_norm, attn.k_norm)
+    if fused is None or o is None or not _norms_ok(*norms):
+        return None
+    linears = [attn.q_proj, attn.k_proj] + ([] if attn.v_proj is None else [attn.v_proj])
+    sizes = [m.out_features for m in linears] + ([0] if attn.v_proj is None else [])
+    return NativeAttention(
+        layer.input_layernorm,
+        layer.post_attention_layernorm,
+        *fused,
+        sizes,
+        attn.q_norm,
+        attn.k_norm,
+        attn.v_norm is not None,
+        *o,
+    )
+
+
+def ops_for(x: torch.Tensor):
+    """The native module when x qualifies (float32 CPU inference), else None."""
+    return fast_cpu_ops(x) if not x.requires_grad else None
+
+
+def run_attention(
+    ops, spec: NativeAttention, attn: nn.Module, x, cos, sin, plan, cache, shared
+) -> torch.Tensor:
+    """x + post_norm(self_attn(input_norm(x))) for a KV-owning layer, T <= ROW_ATTENTION_MAX_T."""
+    eps = spec.norm.eps
+    q, k, v = ops.attn_in(
+        x, spec.norm._scale(), eps, spec.qkv, spec.qkv_types, spec.sizes, attn.spec.head_dim,
+        spec.q_norm._scale(), spec.k_norm._scale(), spec.v_norm,
+        NO_TENSOR if cos is None else cos.contiguous(), NO_TENSOR if sin is None else sin.contiguous(),
+    )  # fmt: skip
+    attend = cache.attend_full if attn.spec.kind == FULL else cache.attend_sliding
+    kv = attend(attn.spec.index, plan, k.transpose(1, 2), v.transpose(1, 2))
+    shared[attn.spec.index] = kv
+    keys, values, mask = kv
+    return ops.attn_out(
+        x,
+        q,
+        keys,
+        values,
+        mask,
+        attn.scale,
+        attn.logit_cap or 0.0,
+        spec.o,
+        spec.o_type,
+        spec.post._scale(),
+        eps,
+    )
+
+
+def run_mlp(ops, spec: NativeMLP, x: torch.Tensor) -> torch.Tensor:
+    """x + post_norm(mlp(pre_norm(x)))."""
+    return ops.mlp_block(
+        x, spec.pre._scale(), spec.post._scale(), spec.pre.eps, spec.gate_up, spec.gate_up_types,
+        spec.down, spec.down_type, spec.act,
+    )  # fmt: skip
+
+
+def attention_fits(x: torch.Tensor) -> bool:
+    return x.shape[1] <= ROW_ATTENTION_MAX_T
