@@ -54,7 +54,9 @@ class CentroidHead(nn.Module):
         self.centroids = nn.Linear(text.hidden_size, config.num_centroids, bias=False)
         self.register_buffer("token_ordering", torch.zeros(text.vocab_size, dtype=torch.long))
 
-    def candidates(self, x: torch.Tensor, table: torch.Tensor | nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    def candidates(
+        self, x: torch.Tensor, table: torch.Tensor | nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [N, D] -> (candidate token ids [N, k*per], their logits [N, k*per] float32).
         `table`: the float token table [V, D], or a quantized one with `linear_rows` (GGUF blocks
         read in place: only the candidates' rows are read)."""
