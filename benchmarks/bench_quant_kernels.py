@@ -5,15 +5,16 @@
 Part 1 (`kernel` rows): one matmul `[M, K] x [N, K]^T` for M = 1..8 rows, on the Gemma 3 270M's
 tied head (262144 x 640) and a layer matrix (2048 x 640, 640 x 2048): float32 and bfloat16
 `F.linear`, `_weight_int8pack_mm` (int8, one scale per row), `_weight_int4pack_mm_for_cpu` with
-one and two 4-bit digits (two digits: how Q5_0/Q8_0 are held exactly), and our native q8 kernel
-(`q8 (ours)`: int8 codes with a float32 scale per 32, activations rounded to int8 per 32). Weights are random; cost
+one and two 4-bit digits (two digits: how Q5_0/Q8_0 are held exactly), and our native kernels
+(`q8 (ours)`: int8 codes with a float32 scale per 32; `gguf Q8_0 (ours)`: the file's Q8_0 blocks
+read in place, the default; both round activations to int8 per 32). Weights are random; cost
 does not depend on values. Layer matrices are small enough to stay in cache between repetitions,
 so their numbers flatter every method alike; the model rows below do not have that problem.
 
 Part 2 (`forward` rows): the real Gemma 3 270M Q4_K_M GGUF, one target forward over T = 1..5 new
 positions after a 64-token context, with logits at every position (what verifying T-1 drafted
 tokens costs), for each load: `fp32` and `bf16` (dequantized), `quant` (quantized kernels with
-bfloat16 activations), `auto` (the CPU default: quantized, float32 activations), and
+bfloat16 activations), `auto` (the CPU default: GGUF blocks in place, float32 activations), and
 the `--variants` given as `name:TYPE=kind,...` (default `q8int8:Q8_0=int8` and `int8:` every type
 int8). All variants are loaded in this one process and timed interleaved, so machine load hits
 each alike (every repetition runs every (T, load) once, in turn); the median of `--reps` is
@@ -36,6 +37,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, git_dirty, median, timestamp
+from gguf import GGMLQuantizationType
+from gguf.quants import quantize
 
 from gemma_mtp.api import Engine
 from gemma_mtp.assets import gemma3_270m_gguf
@@ -90,6 +93,9 @@ def kernel_methods(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.T
     if native is not None:  # ours: int8 codes, float32 scale per 32, int8 activations per 32
         d = torch.rand(n, k // 32, generator=gen) * 0.01
         methods["q8 (ours)"] = lambda x: native.q8_mm(x, q8, d, NO_ZERO, 32)
+        # ours on Q8_0 blocks in place (34 bytes per 32 weights), the default for GGUF files
+        blocks = torch.from_numpy(quantize(w.numpy(), GGMLQuantizationType.Q8_0))
+        methods["gguf Q8_0 (ours)"] = lambda x: native.gguf_mm(x, [blocks], [int(GGMLQuantizationType.Q8_0)])
     return methods
 
 
