@@ -12,6 +12,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..cli.model_args import (
+    add_ctx_size_argument,
+    add_device_arguments,
+    add_draft_argument,
+    add_model_argument,
+    add_quant_arguments,
+    add_threads_argument,
+)
 from ..errors import UsageError
 
 __all__ = ["add_bench_arguments", "bench_command", "parse_int_list"]
@@ -43,6 +51,7 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
     from .runner import BenchConfig  # light: no torch at import time
 
     d = _defaults(BenchConfig)
+    defaults = argparse.Namespace(model=None, **d)  # the shared model flags read attributes
     p = subparsers.add_parser(
         "bench",
         help="measure acceptance and speed of speculative decoding",
@@ -51,21 +60,19 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     models = p.add_argument_group("models (local mode)")
-    models.add_argument("-m", "--model", metavar="PATH", help="target: Hugging Face directory or .gguf")
-    models.add_argument(
-        "-md",
-        "--model-draft",
-        "--spec-draft-model",
-        dest="drafts",
-        action="append",
-        default=[],
-        metavar="PATH",
+    add_model_argument(models, defaults, help="target: Hugging Face directory or .gguf")
+    add_draft_argument(
+        models,
+        defaults,
+        repeatable=True,
         help="drafter; repeat to compare several (e.g. one drafter at several quantizations)",
     )
-    models.add_argument("--device", choices=("cpu", "cuda", "auto"), default=d["device"])
-    models.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default=d["dtype"])
-    models.add_argument("-c", "--ctx-size", dest="ctx_size", type=int, default=d["ctx_size"], metavar="N")
-    models.add_argument("-t", "--threads", type=int, default=None, metavar="N", help="CPU threads for torch")
+    add_device_arguments(models, defaults)
+    add_ctx_size_argument(
+        models, defaults, help="context size in tokens (default: the longest prompt + -n + room for drafts)"
+    )
+    add_threads_argument(models, help="CPU threads for torch")
+    add_quant_arguments(p, defaults)
 
     spec = p.add_argument_group("speculative decoding")
     spec.add_argument(
@@ -177,6 +184,8 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         dtype=args.dtype,
         device=args.device,
         ctx_size=args.ctx_size,
+        quantized=args.quantized,
+        quant_kernels=args.quant_kernels,
     )
     return run_bench(config, progress=_progress)
 

@@ -46,6 +46,8 @@ class BenchConfig:
     dtype: str = "auto"
     device: str = "auto"
     ctx_size: int | None = None  # None: the longest prompt + n_predict + room for drafts
+    quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
+    quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
 
     def __post_init__(self) -> None:
         if self.reps < 1:
@@ -148,13 +150,20 @@ def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) 
 
     ctx = config.ctx_size or longest_prompt + config.n_predict + MAX_DRAFT + 2
     say(f"loading {config.model}")
-    base = load(config.model, dtype=config.dtype, device=config.device, ctx_size=ctx)
+    base = load(
+        config.model,
+        dtype=config.dtype,
+        device=config.device,
+        ctx_size=ctx,
+        quantized=config.quantized,
+        kernels=config.quant_kernels,
+    )
     if not config.drafts:
         return base, [_Group("ngram", None, base)]
     groups, seen = [], set()
     for path in config.drafts:
         say(f"loading {path}")
-        drafter = _load_drafter(path, config.dtype, str(base.target.device))
+        drafter = _load_drafter(path, config, str(base.target.device))
         label = Path(path).name
         label = label if label not in seen else f"{label}#{len(groups) + 1}"
         seen.add(label)
@@ -163,12 +172,17 @@ def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) 
     return base, groups
 
 
-def _load_drafter(path: str, dtype: str, device: str):
+def _load_drafter(path: str, config: BenchConfig, device: str):
+    """A drafter with the target's quantization flags (`quantized`/`kernels` apply to GGUF only)."""
     if Path(path).suffix == ".gguf":
-        from ..weights.gguf_loader import load_gguf_model as load_model
+        from ..weights.gguf_loader import load_gguf_model
+
+        quant = {"quantized": config.quantized, "kernels": config.quant_kernels}
+        model, _, _ = load_gguf_model(Path(path), dtype=config.dtype, device=device, **quant)
     else:
-        from ..weights.hf import load_hf_model as load_model
-    model, _, _ = load_model(Path(path), dtype=dtype, device=device)
+        from ..weights.hf import load_hf_model
+
+        model, _, _ = load_hf_model(Path(path), dtype=config.dtype, device=device)
     return model
 
 

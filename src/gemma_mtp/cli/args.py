@@ -2,7 +2,7 @@
 
 Defaults come from ``RunOptions``/``ChatOptions`` and ``SamplingParams``; nothing here repeats a
 default value. ``run`` and ``chat`` share the model, quantization, speculative, template and sampling
-groups.
+groups; the model-loading flags come from `cli.model_args`, shared with ``serve`` and ``bench``.
 """
 
 from __future__ import annotations
@@ -11,6 +11,15 @@ import argparse
 import dataclasses
 from dataclasses import dataclass
 
+from gemma_mtp.cli.model_args import (
+    add_ctx_size_argument,
+    add_device_arguments,
+    add_draft_argument,
+    add_gpu_layer_arguments,
+    add_model_argument,
+    add_quant_arguments,
+    parse_quant_kernels,
+)
 from gemma_mtp.errors import UsageError
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SPEC_TYPES, SpecOptions
@@ -116,56 +125,6 @@ def parse_token_ids(text: str) -> list[int]:
     return ids
 
 
-def parse_quant_kernels(text: str) -> dict[str, str]:
-    """``"Q8_0=int8,Q6_K=float"`` -> ``{"Q8_0": "int8", "Q6_K": "float"}``, checked against the
-    loader's own rules (`quant.plan.parse_kernels`); argparse turns the error into a usage error."""
-    from gemma_mtp.quant.plan import parse_kernels  # torch-heavy: only when the flag is given
-
-    kernels = {}
-    for item in text.split(","):
-        name, sep, kind = item.partition("=")
-        if not sep or not name.strip() or not kind.strip():
-            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not TYPE=KERNEL (e.g. Q8_0=int8)")
-        kernels[name.strip().upper()] = kind.strip().lower()
-    try:
-        parse_kernels(kernels)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("kernels: ")) from None
-    return kernels
-
-
-class _MergeKernels(argparse.Action):
-    """A repeated ``--quant-kernels`` adds to the earlier ones (a later TYPE wins)."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
-        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), **values})
-
-
-def add_quant_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
-    """``--quantized/--no-quantized`` and ``--quant-kernels``: `gemma_mtp.load`'s `quantized` and
-    `kernels` (GGUF files only)."""
-    from gemma_mtp.quant.policy import KINDS  # data only, no torch
-
-    group = parser.add_argument_group("quantized GGUF weights")
-    group.add_argument(
-        "--quantized",
-        dest="quantized",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.quantized,
-        help="keep quantized GGUF weights quantized in memory (CPU only); --no-quantized dequantizes "
-        "them to --dtype (default: quantized on the CPU with --dtype auto or bfloat16)",
-    )
-    group.add_argument(
-        "--quant-kernels",
-        dest="quant_kernels",
-        type=parse_quant_kernels,
-        action=_MergeKernels,
-        default=defaults.quant_kernels,
-        metavar="TYPE=KERNEL,...",
-        help=f"kernel per GGUF type, e.g. Q8_0=int8,Q6_K=float; kernels: {', '.join(KINDS)}",
-    )
-
-
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = RunOptions()
     _add_model_arguments(parser, defaults)
@@ -213,58 +172,15 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_model_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
     model = parser.add_argument_group("models")
-    model.add_argument(
-        "-m",
-        "--model",
-        default=defaults.model,
-        metavar="PATH",
+    add_model_argument(
+        model,
+        defaults,
         help="Hugging Face model directory or .gguf file (default: the demo pair, Gemma 3 270M + its trained drafter)",
     )
-    model.add_argument(
-        "-md",
-        "--model-draft",
-        "--spec-draft-model",
-        dest="model_draft",
-        default=defaults.model_draft,
-        metavar="PATH",
-        help="drafter (MTP assistant or draft model)",
-    )
-    model.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default=defaults.device, help="(default: %(default)s)"
-    )
-    model.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        default=defaults.dtype,
-        help="(default: %(default)s)",
-    )
-    model.add_argument(
-        "-ngl",
-        "--n-gpu-layers",
-        dest="n_gpu_layers",
-        type=int,
-        default=defaults.n_gpu_layers,
-        metavar="N",
-        help="target layers on the GPU (default: all when --device is a GPU)",
-    )
-    model.add_argument(
-        "-ngld",
-        "--n-gpu-layers-draft",
-        dest="n_gpu_layers_draft",
-        type=int,
-        default=defaults.n_gpu_layers_draft,
-        metavar="N",
-        help="drafter layers on the GPU",
-    )
-    model.add_argument(
-        "-c",
-        "--ctx-size",
-        dest="ctx_size",
-        type=int,
-        default=defaults.ctx_size,
-        metavar="N",
-        help="context size in tokens (default: %(default)s)",
-    )
+    add_draft_argument(model, defaults)
+    add_device_arguments(model, defaults)
+    add_gpu_layer_arguments(model, defaults)
+    add_ctx_size_argument(model, defaults, help="context size in tokens (default: %(default)s)")
 
 
 def _add_spec_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:

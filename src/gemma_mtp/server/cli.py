@@ -12,6 +12,15 @@ import os
 import sys
 from typing import Any
 
+from ..cli.model_args import (
+    add_ctx_size_argument,
+    add_device_arguments,
+    add_draft_argument,
+    add_gpu_layer_arguments,
+    add_model_argument,
+    add_quant_arguments,
+    add_threads_argument,
+)
 from ..errors import GemmaMTPError, UsageError
 from ..speculative.base import SPEC_TYPES, SpecOptions
 from .settings import ServerSettings
@@ -39,46 +48,12 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     d = ServerSettings()
     spec = SpecOptions()
     model = parser.add_argument_group("models")
-    model.add_argument("-m", "--model", default=d.model, metavar="PATH", help="HF model directory or .gguf")
-    model.add_argument(
-        "-md",
-        "--model-draft",
-        "--spec-draft-model",
-        dest="model_draft",
-        default=d.model_draft,
-        metavar="PATH",
-        help="drafter (MTP assistant or draft model)",
-    )
+    add_model_argument(model, d, help="HF model directory or .gguf")
+    add_draft_argument(model, d)
     model.add_argument("--alias", default=d.alias, metavar="NAME", help="model name in the API")
-    model.add_argument(
-        "--device", choices=("cpu", "cuda", "auto"), default=d.device, help="(default: %(default)s)"
-    )
-    model.add_argument(
-        "--dtype",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        default=d.dtype,
-        help="(default: %(default)s)",
-    )
-    model.add_argument(
-        "-ngl", "--n-gpu-layers", dest="n_gpu_layers", type=int, default=d.n_gpu_layers, metavar="N"
-    )
-    model.add_argument(
-        "-ngld",
-        "--n-gpu-layers-draft",
-        dest="n_gpu_layers_draft",
-        type=int,
-        default=d.n_gpu_layers_draft,
-        metavar="N",
-    )
-    model.add_argument(
-        "-c",
-        "--ctx-size",
-        dest="ctx_size",
-        type=int,
-        default=d.ctx_size,
-        metavar="N",
-        help="context of each slot in tokens (default: %(default)s)",
-    )
+    add_device_arguments(model, d)
+    add_gpu_layer_arguments(model, d)
+    add_ctx_size_argument(model, d, help="context of each slot in tokens (default: %(default)s)")
     model.add_argument(
         "--chat-template-file",
         dest="chat_template_file",
@@ -86,9 +61,8 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="use this Jinja template (or a tokenizer_config.json) instead of the model's",
     )
-    model.add_argument(
-        "-t", "--threads", type=int, default=None, metavar="N", help="CPU threads (default: torch's)"
-    )
+    add_threads_argument(model, help="CPU threads (default: torch's)")
+    add_quant_arguments(parser, d)
 
     server = parser.add_argument_group("server")
     server.add_argument(
@@ -201,6 +175,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         device=args.device,
         n_gpu_layers=args.n_gpu_layers,
         n_gpu_layers_draft=args.n_gpu_layers_draft,
+        quantized=args.quantized,
+        quant_kernels=args.quant_kernels,
         chat_template_file=args.chat_template_file,
     )
 

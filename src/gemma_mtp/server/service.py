@@ -54,6 +54,8 @@ def load_service(settings: ServerSettings, *, metrics: Metrics | None = None) ->
         n_gpu_layers=settings.n_gpu_layers,
         n_gpu_layers_draft=settings.n_gpu_layers_draft,
         ctx_size=settings.ctx_size,
+        quantized=settings.quantized,
+        kernels=settings.quant_kernels,
     )
     # `load` builds a one-row engine; the server needs `parallel` rows over the same weights.
     engine = api.Engine(

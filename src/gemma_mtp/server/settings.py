@@ -30,6 +30,8 @@ class ServerSettings:
     device: str = "auto"
     n_gpu_layers: int | None = None
     n_gpu_layers_draft: int | None = None
+    quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
+    quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
     chat_template_file: str | None = None
 
     def __post_init__(self) -> None:

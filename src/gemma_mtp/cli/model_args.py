@@ -1,0 +1,141 @@
+"""Model-loading flags shared by ``run``, ``chat``, ``serve`` and ``bench``: one spelling of each.
+
+Every helper takes ``defaults``, the caller's options object (``RunOptions``, ``ServerSettings``, or
+``BenchConfig``'s defaults), and reads the default from the field of the flag's own name, so no
+default is repeated here. ``add_quant_arguments`` maps to `gemma_mtp.load`'s ``quantized`` and
+``kernels``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = [
+    "DEVICE_CHOICES",
+    "DTYPE_CHOICES",
+    "DRAFT_HELP",
+    "add_model_argument",
+    "add_draft_argument",
+    "add_device_arguments",
+    "add_gpu_layer_arguments",
+    "add_ctx_size_argument",
+    "add_threads_argument",
+    "add_quant_arguments",
+    "parse_quant_kernels",
+]
+
+DEVICE_CHOICES = ("cpu", "cuda", "auto")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DRAFT_HELP = "drafter (MTP assistant or draft model)"
+
+# argparse groups and parsers both take add_argument
+_Group = argparse.ArgumentParser | argparse._ArgumentGroup
+
+
+def add_model_argument(group: _Group, defaults: Any, *, help: str) -> None:
+    group.add_argument("-m", "--model", default=defaults.model, metavar="PATH", help=help)
+
+
+def add_draft_argument(
+    group: _Group, defaults: Any, *, repeatable: bool = False, help: str = DRAFT_HELP
+) -> None:
+    """``-md/--model-draft/--spec-draft-model``; ``repeatable`` (bench) collects a list in ``drafts``."""
+    if repeatable:
+        more = {"dest": "drafts", "action": "append", "default": list(defaults.drafts)}
+    else:
+        more = {"dest": "model_draft", "default": defaults.model_draft}
+    group.add_argument("-md", "--model-draft", "--spec-draft-model", metavar="PATH", help=help, **more)
+
+
+def add_device_arguments(group: _Group, defaults: Any) -> None:
+    """``--device`` and ``--dtype``."""
+    group.add_argument(
+        "--device", choices=DEVICE_CHOICES, default=defaults.device, help="(default: %(default)s)"
+    )
+    group.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default=defaults.dtype, help="(default: %(default)s)"
+    )
+
+
+def add_gpu_layer_arguments(group: _Group, defaults: Any) -> None:
+    """``-ngl/--n-gpu-layers`` and ``-ngld/--n-gpu-layers-draft``."""
+    group.add_argument(
+        "-ngl",
+        "--n-gpu-layers",
+        dest="n_gpu_layers",
+        type=int,
+        default=defaults.n_gpu_layers,
+        metavar="N",
+        help="target layers on the GPU (default: all when --device is a GPU)",
+    )
+    group.add_argument(
+        "-ngld",
+        "--n-gpu-layers-draft",
+        dest="n_gpu_layers_draft",
+        type=int,
+        default=defaults.n_gpu_layers_draft,
+        metavar="N",
+        help="drafter layers on the GPU",
+    )
+
+
+def add_ctx_size_argument(group: _Group, defaults: Any, *, help: str) -> None:
+    group.add_argument(
+        "-c", "--ctx-size", dest="ctx_size", type=int, default=defaults.ctx_size, metavar="N", help=help
+    )
+
+
+def add_threads_argument(group: _Group, *, help: str) -> None:
+    """``-t/--threads``: torch's CPU threads; None leaves torch's own choice."""
+    group.add_argument("-t", "--threads", type=int, default=None, metavar="N", help=help)
+
+
+def parse_quant_kernels(text: str) -> dict[str, str]:
+    """``"Q8_0=int8,Q6_K=float"`` -> ``{"Q8_0": "int8", "Q6_K": "float"}``, checked against the
+    loader's own rules (`quant.plan.parse_kernels`); argparse turns the error into a usage error."""
+    from gemma_mtp.quant.plan import parse_kernels  # torch-heavy: only when the flag is given
+
+    kernels = {}
+    for item in text.split(","):
+        name, sep, kind = item.partition("=")
+        if not sep or not name.strip() or not kind.strip():
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not TYPE=KERNEL (e.g. Q8_0=int8)")
+        kernels[name.strip().upper()] = kind.strip().lower()
+    try:
+        parse_kernels(kernels)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("kernels: ")) from None
+    return kernels
+
+
+class _MergeKernels(argparse.Action):
+    """A repeated ``--quant-kernels`` adds to the earlier ones (a later TYPE wins)."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001
+        setattr(namespace, self.dest, {**(getattr(namespace, self.dest) or {}), **values})
+
+
+def add_quant_arguments(parser: argparse.ArgumentParser, defaults: Any) -> None:
+    """``--quantized/--no-quantized`` and ``--quant-kernels``: `gemma_mtp.load`'s `quantized` and
+    `kernels` (GGUF files only), for the target and the drafter alike."""
+    from gemma_mtp.quant.policy import KINDS  # data only, no torch
+
+    group = parser.add_argument_group("quantized GGUF weights")
+    group.add_argument(
+        "--quantized",
+        dest="quantized",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.quantized,
+        help="keep quantized GGUF weights quantized in memory (CPU only); --no-quantized dequantizes "
+        "them to --dtype (default: quantized on the CPU with --dtype auto or bfloat16)",
+    )
+    group.add_argument(
+        "--quant-kernels",
+        dest="quant_kernels",
+        type=parse_quant_kernels,
+        action=_MergeKernels,
+        default=defaults.quant_kernels,
+        metavar="TYPE=KERNEL,...",
+        help=f"kernel per GGUF type, e.g. Q8_0=int8,Q6_K=float; kernels: {', '.join(KINDS)}",
+    )
