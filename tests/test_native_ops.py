@@ -132,7 +132,7 @@ def test_native_layer_blocks_give_the_module_path_bit_for_bit(
     """`models/native_blocks.py`: each layer's attention and feed-forward halves in one native call
     compose the same kernels in the same order as the modules do, so decode and verify forwards
     give the very same logits (e2b: v norm, layer scalar, per-layer inputs, KV-shared layers that
-    stay on the module path; 31b-like: k = v, soft-capping; MoE layers keep their feed-forward on
+    read an earlier layer's KV; 31b-like: k = v, soft-capping; MoE layers keep their feed-forward on
     the module path)."""
     import gemma_mtp.models.gemma as gemma
     from gemma_mtp.gguf import convert_hf_to_gguf
@@ -153,5 +153,44 @@ def test_native_layer_blocks_give_the_module_path_bit_for_bit(
             return model.logits(torch.cat(out, 1))
 
     native = run()
+    monkeypatch.setattr(gemma, "ops_for", lambda x: None)
+    assert torch.equal(native, run())
+
+
+def test_native_blocks_give_an_assistant_step_bit_for_bit(ops, reference_models, tmp_path, monkeypatch):
+    """Assistant layers read the target's KV (q only): the native attention block there too."""
+    import dataclasses
+
+    import gemma_mtp.models.gemma as gemma
+    from test_gguf_helpers import synthetic_shared_kv
+
+    from gemma_mtp.gguf import convert_hf_to_gguf
+    from gemma_mtp.weights.gguf_loader import load_gguf_model
+
+    reference = reference_models.assistant("e2b", ordered=True)
+    path = convert_hf_to_gguf(reference.path, tmp_path / "drafter.gguf", out_type="Q8_0")
+    model, config, _ = load_gguf_model(path)
+    assert all(layer._native()[0] is not None for layer in model.model.layers)
+    shared = {
+        kind: dataclasses.replace(kv, keys=kv.keys.float(), values=kv.values.float())
+        for kind, kv in synthetic_shared_kv(config.text).items()
+    }
+    x = torch.randn(1, 1, 2 * config.backbone_hidden_size, generator=torch.Generator().manual_seed(2))
+    positions = torch.tensor([[5]])
+    taken = []
+
+    def spy(*args):
+        out = real(*args)
+        taken.append(out is not None)
+        return out
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode():
+            return model.step(x, model.prepare(positions, shared))
+
+    real = gemma.run_attention
+    monkeypatch.setattr(gemma, "run_attention", spy)
+    native = run()
+    assert taken and all(taken)
     monkeypatch.setattr(gemma, "ops_for", lambda x: None)
     assert torch.equal(native, run())

@@ -119,8 +119,11 @@ class DecoderLayer(nn.Module):
     def forward(self, x, ple, cos, sin, plan, cache, shared):
         ops = ops_for(x)
         attn_spec, mlp_spec = self._native() if ops is not None else (None, None)
+        out = None
         if attn_spec is not None and attention_fits(x):
-            x = run_attention(ops, attn_spec, self.self_attn, x, cos, sin, plan, cache, shared)
+            out = run_attention(ops, attn_spec, self.self_attn, x, cos, sin, plan, cache, shared)
+        if out is not None:
+            x = out
         else:
             # submodules are called through `.forward`: at one token per step nn.Module.__call__'s
             # hook handling is a measurable share of a layer (hooks on these modules do not fire)

@@ -42,9 +42,9 @@ class NativeAttention:
     post: RMSNorm
     qkv: list[torch.Tensor]
     qkv_types: list[int]
-    sizes: list[int]
+    sizes: list[int]  # q, k, v widths (k = v: v 0; a layer reading another's KV: k and v 0)
     q_norm: RMSNorm
-    k_norm: RMSNorm
+    k_norm: RMSNorm | None
     v_norm: bool
     o: torch.Tensor
     o_type: int
@@ -81,8 +81,13 @@ def native_mlp(layer: nn.Module, activation: str) -> NativeMLP | None:
 
 def native_attention(layer: nn.Module) -> NativeAttention | None:
     attn = layer.self_attn
-    if not attn.spec.owns_kv:
-        return None
+    if not attn.spec.owns_kv:  # q only (KV-shared target layers, assistant layers)
+        q, o = _blocks(attn.q_proj), _blocks(attn.o_proj)
+        norms = (layer.input_layernorm, layer.post_attention_layernorm, attn.q_norm)
+        if q is None or o is None or attn.fused_qkv is not None or not _norms_ok(*norms):
+            return None
+        sizes = [attn.q_proj.out_features, 0, 0]
+        return NativeAttention(*norms[:2], [q[0]], [q[1]], sizes, attn.q_norm, None, False, *o)
     count = 2 if attn.v_proj is None else 3
     fused, o = _fused_blocks(attn.fused_qkv, count), _blocks(attn.o_proj)
     norms = (layer.input_layernorm, layer.post_attention_layernorm, attn.q_norm, attn.k_norm)
@@ -107,33 +112,29 @@ def ops_for(x: torch.Tensor):
     return fast_cpu_ops(x) if not x.requires_grad else None
 
 
-def run_attention(
-    ops, spec: NativeAttention, attn: nn.Module, x, cos, sin, plan, cache, shared
-) -> torch.Tensor:
-    """x + post_norm(self_attn(input_norm(x))) for a KV-owning layer, T <= ROW_ATTENTION_MAX_T."""
+def run_attention(ops, spec: NativeAttention, attn: nn.Module, x, cos, sin, plan, cache, shared):
+    """x + post_norm(self_attn(input_norm(x))), T <= ROW_ATTENTION_MAX_T; None (nothing done) when
+    the KV this layer reads is not what the row kernel takes (another batch size, dtype or device)."""
+    if not attn.spec.owns_kv:  # as Attention.forward: an earlier layer's KV, or the target's of this kind
+        kv = shared[attn.spec.kv_source if attn.spec.kv_source >= 0 else attn.spec.kind]
+        keys = kv[0]
+        if keys.shape[0] != x.shape[0] or ops_for(keys) is None or kv[2].device.type != "cpu":
+            return None
     eps = spec.norm.eps
-    q, k, v = ops.attn_in(
+    out = ops.attn_in(
         x, spec.norm._scale(), eps, spec.qkv, spec.qkv_types, spec.sizes, attn.spec.head_dim,
-        spec.q_norm._scale(), spec.k_norm._scale(), spec.v_norm,
+        spec.q_norm._scale(), NO_TENSOR if spec.k_norm is None else spec.k_norm._scale(), spec.v_norm,
         NO_TENSOR if cos is None else cos.contiguous(), NO_TENSOR if sin is None else sin.contiguous(),
     )  # fmt: skip
-    attend = cache.attend_full if attn.spec.kind == FULL else cache.attend_sliding
-    kv = attend(attn.spec.index, plan, k.transpose(1, 2), v.transpose(1, 2))
-    shared[attn.spec.index] = kv
+    if attn.spec.owns_kv:
+        attend = cache.attend_full if attn.spec.kind == FULL else cache.attend_sliding
+        kv = attend(attn.spec.index, plan, out[1].transpose(1, 2), out[2].transpose(1, 2))
+        shared[attn.spec.index] = kv
     keys, values, mask = kv
     return ops.attn_out(
-        x,
-        q,
-        keys,
-        values,
-        mask,
-        attn.scale,
-        attn.logit_cap or 0.0,
-        spec.o,
-        spec.o_type,
-        spec.post._scale(),
-        eps,
-    )
+        x, out[0], keys, values, mask, attn.scale, attn.logit_cap or 0.0, spec.o, spec.o_type,
+        spec.post._scale(), eps,
+    )  # fmt: skip
 
 
 def run_mlp(ops, spec: NativeMLP, x: torch.Tensor) -> torch.Tensor:

@@ -39,8 +39,8 @@ torch::Tensor mlp_block(const torch::Tensor& x, const torch::Tensor& pre_w, cons
 }
 
 // x [B, T, D] -> q [B, T, Hq, Dh] and k, v [B, T, Hk, Dh]: the input norm, one call over the q/k/v
-// blocks (`sizes`: their widths; a zero v width means v = k before its norm), per-head norms and
-// rotary on q and k, and the plain RMS norm on v when `v_norm`.
+// blocks (`sizes`: their widths; a zero v width means v = k before its norm; zero k and v widths:
+// q only), per-head norms and rotary on q and k, and the plain RMS norm on v when `v_norm`.
 std::vector<torch::Tensor> attn_in(const torch::Tensor& x, const torch::Tensor& in_w, double eps,
                                    const std::vector<torch::Tensor>& qkv, const std::vector<int64_t>& types,
                                    const std::vector<int64_t>& sizes, int64_t head_dim, const torch::Tensor& q_w,
@@ -52,6 +52,7 @@ std::vector<torch::Tensor> attn_in(const torch::Tensor& x, const torch::Tensor& 
   const int64_t nq = sizes[0], nk = sizes[1], nv = sizes[2];
   TORCH_CHECK(p.size(1) == nq + nk + nv, "attn_in: the q/k/v widths do not add up");
   auto q = head_norm_rope(p.narrow(1, 0, nq).contiguous().view({B, T, -1, head_dim}), q_w, eps, cos, sin);
+  if (nk == 0) return {q};  // a layer reading another layer's KV
   auto k_raw = p.narrow(1, nq, nk).contiguous().view({B, T, -1, head_dim});
   auto k = head_norm_rope(k_raw, k_w, eps, cos, sin);
   auto v = nv ? p.narrow(1, nq + nk, nv).contiguous().view({B, T, -1, head_dim}) : k_raw;
