@@ -223,6 +223,26 @@ class KVCache:
             keys, values = kb[:, :, :span][select], vb[:, :, :span][select]
         return keys, values, plan.sliding_mask.to(kb.device)
 
+    def write_slots(self, layer: int, plan: ForwardPlan) -> tuple[torch.Tensor, ...] | None:
+        """(keys, values, rows, slots): where `attend_*` would write this forward's KV of `layer`,
+        for a caller that writes it itself (then `written_kv(layer, plan)` gives what to attend to);
+        None when the layer's forward needs `attend_*` (a long chunk on a sliding ring)."""
+        full = self.config.layers[layer].kind == FULL
+        if not full and not plan.write_first:
+            return None
+        slots = plan.full_slots if full else plan.ring_slots
+        return self.keys[layer], self.values[layer], plan.row_index, slots
+
+    def written_kv(self, layer: int, plan: ForwardPlan):
+        """(keys, values, mask) to attend to once `write_slots`' slots hold this forward's KV."""
+        kb, vb = self.keys[layer], self.values[layer]
+        select = _on(plan.row_select, kb.device)
+        if self.config.layers[layer].kind == FULL:
+            span, mask = plan.full_span, plan.full_mask
+        else:
+            span, mask = plan.ring_span, plan.sliding_mask
+        return kb[:, :, :span][select], vb[:, :, :span][select], mask.to(kb.device)
+
     @staticmethod
     def _write(kb, vb, plan: ForwardPlan, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         rows = plan.row_index.to(kb.device)[:, None]

@@ -22,6 +22,7 @@ from .common import ROW_ATTENTION_MAX_T, RMSNorm
 __all__ = ["NativeAttention", "NativeMLP", "native_attention", "native_mlp", "NO_TENSOR"]
 
 NO_TENSOR = torch.empty(0)
+NO_INDEX = torch.empty(0, dtype=torch.long)
 ACTIVATION_CODES = {"gelu_pytorch_tanh": 0, "gelu": 1, "silu": 2}
 
 
@@ -121,12 +122,19 @@ def run_attention(ops, spec: NativeAttention, attn: nn.Module, x, cos, sin, plan
         if keys.shape[0] != x.shape[0] or ops_for(keys) is None or kv[2].device.type != "cpu":
             return None
     eps = spec.norm.eps
+    # the KV goes into the cache in the same call when the cache is float32 on the CPU
+    target = cache.write_slots(attn.spec.index, plan) if attn.spec.owns_kv else None
+    if target is not None and ops_for(target[0]) is None:
+        target = None
     out = ops.attn_in(
         x, spec.norm._scale(), eps, spec.qkv, spec.qkv_types, spec.sizes, attn.spec.head_dim,
         spec.q_norm._scale(), NO_TENSOR if spec.k_norm is None else spec.k_norm._scale(), spec.v_norm,
         NO_TENSOR if cos is None else cos.contiguous(), NO_TENSOR if sin is None else sin.contiguous(),
+        *(target or (NO_TENSOR, NO_TENSOR, NO_INDEX, NO_INDEX)),
     )  # fmt: skip
-    if attn.spec.owns_kv:
+    if target is not None:
+        kv = shared[attn.spec.index] = cache.written_kv(attn.spec.index, plan)
+    elif attn.spec.owns_kv:
         attend = cache.attend_full if attn.spec.kind == FULL else cache.attend_sliding
         kv = attend(attn.spec.index, plan, out[1].transpose(1, 2), out[2].transpose(1, 2))
         shared[attn.spec.index] = kv

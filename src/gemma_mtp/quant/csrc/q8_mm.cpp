@@ -351,7 +351,9 @@ std::vector<torch::Tensor> attn_in(const torch::Tensor& x, const torch::Tensor& 
                                    const std::vector<torch::Tensor>& qkv, const std::vector<int64_t>& types,
                                    const std::vector<int64_t>& sizes, int64_t head_dim, const torch::Tensor& q_w,
                                    const torch::Tensor& k_w, bool v_norm, const torch::Tensor& cos,
-                                   const torch::Tensor& sin);
+                                   const torch::Tensor& sin, const torch::Tensor& k_cache,
+                                   const torch::Tensor& v_cache, const torch::Tensor& rows,
+                                   const torch::Tensor& slots);
 torch::Tensor attn_out(const torch::Tensor& residual, const torch::Tensor& q, const torch::Tensor& keys,
                        const torch::Tensor& values, const torch::Tensor& mask, double scale, double cap,
                        const torch::Tensor& o, int64_t o_type, const torch::Tensor& post_w, double eps);
