@@ -1,12 +1,14 @@
-"""Where a target forward's time goes on the CPU: our native matmul kernel vs everything around it.
+"""What one target forward over T positions costs on the CPU, and how much of it the matmuls are.
 
-    .venv/bin/python benchmarks/bench_forward_split.py [--threads 2] [--positions 1,2,4]
+    .venv/bin/python benchmarks/bench_forward_split.py [--threads 2] [--positions 1,2,4,8] [--split]
 
 Loads the Gemma 3 270M Q4_K_M GGUF the default way (the gguf kernel on the file's blocks, float32
 activations; `--kernel q8` for the unpacked block-int8 format), runs one forward + logits over T
-new positions after a short context, best of 5 x 5 calls; then times the same with every native
-matmul replaced by a zero-filled output of the right shape. The difference is
-the kernel's share; the remainder is Python/ATen dispatch, norms, rotary, attention and the cache.
+new positions after a short context, with logits at every position (what verifying T - 1 drafted
+tokens costs), best of 5 x 5 calls: `total_ms` and its ratio to T = 1. Then (`--split`) the same
+with the decoder layers on their module path (no native layer blocks) and every native matmul
+replaced by a zero-filled output of the right shape: `kernel_ms` (the difference) is the matmuls'
+share, `rest_ms` Python/ATen dispatch, norms, rotary, attention and the cache on the module path.
 Rows go to benchmarks/results/forward_split.jsonl.
 """
 
@@ -19,6 +21,7 @@ import torch
 from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, timestamp
 
 import gemma_mtp
+import gemma_mtp.models.gemma as gemma_model
 from gemma_mtp.assets import gemma3_270m_gguf
 from gemma_mtp.quant.blocks import GGUFBlockWeight, GGUFMultiWeight
 from gemma_mtp.quant.q8 import Q8BlockWeight
@@ -31,6 +34,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--positions", default="1,2,4")
     ap.add_argument("--kernel", choices=["gguf", "q8"], default="gguf")
+    ap.add_argument("--split", action="store_true", help="also time the forward without its matmuls")
     ap.add_argument("--out", default=str(RESULTS / "forward_split.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,14 +62,19 @@ def main() -> int:
 
     positions = [int(p) for p in args.positions.split(",")]
     total = {t: best_ms(t) for t in positions}
-    real = {cls: cls.linear for cls in WEIGHTS}
-    for cls in WEIGHTS:
-        cls.linear = lambda self, x: torch.zeros(x.shape[0], self.out_features)
-    try:
-        rest = {t: best_ms(t) for t in positions}
-    finally:
-        for cls, fn in real.items():
-            cls.linear = fn
+    rest = {}
+    if args.split:
+        real = {cls: cls.linear for cls in WEIGHTS}
+        native_path = gemma_model.ops_for
+        gemma_model.ops_for = lambda x: None
+        for cls in WEIGHTS:
+            cls.linear = lambda self, x: torch.zeros(x.shape[0], self.out_features)
+        try:
+            rest = {t: best_ms(t) for t in positions}
+        finally:
+            gemma_model.ops_for = native_path
+            for cls, fn in real.items():
+                cls.linear = fn
     common = {
         "cpu": cpu_name(),
         "threads": args.threads,
@@ -74,11 +83,12 @@ def main() -> int:
         "timestamp": timestamp(),
     }
     rows = [
-        {**common, "T": t, "total_ms": total[t], "kernel_ms": total[t] - rest[t], "rest_ms": rest[t]}
+        {**common, "T": t, "total_ms": total[t], "ratio": total[t] / total[positions[0]]}
+        | ({"kernel_ms": total[t] - rest[t], "rest_ms": rest[t]} if rest else {})
         for t in positions
     ]
     append_jsonl(args.out, rows)
-    print(format_table(rows, ["T", "total_ms", "kernel_ms", "rest_ms"]))
+    print(format_table(rows, ["T", "total_ms", "ratio"] + (["kernel_ms", "rest_ms"] if rest else [])))
     return 0
 
 
