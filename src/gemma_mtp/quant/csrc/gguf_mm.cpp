@@ -268,9 +268,9 @@ inline void decode_vec(const uint8_t* b, VBlock& o) {
     o.n = 1;
     o.d[0] = f16(b);
     o.s[0] = ones;
-    if constexpr (T == Q4_0) {
-      o.m[0] = 0.f;
-      o.c[0] = _mm256_sub_epi8(nibbles16(b + 2), _mm256_set1_epi8(8));
+    if constexpr (T == Q4_0) {  // codes kept unsigned: the -8 offset is a zero of -8 d
+      o.m[0] = -8.f * o.d[0];
+      o.c[0] = nibbles16(b + 2);
     } else {
       o.m[0] = f16(b + 2);
       o.c[0] = nibbles16(b + 4);
@@ -281,9 +281,9 @@ inline void decode_vec(const uint8_t* b, VBlock& o) {
     o.s[0] = ones;
     const uint8_t* p = b + (T == Q5_1 ? 4 : 2);
     const __m256i v = _mm256_or_si256(nibbles16(p + 4), bit4_from_bits(u32(p)));
-    if constexpr (T == Q5_0) {
-      o.m[0] = 0.f;
-      o.c[0] = _mm256_sub_epi8(v, _mm256_set1_epi8(16));
+    if constexpr (T == Q5_0) {  // codes kept unsigned: the -16 offset is a zero of -16 d
+      o.m[0] = -16.f * o.d[0];
+      o.c[0] = v;
     } else {
       o.m[0] = f16(b + 2);
       o.c[0] = v;
@@ -340,7 +340,7 @@ inline void decode_vec(const uint8_t* b, VBlock& o) {
 // Codes that are never negative go straight into maddubs' unsigned operand.
 template <int T>
 constexpr bool unsigned_codes() {
-  return T == Q4_1 || T == Q5_1 || T == Q4_K || T == Q5_K;
+  return T == Q4_0 || T == Q4_1 || T == Q5_0 || T == Q5_1 || T == Q4_K || T == Q5_K;
 }
 template <int T>
 constexpr bool has_zero() {
