@@ -161,9 +161,9 @@ def test_native_blocks_give_an_assistant_step_bit_for_bit(ops, reference_models,
     """Assistant layers read the target's KV (q only): the native attention block there too."""
     import dataclasses
 
-    import gemma_mtp.models.gemma as gemma
     from test_gguf_helpers import synthetic_shared_kv
 
+    import gemma_mtp.models.gemma as gemma
     from gemma_mtp.gguf import convert_hf_to_gguf
     from gemma_mtp.weights.gguf_loader import load_gguf_model
 
@@ -194,3 +194,13 @@ def test_native_blocks_give_an_assistant_step_bit_for_bit(ops, reference_models,
     assert taken and all(taken)
     monkeypatch.setattr(gemma, "ops_for", lambda x: None)
     assert torch.equal(native, run())
+
+
+def test_argmax_rows_is_torch_argmax_ties_and_nans_included(ops):
+    x = torch.randn(5, 262_147, generator=torch.Generator().manual_seed(4))
+    x[1, 1000] = x[1, 70_000] = x[1].max() + 1  # a tie: the first index wins
+    x[2, :] = 0.0  # all equal
+    x[3, 5] = float("nan")  # torch.argmax gives a NaN's index
+    x[4, -1] = x[4].max() + 1  # the maximum in the scalar tail
+    assert torch.equal(ops.argmax_rows(x), x.argmax(dim=-1))
+    assert torch.equal(ops.argmax_rows(x[:, :7]), x[:, :7].argmax(dim=-1))  # rows shorter than a vector

@@ -336,6 +336,50 @@ torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const 
   return out;
 }
 
+// The index of each row's largest value of x [R, V] float32, the first one on ties (torch.argmax's
+// rule); a row holding a NaN gets the first NaN's index, as torch.argmax gives. One pass at memory
+// speed: torch's argmax over a 262,144-wide row of logits took ~0.3 ms here.
+torch::Tensor argmax_rows(const torch::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == torch::kFloat32, "argmax_rows: float32 [R, V]");
+  auto xc = x.contiguous();
+  const int64_t R = xc.size(0), V = xc.size(1);
+  TORCH_CHECK(V > 0, "argmax_rows: empty rows");
+  auto out = torch::empty({R}, torch::dtype(torch::kLong));
+  int64_t* op = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < R; ++r) {
+    const float* row = xc.data_ptr<float>() + r * V;
+    float best = row[0];
+    int64_t i = 0;
+#if Q8_AVX2
+    __m256 m = _mm256_set1_ps(row[0]);
+    __m256 nan = _mm256_setzero_ps();
+    for (; i + 8 <= V; i += 8) {
+      const __m256 v = _mm256_loadu_ps(row + i);
+      m = _mm256_max_ps(m, v);
+      nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    }
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m);
+    for (float l : lanes) best = std::max(best, l);
+    bool has_nan = _mm256_movemask_ps(nan) != 0;
+#else
+    bool has_nan = false;
+#endif
+    for (; i < V; ++i) {
+      has_nan |= std::isnan(row[i]);
+      best = std::max(best, row[i]);
+    }
+    int64_t at = 0;
+    if (has_nan || std::isnan(row[0])) {
+      while (!std::isnan(row[at])) ++at;
+    } else {
+      while (row[at] != best) ++at;
+    }
+    op[r] = at;
+  }
+  return out;
+}
+
 // gguf_mm.cpp
 torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types,
                       bool vectorized);
@@ -376,6 +420,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("q8_mm", &q8_mm, "block-int8 weight x int8-quantized activation matmul",
         py::call_guard<py::gil_scoped_release>());
   m.def("has_avx2", &has_avx2);
+  m.def("argmax_rows", &argmax_rows, "first index of each row's maximum (torch.argmax's rule), float32",
+        py::call_guard<py::gil_scoped_release>());
   m.def("rms_norm", &rms_norm, "RMS norm over the last dim, float32");
   m.def("head_norm_rope", &head_norm_rope, "per-head RMS norm then rotary embedding, float32");
   m.def("attend_rows", &attend_rows, "attention one query row at a time (batch-invariant), float32");
