@@ -1,13 +1,16 @@
 """The demo pair (Gemma 3 270M Q4_K_M + the drafter trained for it): plain vs MTP speculative, one run.
 
-    python benchmarks/bench_demo_pair.py [--n-max 1,2,3,4] [-n 64] [--reps 3] [--threads 2]
+    python benchmarks/bench_demo_pair.py [--n-max 1,2,3,4] [--p-min 0,0.5] [-n 64] [--reps 3] [--threads 2]
 
 Greedy, on held-out built-in prompts (none of them is in assets/corpus/, the training corpus).
 Reports tokens/s, speedup over plain decoding of the same target in the same run (configurations
 run interleaved prompt by prompt, so load changes on a shared machine hit them alike; also the
 median of per-prompt paired speedups), acceptance by draft position (share of rounds whose first i
 drafts were accepted), mean accepted length (1 + accepted / rounds), and checks every speculative
-output against plain greedy token for token. Rows go to benchmarks/results/demo_pair.jsonl.
+output against plain greedy token for token. `--p-min` adds a confidence threshold
+(`--spec-draft-p-min`: drafting stops at the first draft the drafter gives less than that
+probability, so an unconfident round costs a plain step plus one draft step); every n_max runs with
+every p_min. Rows go to benchmarks/results/demo_pair.jsonl.
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-md", "--model-draft", default=None, help="default: the committed demo drafter")
     ap.add_argument("--n-max", default="1,2,3,4")
+    ap.add_argument("--p-min", default="0", help="draft confidence thresholds, e.g. 0,0.3,0.6")
     ap.add_argument("-n", type=int, default=64)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--dtype", default="auto")
@@ -132,10 +136,19 @@ def main() -> int:
         "timestamp": timestamp(),
         "torch": torch.__version__,
     }
-    specs = [SpecOptions()] + [SpecOptions(type="mtp", n_max=int(x)) for x in args.n_max.split(",") if x]
+    p_mins = [float(p) for p in args.p_min.split(",") if p]
+    specs = [SpecOptions()] + [
+        SpecOptions(type="mtp", n_max=int(x), p_min=p) for x in args.n_max.split(",") if x for p in p_mins
+    ]
     results = run_all(engine, prompts, args.n, specs, args.reps)
     rows = [
-        {**common, "kind": spec.type, "n_max": spec.n_max if spec.type != "none" else 0, **result}
+        {
+            **common,
+            "kind": spec.type,
+            "n_max": spec.n_max if spec.type != "none" else 0,
+            "p_min": spec.p_min,
+            **result,
+        }
         for spec, result in zip(specs, results, strict=True)
     ]
     append_jsonl(args.out, rows)
@@ -145,6 +158,7 @@ def main() -> int:
     cols = [
         "kind",
         "n_max",
+        "p_min",
         "tokens_per_s",
         "speedup",
         "speedup_median_paired",
