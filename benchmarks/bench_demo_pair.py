@@ -6,7 +6,8 @@ Greedy, on held-out built-in prompts (none of them is in assets/corpus/, the tra
 Reports tokens/s, speedup over plain decoding of the same target in the same run (configurations
 run interleaved prompt by prompt, so load changes on a shared machine hit them alike; also the
 median of per-prompt paired speedups), acceptance by draft position (share of rounds whose first i
-drafts were accepted), mean accepted length (1 + accepted / rounds), and checks every speculative
+drafts were accepted), mean accepted length (1 + accepted / rounds with a draft, the llama.cpp and
+vLLM convention), tokens per target forward (every decode forward, drafted or not), and checks every speculative
 output against plain greedy token for token. `--p-min` adds a confidence threshold
 (`--spec-draft-p-min`: drafting stops at the first draft the drafter gives less than that
 probability, so an unconfident round costs a plain step plus one draft step); every n_max runs with
@@ -58,7 +59,9 @@ PROMPTS = [
 def run_all(engine, prompts: list[list[int]], n: int, specs: list[SpecOptions], reps: int) -> list[dict]:
     """Every configuration on every prompt, interleaved (prompt by prompt), so that a change in
     machine load hits all of them alike; per configuration: tokens/s, paired speedups, acceptance."""
-    per = [{"tokens": 0, "seconds": 0.0, "rates": [], "stats": [], "outputs": []} for _ in specs]
+    per = [
+        {"tokens": 0, "seconds": 0.0, "rates": [], "stats": [], "outputs": [], "decoded": 0} for _ in specs
+    ]
     for rep in range(reps):
         for ids in prompts:
             for acc, spec in zip(per, specs, strict=True):
@@ -68,6 +71,7 @@ def run_all(engine, prompts: list[list[int]], n: int, specs: list[SpecOptions], 
                 acc["seconds"] += result.timings.decode_ms / 1e3
                 acc["rates"].append(tokens / max(result.timings.decode_ms / 1e3, 1e-9))
                 if rep == 0:
+                    acc["decoded"] += tokens
                     acc["outputs"].append(result.token_ids)
                     if result.speculative:
                         acc["stats"].append(result.speculative)
@@ -85,10 +89,15 @@ def run_all(engine, prompts: list[list[int]], n: int, specs: list[SpecOptions], 
             drafted = sum(s["drafted"] for s in stats)
             accepted = sum(s["accepted"] for s in stats)
             rounds = sum(s["rounds"] for s in stats)
-            by_pos = [sum(s["accepted_by_position"][i] for s in stats) for i in range(spec.n_max)]
+            by_pos = [  # a round that stopped drafting early (p_min) records fewer positions
+                sum(s["accepted_by_position"][i] for s in stats if i < len(s["accepted_by_position"]))
+                for i in range(spec.n_max)
+            ]
             row.update(
                 acceptance=accepted / drafted if drafted else None,
                 mean_accepted_length=1 + accepted / rounds if rounds else None,
+                # over every verify pass, those that carried no draft (p_min) included
+                tokens_per_forward=acc["decoded"] / max(acc["decoded"] - accepted, 1),
                 accepted_by_position=[a / rounds for a in by_pos] if rounds else None,
                 draft_ms_per_round=sum(s.get("draft_ms", 0.0) for s in stats) / max(rounds, 1),
                 verify_ms_per_round=sum(s.get("verify_ms", 0.0) for s in stats) / max(rounds, 1),
@@ -165,6 +174,7 @@ def main() -> int:
         "acceptance",
         "by_position",
         "mean_accepted_length",
+        "tokens_per_forward",
         "draft_ms_per_round",
         "verify_ms_per_round",
         "lossless",

@@ -16,7 +16,7 @@ import time
 import torch
 
 import gemma_mtp
-from gemma_mtp.demo import DEMO_PROMPT, demo_drafter, demo_target
+from gemma_mtp.demo import DEMO_P_MIN, DEMO_PROMPT, demo_drafter, demo_target
 from gemma_mtp.errors import GemmaMTPError
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
@@ -26,10 +26,11 @@ from gemma_mtp.tokenizer import load_tokenizer
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", "--n-predict", type=int, default=96)
-    # auto = GGUF weights kept quantized, float32 activations through the native block-int8 kernel:
-    # each row independent of the batch, so speculative output is token-identical, as with float32
+    # auto = GGUF blocks read in place by the native kernel, float32 activations: each row
+    # independent of the batch, so speculative output is token-identical, as with float32
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--draft-max", type=int, default=3)
+    ap.add_argument("--draft-p-min", type=float, default=DEMO_P_MIN, help="MTP only (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
                 ids,
                 n_predict=args.n_predict,
                 sampling=greedy,
-                spec=SpecOptions(type=kind, n_max=args.draft_max),
+                spec=SpecOptions(
+                    type=kind, n_max=args.draft_max, p_min=args.draft_p_min if kind == "mtp" else 0.0
+                ),
             )
             for kind in ("mtp", "ngram")
         }

@@ -57,6 +57,20 @@ def test_run_without_m_loads_the_demo_pair_and_speculates_with_mtp(api, fetched,
     assert "gemma3-270m-mtp.gguf" in notice
 
 
+@pytest.mark.parametrize(
+    ("argv", "p_min"),
+    [
+        ([], demo.DEMO_P_MIN),  # the demo drafter's own threshold
+        (["--spec-draft-p-min", "0"], 0.0),  # an explicit value wins, 0 included
+        (["--draft-p-min", "0.9"], 0.9),
+        (["-md", "mine-mtp.gguf"], 0.0),  # another drafter: the engine's default
+    ],
+)
+def test_the_implied_demo_drafter_brings_its_p_min(argv, p_min, api, fetched):
+    assert main(["run", *argv, *IDS]) == 0
+    assert api.generate_calls[0][3].p_min == p_min
+
+
 def test_run_with_m_gets_no_implicit_drafter(api, fetched, capsys):
     assert main(["run", "-m", "mine.gguf", *IDS]) == 0
     assert api.load_calls[0][:2] == ("mine.gguf", None)

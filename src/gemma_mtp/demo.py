@@ -13,9 +13,12 @@ from pathlib import Path
 from gemma_mtp.assets import gemma3_270m_gguf
 from gemma_mtp.errors import GemmaMTPError
 
-__all__ = ["DEMO_DRAFTER_FILE", "DEMO_PROMPT", "demo_drafter", "demo_target"]
+__all__ = ["DEMO_DRAFTER_FILE", "DEMO_P_MIN", "DEMO_PROMPT", "demo_drafter", "demo_target"]
 
 DEMO_DRAFTER_FILE = Path("assets") / "drafters" / "gemma3-270m-mtp.gguf"
+# Its --spec-draft-p-min when it is implied (no -m): drafting stops at a draft it gives < 0.6, the
+# best of 0.3-0.75 on the held-out prompts (benchmarks/bench_demo_pair.py --p-min; README).
+DEMO_P_MIN = 0.6
 # What `make demo` continues: code with a pattern to repeat, where both drafters have something to do.
 DEMO_PROMPT = '''import json
 

@@ -20,6 +20,7 @@ from gemma_mtp.cli.model_args import (
     add_quant_arguments,
     parse_quant_kernels,
 )
+from gemma_mtp.demo import DEMO_P_MIN
 from gemma_mtp.errors import UsageError
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SPEC_TYPES, SpecOptions
@@ -52,7 +53,7 @@ class RunOptions:
     spec_type: str | None = None  # None: "mtp" when a drafter is given, else "none"
     spec_draft_n_max: int = _SPEC.n_max
     spec_draft_n_min: int = _SPEC.n_min
-    spec_draft_p_min: float = _SPEC.p_min
+    spec_draft_p_min: float | None = None  # None: the engine's default, or the demo drafter's own
     spec_autotune: bool = False
     prompt: str | None = None
     file: str | None = None
@@ -218,7 +219,7 @@ def _add_spec_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -
         type=float,
         default=defaults.spec_draft_p_min,
         metavar="P",
-        help="stop drafting below this draft probability",
+        help=f"stop drafting below this draft probability (default: {_SPEC.p_min}; {DEMO_P_MIN} for the demo drafter)",
     )
     spec.add_argument(
         "--spec-autotune", dest="spec_autotune", action="store_true", help="tune the draft length"

@@ -62,7 +62,7 @@ def spec_from_options(options: RunOptions) -> SpecOptions:
         type=options.resolved_spec_type,
         n_max=options.spec_draft_n_max,
         n_min=options.spec_draft_n_min,
-        p_min=options.spec_draft_p_min,
+        p_min=SpecOptions().p_min if options.spec_draft_p_min is None else options.spec_draft_p_min,
         autotune=options.spec_autotune,
     )
     if spec.type in ("mtp", "draft") and options.model_draft is None:
@@ -84,7 +84,12 @@ def with_demo_pair(options: Options) -> Options:
         drafter = str(demo.demo_drafter())  # before the target: a missing file fails without a download
     if not options.quiet:
         print(_demo_notice(drafter, implicit_drafter), file=sys.stderr)
-    return dataclasses.replace(options, model=str(demo.demo_target()), model_draft=drafter)
+    p_min = options.spec_draft_p_min
+    if implicit_drafter and p_min is None:  # the demo drafter's measured best (assets/drafters/README.md)
+        p_min = demo.DEMO_P_MIN
+    return dataclasses.replace(
+        options, model=str(demo.demo_target()), model_draft=drafter, spec_draft_p_min=p_min
+    )
 
 
 def _demo_notice(drafter: str | None, implicit_drafter: bool) -> str:
