@@ -1,7 +1,8 @@
 """Ours vs llama.cpp on the same GGUF, same prompt, greedy decoding, in one run.
 
     python benchmarks/bench_vs_llama_cpp.py --llama-python /tmp/llamavenv/bin/python \
-        [--model FILE.gguf] [-n 128] [--reps 3] [--threads 2] [--dtype bfloat16] [--spec-type ngram]
+        [--model FILE.gguf] [-n 128] [--reps 3] [--threads 2] [--dtype bfloat16]
+        [--spec-type ngram|mtp [-md DRAFT.gguf] [--n-max 3] [--p-min 0.6]]
 
 llama.cpp runs through llama-cpp-python (`pip install llama-cpp-python==0.3.36` builds it from
 source, ~15 min on 2 cores) in the interpreter given by --llama-python, in a subprocess, so it never
@@ -9,7 +10,9 @@ shares a process with torch. The model defaults to the Gemma 3 270M Q4_K_M GGUF 
 Reports decode tokens/s (first token excluded) for each engine and the ratio ours / llama.cpp,
 and each process's peak RSS (`VmHWM`) with its baseline before the model loads (Python + torch
 for ours, Python + llama_cpp for theirs). The engines alternate rep by rep (llama.cpp in a fresh
-subprocess each rep), so a change in machine load hits both alike.
+subprocess each rep), so a change in machine load hits both alike. With `--spec-type`, our
+speculative decoding (the drafter from `-md`, or the demo drafter for the default model) runs in
+the same alternation as a third row, beside our plain decoding.
 """
 
 from __future__ import annotations
@@ -62,23 +65,27 @@ def llama_cpp_rates(python: str, model: str, n: int, reps: int, threads: int) ->
 class Ours:
     """Our engine, loaded once; `rates(reps)` runs greedy generations like the llama.cpp script."""
 
-    def __init__(self, model: str, dtype: str) -> None:
+    def __init__(self, model: str, dtype: str, draft: str | None = None) -> None:
         import gemma_mtp
         from gemma_mtp.tokenizer import load_tokenizer
 
         self.base_rss_mb = status_mb("VmHWM")
-        self.engine = gemma_mtp.load(model, dtype=dtype, device="cpu", ctx_size=1024)
+        self.engine = gemma_mtp.load(model, draft, dtype=dtype, device="cpu", ctx_size=1024)
         self.ids = load_tokenizer(model).encode(PROMPT)
         self.rates(1)  # warm-up
 
-    def rates(self, reps: int, spec_type: str = "none") -> list[float]:
+    def rates(self, reps: int, spec_type: str = "none", n_max: int = 3, p_min: float = 0.0) -> list[float]:
         from gemma_mtp.sampling import SamplingParams
         from gemma_mtp.speculative.base import SpecOptions
 
         greedy, out = SamplingParams(temperature=0), []
         for _ in range(reps):
             stamps = []
-            spec = SpecOptions(type=spec_type)
+            spec = (
+                SpecOptions(type=spec_type, n_max=n_max, p_min=p_min)
+                if spec_type != "none"
+                else SpecOptions()
+            )
             for step in self.engine.stream(self.ids, n_predict=self.n, sampling=greedy, spec=spec):
                 stamps.append((time.perf_counter(), len(step.token_ids)))
             tokens = sum(k for _, k in stamps[1:])
@@ -97,6 +104,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--spec-type", default="none")
+    ap.add_argument("-md", "--model-draft", default=None, help="drafter for --spec-type mtp/draft")
+    ap.add_argument("--n-max", type=int, default=3)
+    ap.add_argument("--p-min", type=float, default=0.0)
     ap.add_argument("--out", default=str(RESULTS / "vs_llama_cpp.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -104,15 +114,23 @@ def main() -> int:
         from gemma_mtp.assets import gemma3_270m_gguf
 
         args.model = str(gemma3_270m_gguf())
-    ours_engine = Ours(args.model, args.dtype)
+        if args.spec_type in ("mtp", "draft") and args.model_draft is None:
+            from gemma_mtp.demo import demo_drafter
+
+            args.model_draft = str(demo_drafter())
+    ours_engine = Ours(
+        args.model, args.dtype, args.model_draft if args.spec_type in ("mtp", "draft") else None
+    )
     ours_engine.n = args.n
-    theirs_rates, ours_rates, theirs_rss, theirs_base, theirs_now = [], [], 0.0, 0.0, 0.0
+    theirs_rates, ours_rates, spec_rates, theirs_rss, theirs_base, theirs_now = [], [], [], 0.0, 0.0, 0.0
     for _ in range(args.reps):  # alternate, so that load changes hit both engines alike
         got = llama_cpp_rates(args.llama_python, args.model, args.n, 1, args.threads)
         theirs_rates += got["rates"]
         theirs_rss, theirs_base = max(theirs_rss, got["peak_rss_mb"]), got["base_rss_mb"]
         theirs_now = got["rss_mb"]
-        ours_rates += ours_engine.rates(1, args.spec_type)
+        ours_rates += ours_engine.rates(1)
+        if args.spec_type != "none":
+            spec_rates += ours_engine.rates(1, args.spec_type, args.n_max, args.p_min)
     theirs, ours = median(theirs_rates), median(ours_rates)
     ours_rss, ours_now = status_mb("VmHWM"), status_mb("VmRSS")
     common = {
@@ -141,7 +159,7 @@ def main() -> int:
             **common,
             "engine": "gemma-mtp",
             "dtype": args.dtype,
-            "spec": args.spec_type,
+            "spec": "none",
             "tokens_per_s": ours,
             "ratio": ours / theirs,
             "rates": [round(r, 1) for r in ours_rates],
@@ -150,6 +168,18 @@ def main() -> int:
             "base_rss_mb": round(ours_engine.base_rss_mb),
         },
     ]
+    if spec_rates:
+        spec = f"{args.spec_type} n={args.n_max}" + (f" p_min={args.p_min}" if args.p_min else "")
+        rows.append(
+            {
+                **rows[-1],
+                "spec": spec,
+                "draft": args.model_draft,
+                "tokens_per_s": median(spec_rates),
+                "ratio": median(spec_rates) / theirs,
+                "rates": [round(r, 1) for r in spec_rates],
+            }
+        )
     append_jsonl(args.out, rows)
     print(
         format_table(
