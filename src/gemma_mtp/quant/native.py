@@ -23,7 +23,9 @@ import torch
 
 __all__ = ["q8_module", "why_unavailable", "build_dir", "fast_cpu_ops"]
 
-SOURCES = [Path(__file__).with_name("csrc") / name for name in ("q8_mm.cpp", "gguf_mm.cpp", "layer.cpp")]
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = [CSRC / name for name in ("q8_mm.cpp", "gguf_mm.cpp", "layer.cpp")]
+HEADERS = [CSRC / "common.h"]
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 
@@ -43,7 +45,7 @@ def _cpu_flags() -> str:
 def build_dir() -> Path:
     key = hashlib.sha256()
     for part in (
-        *(source.read_bytes() for source in SOURCES),
+        *(source.read_bytes() for source in SOURCES + HEADERS),
         torch.__version__.encode(),
         " ".join(CFLAGS).encode(),
         _cpu_flags().encode(),

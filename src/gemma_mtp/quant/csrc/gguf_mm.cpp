@@ -16,6 +16,8 @@
 // once, and every row's result is independent of the other rows.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#include "common.h"
 #include <c10/util/Half.h>
 
 #include <cmath>
@@ -162,29 +164,6 @@ inline void decode_sub(int64_t type, const uint8_t* b, int j, Sub& o) {
   }
 }
 
-// The activations of q8_mm.cpp: int8 codes per 32, their scale, and scale * sum(codes).
-void quantize_acts(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
-  const int64_t nb = K / 32;
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + m * K + b * 32;
-      float amax = 0.f;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float dd = amax / 127.f;
-      const float id = dd > 0.f ? 1.f / dd : 0.f;
-      int sum = 0;
-      int8_t* qb = q + m * K + b * 32;
-      for (int i = 0; i < 32; ++i) {
-        const int v = static_cast<int>(std::nearbyint(xb[i] * id));
-        qb[i] = static_cast<int8_t>(v);
-        sum += v;
-      }
-      d[m * nb + b] = dd;
-      s[m * nb + b] = dd * static_cast<float>(sum);
-    }
-  }
-}
-
 struct Acts {
   const int8_t* q;  // [M, K]
   const float* d;   // [M, K/32]
@@ -221,14 +200,7 @@ void rows_scalar(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, i
 }
 
 #if GG_AVX2
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
+using native::hsum;
 
 // 16 bytes -> 32 nibbles: the low nibbles in bytes 0..15, the high ones in bytes 16..31.
 inline __m256i nibbles16(const uint8_t* p) {
@@ -477,11 +449,10 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
   const auto parts = check_parts(ws, types, K, N);
   auto out = torch::empty({M, N}, x.options().dtype(torch::kFloat32));
   if (M == 0 || N == 0) return out;
-  auto xf = x.to(torch::kFloat32).contiguous();
-  const int64_t nb = K / 32;
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> xd(M * nb), xs(M * nb);
-  quantize_acts(xf.data_ptr<float>(), M, K, xq.data(), xd.data(), xs.data());
+  const auto acts = native::quantize_acts(x);
+  const int64_t nb = acts.nb;
+  const int8_t* xq = acts.q.data();
+  const float *xd = acts.d.data(), *xs = acts.s.data();
   float* o = out.data_ptr<float>();
   const int64_t row_bytes = std::max<int64_t>(1, K);  // ~ bytes of weights per row (int8 granularity)
   // tiles of weight rows small enough to stay in L2 while every group of 4 activation rows passes
@@ -495,7 +466,7 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
         const int64_t t1 = std::min(hi, t0 + tile);
         for (int64_t m0 = 0; m0 < M; m0 += 4) {
           const int64_t mb = std::min<int64_t>(4, M - m0);
-          const Acts a{xq.data() + m0 * K, xd.data() + m0 * nb, xs.data() + m0 * nb, K};
+          const Acts a{xq + m0 * K, xd + m0 * nb, xs + m0 * nb, K};
           float* om = o + m0 * N + p.start;
           const int64_t r0 = t0 - p.start, r1 = t1 - p.start;
           switch (mb) {
@@ -559,15 +530,14 @@ torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64
   for (int64_t i = 0; i < M * n; ++i) TORCH_CHECK(ip[i] >= 0 && ip[i] < N, "gguf_mm_rows: row ", ip[i], " out of range");
   auto out = torch::empty({M, n}, x.options().dtype(torch::kFloat32));
   if (M == 0 || n == 0) return out;
-  auto xf = x.to(torch::kFloat32).contiguous();
-  const int64_t nb = K / 32;
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> xd(M * nb), xs(M * nb);
-  quantize_acts(xf.data_ptr<float>(), M, K, xq.data(), xd.data(), xs.data());
+  const auto acts = native::quantize_acts(x);
+  const int64_t nb = acts.nb;
+  const int8_t* xq = acts.q.data();
+  const float *xd = acts.d.data(), *xs = acts.s.data();
   float* o = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 18) / K);
   for (int64_t m = 0; m < M; ++m) {
-    const Acts a{xq.data() + m * K, xd.data() + m * nb, xs.data() + m * nb, K};
+    const Acts a{xq + m * K, xd + m * nb, xs + m * nb, K};
     at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
       rows_any<1>(vectorized, type, parts[0].w, parts[0].pitch, a, r0, r1, o + m * n, 0, ip + m * n);
     });

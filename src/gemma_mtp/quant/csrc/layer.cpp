@@ -4,16 +4,10 @@
 // same kernels, in the same order), so every row's result stays independent of the other rows.
 #include <torch/extension.h>
 
+#include "common.h"
+
 #include <cstring>
 #include <vector>
-
-torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types,
-                      bool vectorized);
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& w, double eps);
-torch::Tensor head_norm_rope(const torch::Tensor& x, const torch::Tensor& w, double eps, const torch::Tensor& cos,
-                             const torch::Tensor& sin);
-torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                          const torch::Tensor& mask, double scale, double cap);
 
 namespace {
 

@@ -12,6 +12,8 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include "common.h"
+
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -27,38 +29,8 @@ namespace {
 
 constexpr int64_t QK = 32;
 
-// x [M, K] float -> codes [M, K] int8, scale [M, K/32], sum-scale [M, K/32] (= scale * sum(codes))
-void quantize_rows(const float* x, int64_t M, int64_t K, int8_t* q, float* d, float* s) {
-  const int64_t nb = K / QK;
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + m * K + b * QK;
-      float amax = 0.f;
-      for (int i = 0; i < QK; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float dd = amax / 127.f;
-      const float id = dd > 0.f ? 1.f / dd : 0.f;
-      int sum = 0;
-      int8_t* qb = q + m * K + b * QK;
-      for (int i = 0; i < QK; ++i) {
-        const int v = static_cast<int>(std::nearbyint(xb[i] * id));
-        qb[i] = static_cast<int8_t>(v);
-        sum += v;
-      }
-      d[m * nb + b] = dd;
-      s[m * nb + b] = dd * static_cast<float>(sum);
-    }
-  }
-}
-
 #if Q8_AVX2
-inline float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v);
-  __m128 hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
-  return _mm_cvtss_f32(lo);
-}
+using native::hsum;
 
 template <int MB, int G>
 void rows_avx2(const int8_t* xq, const float* xd, const float* xs, int64_t K, const int8_t* wq,
@@ -148,13 +120,12 @@ torch::Tensor q8_mm(const torch::Tensor& x, const torch::Tensor& q, const torch:
   const bool has_zero = z.numel() > 0;
   if (has_zero) TORCH_CHECK(z.scalar_type() == torch::kFloat32 && z.size(0) == N && z.size(1) == K / QK);
   TORCH_CHECK(q.is_contiguous() && d.is_contiguous() && (!has_zero || z.is_contiguous()));
-  auto xf = x.to(torch::kFloat32).contiguous();
   auto out = torch::empty({M, N}, x.options().dtype(torch::kFloat32));
   if (M == 0 || N == 0) return out;
   const int64_t nb = K / QK;
-  std::vector<int8_t> xq(M * K);
-  std::vector<float> xd(M * nb), xs(M * nb);
-  quantize_rows(xf.data_ptr<float>(), M, K, xq.data(), xd.data(), xs.data());
+  const auto acts = native::quantize_acts(x);
+  const std::vector<int8_t>& xq = acts.q;
+  const std::vector<float>&xd = acts.d, &xs = acts.s;
   const int8_t* wq = q.data_ptr<int8_t>();
   const float* wd = d.data_ptr<float>();
   const float* wz = has_zero ? z.data_ptr<float>() : nullptr;
@@ -379,28 +350,6 @@ torch::Tensor argmax_rows(const torch::Tensor& x) {
   }
   return out;
 }
-
-// gguf_mm.cpp
-torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types,
-                      bool vectorized);
-torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tensor& ids, int64_t K);
-torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64_t type, const torch::Tensor& ids,
-                           bool vectorized);
-
-// layer.cpp
-torch::Tensor mlp_block(const torch::Tensor& x, const torch::Tensor& pre_w, const torch::Tensor& post_w, double eps,
-                        const std::vector<torch::Tensor>& gate_up, const std::vector<int64_t>& gate_up_types,
-                        const torch::Tensor& down, int64_t down_type, int64_t act);
-std::vector<torch::Tensor> attn_in(const torch::Tensor& x, const torch::Tensor& in_w, double eps,
-                                   const std::vector<torch::Tensor>& qkv, const std::vector<int64_t>& types,
-                                   const std::vector<int64_t>& sizes, int64_t head_dim, const torch::Tensor& q_w,
-                                   const torch::Tensor& k_w, bool v_norm, const torch::Tensor& cos,
-                                   const torch::Tensor& sin, const torch::Tensor& k_cache,
-                                   const torch::Tensor& v_cache, const torch::Tensor& rows,
-                                   const torch::Tensor& slots);
-torch::Tensor attn_out(const torch::Tensor& residual, const torch::Tensor& q, const torch::Tensor& keys,
-                       const torch::Tensor& values, const torch::Tensor& mask, double scale, double cap,
-                       const torch::Tensor& o, int64_t o_type, const torch::Tensor& post_w, double eps);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("mlp_block", &mlp_block, "a decoder layer's feed-forward half over GGUF blocks, float32",
