@@ -12,7 +12,9 @@ and each process's peak RSS (`VmHWM`) with its baseline before the model loads (
 for ours, Python + llama_cpp for theirs). The engines alternate rep by rep (llama.cpp in a fresh
 subprocess each rep), so a change in machine load hits both alike. With `--spec-type`, our
 speculative decoding (the drafter from `-md`, or the demo drafter for the default model) runs in
-the same alternation as a third row, beside our plain decoding.
+the same alternation as a third row, beside our plain decoding. `--prompts held-out` runs the 8
+held-out prompts of `bench_demo_pair.py` in every rep instead of one code prompt (rates are per
+prompt and rep; the table gives their median).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 import torch
 from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, median, status_mb, timestamp
+from bench_demo_pair import PROMPTS as HELD_OUT
 
 PROMPT = "def fibonacci(n):\n    "
 
@@ -36,25 +39,26 @@ def hwm(key="VmHWM"):
             return int(line.split()[1]) / 1024
 from llama_cpp import Llama
 base = hwm()
-path, prompt, n, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+path, prompts, n, reps, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 llm = Llama(model_path=path, n_ctx=1024, n_threads=threads, n_batch=512, verbose=False)
-ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
 rates = []
-for _ in range(reps + 1):
-    llm.reset()
-    stamps = []
-    for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
-        stamps.append(time.perf_counter())
-        if len(stamps) >= n:
-            break
-    rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
+for rep in range(reps + 1):  # the first pass over the first prompt warms up
+    for prompt in prompts[:1] if rep == 0 else prompts:
+        ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
+        llm.reset()
+        stamps = []
+        for tok in llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0):
+            stamps.append(time.perf_counter())
+            if len(stamps) >= n:
+                break
+        rates.append((len(stamps) - 1) / (stamps[-1] - stamps[0]))
 print(json.dumps({"rates": rates[1:], "peak_rss_mb": hwm(), "base_rss_mb": base, "rss_mb": hwm("VmRSS")}))
 """
 
 
-def llama_cpp_rates(python: str, model: str, n: int, reps: int, threads: int) -> dict:
+def llama_cpp_rates(python: str, model: str, prompts: list[str], n: int, reps: int, threads: int) -> dict:
     out = subprocess.run(
-        [python, "-c", LLAMA_SCRIPT, model, PROMPT, str(n), str(reps), str(threads)],
+        [python, "-c", LLAMA_SCRIPT, model, json.dumps(prompts), str(n), str(reps), str(threads)],
         capture_output=True,
         text=True,
         check=True,
@@ -65,13 +69,14 @@ def llama_cpp_rates(python: str, model: str, n: int, reps: int, threads: int) ->
 class Ours:
     """Our engine, loaded once; `rates(reps)` runs greedy generations like the llama.cpp script."""
 
-    def __init__(self, model: str, dtype: str, draft: str | None = None) -> None:
+    def __init__(self, model: str, dtype: str, prompts: list[str], draft: str | None = None) -> None:
         import gemma_mtp
         from gemma_mtp.tokenizer import load_tokenizer
 
         self.base_rss_mb = status_mb("VmHWM")
         self.engine = gemma_mtp.load(model, draft, dtype=dtype, device="cpu", ctx_size=1024)
-        self.ids = load_tokenizer(model).encode(PROMPT)
+        tokenizer = load_tokenizer(model)
+        self.prompts = [tokenizer.encode(p) for p in prompts]
         self.rates(1)  # warm-up
 
     def rates(self, reps: int, spec_type: str = "none", n_max: int = 3, p_min: float = 0.0) -> list[float]:
@@ -79,17 +84,14 @@ class Ours:
         from gemma_mtp.speculative.base import SpecOptions
 
         greedy, out = SamplingParams(temperature=0), []
+        spec = SpecOptions(type=spec_type, n_max=n_max, p_min=p_min) if spec_type != "none" else SpecOptions()
         for _ in range(reps):
-            stamps = []
-            spec = (
-                SpecOptions(type=spec_type, n_max=n_max, p_min=p_min)
-                if spec_type != "none"
-                else SpecOptions()
-            )
-            for step in self.engine.stream(self.ids, n_predict=self.n, sampling=greedy, spec=spec):
-                stamps.append((time.perf_counter(), len(step.token_ids)))
-            tokens = sum(k for _, k in stamps[1:])
-            out.append(tokens / (stamps[-1][0] - stamps[0][0]))
+            for ids in self.prompts:
+                stamps = []
+                for step in self.engine.stream(ids, n_predict=self.n, sampling=greedy, spec=spec):
+                    stamps.append((time.perf_counter(), len(step.token_ids)))
+                tokens = sum(k for _, k in stamps[1:])
+                out.append(tokens / (stamps[-1][0] - stamps[0][0]))
         return out
 
     n = 128
@@ -107,6 +109,12 @@ def main() -> int:
     ap.add_argument("-md", "--model-draft", default=None, help="drafter for --spec-type mtp/draft")
     ap.add_argument("--n-max", type=int, default=3)
     ap.add_argument("--p-min", type=float, default=0.0)
+    ap.add_argument(
+        "--prompts",
+        choices=["fibonacci", "held-out"],
+        default="fibonacci",
+        help="one code prompt, or bench_demo_pair.py's 8 held-out prompts (a rate per prompt and rep)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "vs_llama_cpp.jsonl"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,13 +126,14 @@ def main() -> int:
             from gemma_mtp.demo import demo_drafter
 
             args.model_draft = str(demo_drafter())
+    prompts = [PROMPT] if args.prompts == "fibonacci" else HELD_OUT
     ours_engine = Ours(
-        args.model, args.dtype, args.model_draft if args.spec_type in ("mtp", "draft") else None
+        args.model, args.dtype, prompts, args.model_draft if args.spec_type in ("mtp", "draft") else None
     )
     ours_engine.n = args.n
     theirs_rates, ours_rates, spec_rates, theirs_rss, theirs_base, theirs_now = [], [], [], 0.0, 0.0, 0.0
     for _ in range(args.reps):  # alternate, so that load changes hit both engines alike
-        got = llama_cpp_rates(args.llama_python, args.model, args.n, 1, args.threads)
+        got = llama_cpp_rates(args.llama_python, args.model, prompts, args.n, 1, args.threads)
         theirs_rates += got["rates"]
         theirs_rss, theirs_base = max(theirs_rss, got["peak_rss_mb"]), got["base_rss_mb"]
         theirs_now = got["rss_mb"]
@@ -139,6 +148,7 @@ def main() -> int:
         "threads": args.threads,
         "n": args.n,
         "reps": args.reps,
+        "prompts": args.prompts,
         "commit": git_commit(),
         "timestamp": timestamp(),
     }
