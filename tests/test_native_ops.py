@@ -204,3 +204,45 @@ def test_argmax_rows_is_torch_argmax_ties_and_nans_included(ops):
     x[4, -1] = x[4].max() + 1  # the maximum in the scalar tail
     assert torch.equal(ops.argmax_rows(x), x.argmax(dim=-1))
     assert torch.equal(ops.argmax_rows(x[:, :7]), x[:, :7].argmax(dim=-1))  # rows shorter than a vector
+
+
+@pytest.mark.parametrize("kind", ["mtp", "ngram"])
+def test_batched_speculation_on_native_blocks_equals_each_row_alone(ops, reference_models, tmp_path, kind):
+    """The native path end to end: a Q8_0 target and drafter, several rows of different lengths in
+    one batch (padding, rows idle in some rounds), drafts verified over several positions with the
+    KV written by the native block: every row gets plain greedy decoding's tokens."""
+    from gemma_mtp.engine.batch import BatchDecoder
+    from gemma_mtp.gguf import convert_hf_to_gguf
+    from gemma_mtp.sampling import SamplingParams
+    from gemma_mtp.speculative.base import SpecOptions
+    from gemma_mtp.speculative.mtp import MTPDrafter
+    from gemma_mtp.speculative.ngram import NgramDrafter
+    from gemma_mtp.weights.gguf_loader import load_gguf_model
+
+    target_path = convert_hf_to_gguf(
+        reference_models.target("e2b").path, tmp_path / "t.gguf", out_type="Q8_0"
+    )
+    draft_ref = reference_models.assistant("e2b", ordered=True)
+    draft_path = convert_hf_to_gguf(draft_ref.path, tmp_path / "d.gguf", out_type="Q8_0")
+    target, config, _ = load_gguf_model(target_path)
+    assistant, _, _ = load_gguf_model(draft_path)
+    assert target.layers[0]._native()[0] is not None
+    gen = torch.Generator().manual_seed(3)
+    motif = torch.randint(3, config.vocab_size, (5,), generator=gen).tolist()
+    prompts = [
+        [2, *motif * 3],
+        [2, *torch.randint(3, config.vocab_size, (9,), generator=gen).tolist()],
+        [2, 7],
+    ]
+
+    def run(batch: int, spec: SpecOptions, rows: list[list[int]]) -> list[list[int]]:
+        decoder = BatchDecoder(target, max_batch=batch, ctx_size=96)
+        decoder.drafters = {"mtp": MTPDrafter(target, assistant, decoder.cache), "ngram": NgramDrafter()}
+        greedy = SamplingParams(temperature=0)
+        slots = [decoder.add(p, n_predict=20, sampling=greedy, spec=spec, stop_ids=frozenset()) for p in rows]
+        while decoder.active():
+            decoder.step()
+        return [s.generated for s in slots]
+
+    alone = [run(1, SpecOptions(), [p])[0] for p in prompts]
+    assert run(3, SpecOptions(type=kind, n_max=3), prompts) == alone
