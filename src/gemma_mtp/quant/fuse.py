@@ -18,7 +18,7 @@ from .blocks import GGUFBlockWeight, GGUFMultiWeight
 from .modules import QuantLinear, quant_linear
 from .q8 import Q8BlockWeight
 
-__all__ = ["FusedLinear", "fuse_q8", "fuse_model_projections"]
+__all__ = ["FusedLinear", "fuse_linears", "fuse_model_projections"]
 
 
 class FusedLinear(nn.Module):
@@ -48,7 +48,7 @@ def _fusable(linears: list[nn.Module | None]) -> bool:
     )
 
 
-def fuse_q8(linears: list[nn.Module | None]) -> FusedLinear | None:
+def fuse_linears(linears: list[nn.Module | None]) -> FusedLinear | None:
     """One `FusedLinear` over `linears` (q8: each then holds a row view of it), or None."""
     if (
         len(linears) >= 2
@@ -80,12 +80,12 @@ def fuse_model_projections(model: nn.Module) -> int:
         if hasattr(module, "fused_qkv") and module.fused_qkv is None:
             parts = [module.q_proj, getattr(module, "k_proj", None), getattr(module, "v_proj", None)]
             parts = [p for p in parts if p is not None]
-            fused = fuse_q8(parts)
+            fused = fuse_linears(parts)
             if fused is not None:
                 module.fused_qkv = fused
                 count += 1
         if hasattr(module, "fused_gate_up") and module.fused_gate_up is None:
-            fused = fuse_q8([module.gate_proj, module.up_proj])
+            fused = fuse_linears([module.gate_proj, module.up_proj])
             if fused is not None:
                 module.fused_gate_up = fused
                 count += 1
