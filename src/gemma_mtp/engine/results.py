@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Timings", "Result", "Step"]
+if TYPE_CHECKING:
+    from .batch import Slot
+
+__all__ = ["Timings", "Result", "Step", "slot_timings"]
 
 
 @dataclass(kw_only=True)
@@ -14,6 +17,22 @@ class Timings:
     prompt_ms: float = 0.0  # prefill forward(s) and the first sampled token
     decode_ms: float = 0.0  # every forward after the prefill
     decode_tokens_per_s: float = 0.0  # tokens committed after the first / decode time
+
+
+def slot_timings(slot: Slot, *, load_s: float = 0.0) -> Timings:
+    """A finished (or cancelled) slot's timings: the one place they are computed.
+
+    ``prompt_ms`` is the prefill plus the round that fed the last prompt token and sampled the
+    first token; ``decode_ms`` is every later round; the rate counts the tokens after the first.
+    """
+    decode_ms = max(slot.decode_ms - slot.first_round_ms, 0.0)
+    n_after_first = max(len(slot.generated) - 1, 0)
+    return Timings(
+        load_s=load_s,
+        prompt_ms=slot.prompt_ms + slot.first_round_ms,
+        decode_ms=decode_ms,
+        decode_tokens_per_s=n_after_first / (decode_ms / 1e3) if decode_ms > 0 else 0.0,
+    )
 
 
 @dataclass(kw_only=True)

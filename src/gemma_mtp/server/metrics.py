@@ -1,7 +1,7 @@
 """Server counters in Prometheus' text format, named as vLLM names them (prefix ``gemma_mtp:``).
 
-The worker thread counts tokens and speculative statistics as each round commits them; the HTTP
-side counts requests and errors. One lock guards everything; rendering takes a consistent copy.
+The scheduler (on the worker thread) counts tokens and speculative statistics as each round
+commits them; the HTTP side counts requests and errors. One lock guards everything; rendering takes a consistent copy.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
+from ..engine.scheduler import copy_stats, stats_delta  # re-exported: they used to live here
 from ..speculative.stats import SpecStats
 
 __all__ = ["Metrics", "PREFIX", "stats_delta", "copy_stats"]
@@ -111,28 +112,3 @@ def _escape(value: str) -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def stats_delta(now: SpecStats, seen: SpecStats) -> SpecStats:
-    """What ``now`` counted since ``seen`` (an earlier copy of the same request's statistics)."""
-
-    def minus(a: list[int], b: list[int]) -> list[int]:
-        return [x - (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
-
-    return SpecStats(
-        rounds=now.rounds - seen.rounds,
-        drafted=now.drafted - seen.drafted,
-        accepted=now.accepted - seen.accepted,
-        accepted_by_position=minus(now.accepted_by_position, seen.accepted_by_position),
-        drafted_by_position=minus(now.drafted_by_position, seen.drafted_by_position),
-    )
-
-
-def copy_stats(stats: SpecStats) -> SpecStats:
-    return SpecStats(
-        rounds=stats.rounds,
-        drafted=stats.drafted,
-        accepted=stats.accepted,
-        accepted_by_position=list(stats.accepted_by_position),
-        drafted_by_position=list(stats.drafted_by_position),
-    )

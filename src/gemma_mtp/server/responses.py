@@ -9,7 +9,7 @@ from typing import Any
 
 from .. import __version__
 from ..chat import ChatEvent, ParsedOutput
-from .worker import Finished
+from ..engine.scheduler import Finished
 
 __all__ = [
     "ApiError",
