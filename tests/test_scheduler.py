@@ -20,6 +20,7 @@ from gemma_mtp.speculative.ngram import NgramDrafter
 from gemma_mtp.speculative.stats import SpecStats
 
 GREEDY = SamplingParams(temperature=0)
+PLAIN = SpecOptions()
 CTX = 64
 PROMPTS = [[2, 5, 7, 9, 11], [2, 14, 6, 6, 8, 3], [2, 9, 4, 9, 4], [2, 3]]
 SPECS = [SpecOptions(type="mtp", n_max=3), SpecOptions(), SpecOptions(type="ngram", n_max=2), SpecOptions()]
@@ -67,7 +68,7 @@ class CountingMetrics:
         self.spec.merge(delta)
 
 
-def job(prompt: list[int], n: int, spec: SpecOptions = SpecOptions(), **kwargs) -> Job:
+def job(prompt: list[int], n: int, spec: SpecOptions = PLAIN, **kwargs) -> Job:
     return Job(prompt_ids=prompt, n_predict=n, sampling=GREEDY, spec=spec, stop_ids=frozenset(), **kwargs)
 
 
