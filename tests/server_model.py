@@ -1,4 +1,6 @@
-"""A tiny Gemma 4 checkpoint that a server can run: weights, tokenizer.json and a chat template.
+"""A tiny Gemma 4 checkpoint that a server can run: weights, tokenizer.json and a chat template,
+and what the server tests share: `RunningServer` (uvicorn in a thread), their settings, and a
+decoder that commits a scripted answer.
 
 The weights are the reference suite's tiny random e2b-like target (``hf_reference``); next to them
 we write a 256-token Gemma 4-style vocabulary (special tokens at Gemma 4's ids, ASCII characters,
@@ -11,9 +13,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import threading
+import time
 from pathlib import Path
 
+from gemma_mtp.engine.batch import BatchDecoder
+from gemma_mtp.server.settings import ServerSettings
+from gemma_mtp.speculative.base import SpecOptions
 from gemma_mtp.tokenizer import Tokenizer, tokenizer_from_gguf_metadata
+
+API_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+MODEL = "tiny-gemma"  # the servers' --alias
+CTX = 256
 
 # Gemma 4's special tokens at their real ids: text, GGUF token type (3 control: left out of decoded
 # text; 4 user-defined: kept, so the chat output parser sees them; 2 unknown).
@@ -115,3 +128,120 @@ def servable_copy(checkpoint: Path, dst: Path) -> Path:
     shutil.copytree(checkpoint, dst)
     write_tokenizer(dst)
     return dst
+
+
+def servable_models(reference_models, root: Path) -> dict[str, Path]:
+    """The reference suite's tiny e2b target (made servable under ``root``) and its MTP assistant."""
+    target = reference_models.target("e2b").path
+    assistant = reference_models.assistant("e2b", ordered=True).path
+    return {"target": servable_copy(target, root / "target"), "assistant": assistant}
+
+
+def server_settings(models: dict[str, Path], **overrides) -> ServerSettings:
+    values = dict(
+        model=str(models["target"]),
+        model_draft=str(models["assistant"]),
+        parallel=4,
+        max_queue=12,
+        api_key=API_KEY,
+        alias=MODEL,
+        ctx_size=CTX,
+        spec=SpecOptions(type="mtp", n_max=3),
+        dtype="float32",
+        device="cpu",
+    )
+    return ServerSettings(**{**values, **overrides})
+
+
+class RunningServer:
+    """`create_app` served by uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, settings: ServerSettings, loader=None) -> None:
+        import uvicorn
+
+        from gemma_mtp.server.app import create_app
+
+        self.app = create_app(settings, loader=loader)
+        self.state = self.app.state.server
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._socket.getsockname()[1]}"
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning"))
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+
+    def __enter__(self) -> RunningServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> RunningServer:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.url}/health").status_code != 200:
+            assert self.state.error is None, f"loading failed: {self.state.error}"
+            assert time.monotonic() < deadline, "the model did not load"
+            time.sleep(0.02)
+        return self
+
+    @property
+    def worker(self):
+        return self.state.service.worker
+
+    def wait_idle(self, timeout: float = 10) -> dict:
+        """The worker's snapshot once no request holds a slot or waits for one."""
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = self.worker.snapshot()
+            if snapshot["running"] == snapshot["waiting"] == snapshot["decoder_rows_in_use"] == 0:
+                return snapshot
+            assert time.monotonic() < deadline, f"slots still busy: {snapshot}"
+            time.sleep(0.01)
+
+    def __exit__(self, *exc) -> None:
+        self._server.should_exit = True
+        self._thread.join(30)
+
+
+class ScriptedDecoder(BatchDecoder):
+    """Commits ``script`` (three tokens a round, then <eos>) instead of the random model's tokens;
+    prefill, slots and stop ids work as in `BatchDecoder`."""
+
+    script: list[int] = []
+    ROUND = 3
+
+    def step(self) -> dict[int, list[int]]:
+        out = {}
+        for slot in self.active():
+            done = len(slot.generated)
+            out[slot.row] = self._commit(slot, self.script[done : done + self.ROUND] or [1])
+        return out
+
+
+def scripted_server(models: dict[str, Path]) -> RunningServer:
+    """A one-slot server whose worker runs a `ScriptedDecoder` (set its answer with `say`)."""
+    from gemma_mtp.server.service import load_service
+    from gemma_mtp.server.worker import Worker
+
+    def loader(metrics):
+        service = load_service(
+            server_settings(models, parallel=1, max_queue=2, ctx_size=512), metrics=metrics
+        )
+        decoder = service.worker.decoder
+        scripted = ScriptedDecoder(decoder.target, max_batch=1, ctx_size=512, drafters=decoder.drafters)
+        service.worker = Worker(scripted, max_queue=2, metrics=metrics)
+        return service
+
+    return RunningServer(server_settings(models, parallel=1), loader=loader)
+
+
+def say(running: RunningServer, text: str) -> list[int]:
+    """The scripted server's next answers: ``text``, tokenized (the ids are returned)."""
+    tokenizer = running.state.service.tokenizer
+    running.worker.decoder.script = tokenizer.encode(text, add_bos=False)
+    return running.worker.decoder.script
