@@ -20,7 +20,7 @@ from gguf import GGUFValueType
 from ..errors import ModelFormatError, UsageError
 from .keys import LAYOUT_BY_ARCH, TARGET_ARCHS
 from .metadata import describe_supported
-from .reader import DEFAULT_ALIGNMENT, GGUFFile, open_gguf
+from .reader import GGUFFile, open_gguf
 from .writer import atomic_output
 
 __all__ = [
@@ -53,12 +53,6 @@ _WHOLE_PATH = re.compile(
 _EMBEDDED_PATH = re.compile(
     r"(?:^|[\s'\"=:(,])(?:/(?:home|Users|root|mnt|media|tmp|data|scratch|workspace)/|[A-Za-z]:\\Users\\)"
 )
-_SCALARS = {
-    GGUFValueType.UINT8: 1, GGUFValueType.INT8: 1, GGUFValueType.BOOL: 1,
-    GGUFValueType.UINT16: 2, GGUFValueType.INT16: 2,
-    GGUFValueType.UINT32: 4, GGUFValueType.INT32: 4, GGUFValueType.FLOAT32: 4,
-    GGUFValueType.UINT64: 8, GGUFValueType.INT64: 8, GGUFValueType.FLOAT64: 8,
-}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -99,87 +93,27 @@ def find_leaks(gf: GGUFFile) -> list[Leak]:
     return leaks
 
 
-# ------------------------------------------------------------------------------------- header spans
-
-
-class _Walker:
-    """Finds the byte span of every key/value record and of the tensor infos (no decoding)."""
-
-    def __init__(self, buf: memoryview) -> None:
-        self.buf, self.pos = buf, 0
-
-    def u32(self) -> int:
-        self.pos += 4
-        return struct.unpack_from("<I", self.buf, self.pos - 4)[0]
-
-    def u64(self) -> int:
-        self.pos += 8
-        return struct.unpack_from("<Q", self.buf, self.pos - 8)[0]
-
-    def string(self) -> str:
-        n = self.u64()
-        self.pos += n
-        return bytes(self.buf[self.pos - n : self.pos]).decode("utf-8", errors="replace")
-
-    def skip(self, n: int) -> None:
-        self.pos += n
-
-    def skip_value(self, vtype: int) -> None:
-        if vtype == GGUFValueType.STRING:
-            self.skip(self.u64())
-        elif vtype == GGUFValueType.ARRAY:
-            sub, count = self.u32(), self.u64()
-            if sub == GGUFValueType.STRING:
-                for _ in range(count):
-                    self.skip(self.u64())
-            else:
-                self.skip(_SCALARS[GGUFValueType(sub)] * count)
-        else:
-            self.skip(_SCALARS[GGUFValueType(vtype)])
-
-
-def _layout(buf: memoryview) -> tuple[list[tuple[str, int, int]], tuple[int, int]]:
-    """([(key, start, end)] of each record, (start, end) of the tensor infos)."""
-    w = _Walker(buf)
-    w.pos = 8  # magic, version
-    n_tensors, n_kv = w.u64(), w.u64()
-    records = []
-    for _ in range(n_kv):
-        start = w.pos
-        key = w.string()
-        w.skip_value(w.u32())
-        records.append((key, start, w.pos))
-    ti_start = w.pos
-    for _ in range(n_tensors):
-        w.string()
-        w.skip(8 * w.u32() + 4 + 8)  # dims, type, offset
-    return records, (ti_start, w.pos)
+# ------------------------------------------------------------------------------------- rewrite
 
 
 def _rewrite(gf: GGUFFile, out: Path, drop: set[str]) -> None:
+    """The header with the records in `drop` left out (the reader's byte spans, copied verbatim),
+    padded to the alignment, then the data section unchanged."""
+    ti_start, ti_end = gf.tensor_info_span
+    align = gf.alignment
+    data_start = -(-ti_end // align) * align
     with open(gf.path, "rb") as fin:
-        head_size = min(gf.path.stat().st_size, _data_start_bound(gf))
-        head = memoryview(fin.read(head_size))
-        records, (ti_start, ti_end) = _layout(head)
-        align = int(gf.value("general.alignment", DEFAULT_ALIGNMENT))
-        data_start = -(-ti_end // align) * align
-        kept = [(start, end) for key, start, end in records if key not in drop]
-        parts = [bytes(head[0:16]), struct.pack("<Q", len(kept))]
-        parts += [bytes(head[start:end]) for start, end in kept]
-        parts.append(bytes(head[ti_start:ti_end]))
+        head = fin.read(ti_end)
+        kept = [(start, end) for key, (start, end) in gf.spans.items() if key not in drop]
+        parts = [head[0:16], struct.pack("<Q", len(kept))]
+        parts += [head[start:end] for start, end in kept]
+        parts.append(head[ti_start:ti_end])
         header = b"".join(parts)
         with open(out, "wb") as fout:
             fout.write(header)
             fout.write(b"\0" * (-len(header) % align))
             fin.seek(data_start)
             shutil.copyfileobj(fin, fout, length=16 << 20)
-
-
-def _data_start_bound(gf: GGUFFile) -> int:
-    """Bytes up to the first tensor's data: the header is inside them."""
-    if not gf.tensors:
-        return gf.path.stat().st_size
-    return min(t.data_offset for t in gf.tensors.values())
 
 
 def check_architecture(gf: GGUFFile) -> None:
