@@ -12,11 +12,15 @@ PYTEST_ARGS ?=
 
 .PHONY: test demo lint venv
 
+# build-kernels first: the native CPU kernels are built (or found) once, loudly, before anything
+# uses them; with CI=true a failed build fails the run.
 test: $(VENV)/.stamp-dev
+	$(BIN)/gemma-mtp build-kernels
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # scripts/demo.py runs the main job end to end on the embedded default pair.
 demo: $(VENV)/.stamp-base
+	$(BIN)/gemma-mtp build-kernels
 	$(BIN)/python scripts/demo.py
 
 # Markdown is left out of the format check: its code blocks are illustrations, aligned by hand.
@@ -33,9 +37,10 @@ $(VENV)/.stamp-torch: | $(BIN)/python
 	$(BIN)/python -m pip install $(TORCH)
 	touch $@
 
-# Editable installs, so that source edits are live without re-running pip.
+# Editable installs, so that source edits are live without re-running pip. The base install has the
+# server and bench extras: after `make demo` every command in the README works.
 $(VENV)/.stamp-base: pyproject.toml $(VENV)/.stamp-torch
-	$(BIN)/python -m pip install -e .
+	$(BIN)/python -m pip install -e '.[server,bench]'
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml $(VENV)/.stamp-torch

@@ -40,9 +40,9 @@ from _common import RESULTS, append_jsonl, cpu_name, format_table, git_commit, g
 from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
+from gemma_mtp import native as native_build
 from gemma_mtp.api import Engine
 from gemma_mtp.assets import gemma3_270m_gguf
-from gemma_mtp.quant.native import q8_module
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
 from gemma_mtp.tokenizer import load_tokenizer
@@ -89,7 +89,7 @@ def kernel_methods(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.T
         "int4pack": int4(1),
         "int4pack x2": int4(2),
     }
-    native = q8_module()
+    native = native_build.module()
     if native is not None:  # ours: int8 codes, float32 scale per 32, int8 activations per 32
         d = torch.rand(n, k // 32, generator=gen) * 0.01
         methods["q8 (ours)"] = lambda x: native.q8_mm(x, q8, d, NO_ZERO, 32)

@@ -116,10 +116,10 @@ def test_kv_tensors_of_kv_shared_layers_are_tolerated(reference_models, tmp_path
 def test_auto_dtype_keeps_f32_files_f32_and_halves_the_others(reference_models, tmp_path, out_type, dtype):
     """auto: F32 files stay float32, F16 ones load in bfloat16; quantized files on the CPU keep their
     weights quantized under float32 activations when our q8 kernel is built (else bfloat16)."""
-    from gemma_mtp.quant.native import q8_module
+    from gemma_mtp import native
 
     if dtype is None:
-        dtype = torch.float32 if q8_module() is not None else torch.bfloat16
+        dtype = torch.float32 if native.module() is not None else torch.bfloat16
     path = convert_hf_to_gguf(reference_models.target("gemma3").path, tmp_path / "m.gguf", out_type=out_type)
     model, _, report = load_gguf_model(path)
     assert report.dtype == dtype and model.embed_tokens.weight.dtype == dtype

@@ -1,4 +1,4 @@
-"""Our native kernel on GGUF blocks read in place (`quant/blocks.py`, `csrc/gguf_mm.cpp`).
+"""Our native kernel on GGUF blocks read in place (`quant/blocks.py`, `native/csrc/gguf_mm.cpp`).
 
 References no one here wrote: `gguf.quants.dequantize` for the weights (every row decoded by the
 kernel must equal it bit for bit) and float64 matmuls for the products. The kernel rounds each
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from native_required import native_or_skip
 from test_quant_kernels import ALL_CODE_TYPES, K, N, blocks_of, reference
 
 from gemma_mtp.quant import QuantLinear
@@ -22,11 +23,7 @@ Q = GGMLQuantizationType
 
 @pytest.fixture(scope="module")
 def native():
-    from gemma_mtp.quant.native import q8_module, why_unavailable
-
-    if q8_module() is None:
-        pytest.skip(why_unavailable())
-    return q8_module()
+    return native_or_skip()
 
 
 def weight_of(qtype, **kw):

@@ -1,4 +1,4 @@
-"""The fused float32 CPU ops (`quant/csrc/q8_mm.cpp`: RMS norm, per-head norm + rotary) against the
+"""The fused float32 CPU ops (`native/csrc/q8_mm.cpp`: RMS norm, per-head norm + rotary) against the
 torch formulas they replace, and the guard that keeps autograd on the torch path."""
 
 from __future__ import annotations
@@ -6,17 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 from asset_helpers import gemma3_270m
+from native_required import native_or_skip
 
 from gemma_mtp.models.common import RMSNorm, apply_rope, norm_rope
-from gemma_mtp.quant.native import fast_cpu_ops, q8_module
+from gemma_mtp.ops import native_for
 
 
 @pytest.fixture(scope="module")
 def ops():
-    module = q8_module()
-    if module is None:
-        pytest.skip("the native kernels cannot be built here")
-    return module
+    return native_or_skip()
 
 
 def _torch_norm(x, w, eps):
@@ -50,12 +48,12 @@ def test_modules_take_the_fused_path_only_outside_autograd_and_float32(ops):
     with torch.no_grad():
         norm.weight.normal_()
     x = torch.randn(2, 3, 4, 64)
-    assert fast_cpu_ops(x, norm.weight) is None  # the weight requires grad: training keeps torch ops
+    assert native_for(x, norm.weight) is None  # the weight requires grad: training keeps torch ops
     with torch.no_grad():
-        assert fast_cpu_ops(x, norm.weight) is ops
+        assert native_for(x, norm.weight) is ops
         fused = norm(x)
         rope = norm_rope(norm, x, None, None)
-    assert fast_cpu_ops(x.bfloat16()) is None
+    assert native_for(x.bfloat16()) is None
     want = _torch_norm(x, norm.weight.detach() + 1.0, 1e-6)
     assert torch.allclose(fused, want, rtol=1e-5, atol=1e-6) and torch.equal(rope, fused)
     y = norm(x)  # with grad: the torch path, and gradients reach the weight
@@ -99,9 +97,9 @@ def test_real_model_forward_over_drafts_equals_one_position_forwards():
     from gemma_mtp.weights.gguf_loader import load_gguf_model
 
     path = gemma3_270m()
+    native_or_skip()
     model, _, _ = load_gguf_model(path)
-    if model.embed_tokens.table.kind != "gguf":
-        pytest.skip("the native kernels are not built here")
+    assert model.embed_tokens.table.kind == "gguf"
     tokens = torch.tensor([[2, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000, 11000]])
 
     def run(split: bool) -> torch.Tensor:

@@ -199,10 +199,9 @@ def _q8_reference(x: torch.Tensor, weight) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def q8():
-    from gemma_mtp.quant.native import q8_module, why_unavailable
+    from native_required import native_or_skip
 
-    if q8_module() is None:
-        pytest.skip(why_unavailable())
+    native_or_skip()
     from gemma_mtp.quant.q8 import Q8BlockWeight
 
     return Q8BlockWeight

@@ -13,6 +13,7 @@ import dataclasses
 import hf_reference as ref
 import pytest
 import torch
+from native_required import native_or_skip
 from test_gguf_helpers import synthetic_shared_kv, target_logits
 
 import gemma_mtp
@@ -106,16 +107,16 @@ def test_explicit_float32_loads_stay_dequantized_unless_asked(reference_models, 
 
 
 def test_without_the_native_kernel_torch_kernels_stand_in_and_say_so(reference_models, tmp_path, monkeypatch):
-    from gemma_mtp.quant.native import q8_module
+    from gemma_mtp import native
 
     path = _q8_file(reference_models, tmp_path, "gemma3")
     monkeypatch.setenv("GEMMA_MTP_NATIVE", "0")
-    q8_module.cache_clear()
+    native.reset()
     try:
         model, _, report = load_gguf_model(path)
     finally:
         monkeypatch.delenv("GEMMA_MTP_NATIVE")
-        q8_module.cache_clear()
+        native.reset()
     assert model.embed_tokens.table.kind == "int4" and model.dtype == torch.bfloat16
     assert any("GEMMA_MTP_NATIVE=0" in n and "torch's weight-only kernels" in n for n in report.notices)
     tokens = ref.random_tokens(1, 16, seed=5)
@@ -174,9 +175,9 @@ def test_speculative_output_equals_plain_output_on_a_quantized_target(reference_
 @pytest.mark.parametrize("kind", ["gguf", "q8"])
 def test_q_k_v_and_gate_up_fuse_into_one_matmul_over_shared_memory(reference_models, tmp_path, kind):
     path = _q8_file(reference_models, tmp_path, "gemma3")
+    native_or_skip()
     model, _, _ = load_gguf_model(path, kernels={"Q8_0": kind})
-    if model.embed_tokens.table.kind != kind:
-        pytest.skip("the native kernels are not built here")
+    assert model.embed_tokens.table.kind == kind
     attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
     assert attn.fused_qkv is not None and mlp.fused_gate_up is not None
     x = torch.randn(3, attn.q_proj.in_features)

@@ -1,31 +1,24 @@
-"""The Python API: `load(model, draft=None, **options) -> Engine`; `Engine.generate` / `Engine.stream`."""
+"""The Python API: `load(model, draft=None, **options) -> Engine`; `Engine.generate` / `Engine.stream`.
+
+`load` is the only way the surfaces get an `Engine` (`engine/engine.py`)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from . import native
 from .config import AssistantConfig, TextConfig
-from .engine.batch import BatchDecoder, Slot
+from .engine.engine import Engine
 from .engine.results import Result, Step, Timings
-from .errors import ContextOverflowError, ModelFormatError, UsageError
-from .models.assistant import AssistantModel
-from .models.gemma import GemmaModel
-from .sampling import SamplingParams
-from .speculative.base import MAX_DRAFT, Drafter, SpecOptions
-from .speculative.draft_model import DraftModelDrafter
-from .speculative.mtp import MTPDrafter
-from .speculative.ngram import NgramDrafter
-from .speculative.stats import SpecStats
+from .errors import ModelFormatError, UsageError
+from .speculative.base import SpecOptions
 from .weights.hf import LoadReport, load_hf_model
-
-if TYPE_CHECKING:
-    from .tokenizer import Tokenizer
+from .weights.placement import resolve_device
 
 __all__ = ["load", "Engine", "Result", "Step", "Timings", "SpecOptions"]
 
@@ -84,6 +77,10 @@ def load(
     if ctx_size < 2:
         raise UsageError(f"-c/--ctx-size {ctx_size} is too small; use at least 2")
     t0 = time.perf_counter()
+    if resolve_device(device).type == "cpu":
+        # the native kernels, built here if this machine has none yet: a first build is part of
+        # loading, never of the first forward (which would count it in prompt_ms)
+        native.module()
     target, config, report = _load_any(
         model,
         dtype=dtype,
@@ -119,137 +116,3 @@ def load(
     engine.load_report = report
     engine.load_s = time.perf_counter() - t0
     return engine
-
-
-class Engine:
-    """Owns a target (and drafter), its KV cache, and runs generations one at a time."""
-
-    def __init__(
-        self,
-        target: GemmaModel,
-        config: TextConfig,
-        *,
-        ctx_size: int,
-        stop_ids: frozenset[int],
-        drafter: torch.nn.Module | None = None,
-        max_batch: int = 1,
-    ) -> None:
-        self.target = target
-        self.config = config
-        self.ctx_size = ctx_size
-        self.stop_ids = stop_ids
-        self.drafter = drafter
-        self.load_report: LoadReport | None = None
-        # Optional: set it to take text prompts, fill `Result.text`/`Step.text`, and stop on its ids too.
-        self.tokenizer: Tokenizer | None = None
-        self.load_s = 0.0
-        self.stats: dict[str, SpecStats] = {}  # cumulative, per strategy
-        self.decoder = BatchDecoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
-        drafters: dict[str, Drafter] = {"ngram": NgramDrafter()}
-        if isinstance(drafter, AssistantModel):
-            drafters["mtp"] = MTPDrafter(target, drafter, self.decoder.cache)
-        elif drafter is not None:
-            drafters["draft"] = DraftModelDrafter(config, drafter, batch_size=max_batch, max_context=ctx_size)
-        self.decoder.drafters = drafters
-
-    def default_spec(self) -> SpecOptions:
-        """mtp with an assistant, draft with a draft model, none otherwise (DESIGN.md)."""
-        kind = (
-            "mtp"
-            if "mtp" in self.decoder.drafters
-            else "draft"
-            if "draft" in self.decoder.drafters
-            else "none"
-        )
-        return SpecOptions(type=kind)
-
-    def _prompt_ids(self, prompt: list[int] | str) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise UsageError("text prompts need a tokenizer: set engine.tokenizer, or pass token ids")
-            prompt = self.tokenizer.encode(prompt)
-        ids = [int(t) for t in prompt]
-        if not ids:
-            raise UsageError("the prompt is empty; give at least one token id")
-        bad = [t for t in ids if not 0 <= t < self.config.vocab_size]
-        if bad:
-            raise UsageError(
-                f"prompt token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})"
-            )
-        if len(ids) >= self.ctx_size:
-            raise ContextOverflowError(
-                f"the prompt has {len(ids)} tokens but the context holds {self.ctx_size} (-c/--ctx-size); "
-                "raise -c or shorten the prompt"
-            )
-        return ids
-
-    def _check_spec(self, spec: SpecOptions) -> None:
-        if spec.type in ("none", "ngram") or spec.type in self.decoder.drafters:
-            return
-        need = "an MTP assistant" if spec.type == "mtp" else "a draft model"
-        raise UsageError(f"--spec-type {spec.type} needs {need}: pass it with -md/--model-draft")
-
-    def stream(
-        self,
-        prompt: list[int] | str,
-        *,
-        n_predict: int = 128,
-        sampling: SamplingParams | None = None,
-        spec: SpecOptions | None = None,
-        result: Result | None = None,
-    ) -> Iterator[Step]:
-        """Generate, yielding the tokens each round commits; fills `result` (if given) as it goes."""
-        sampling = sampling or SamplingParams()
-        spec = spec or self.default_spec()
-        self._check_spec(spec)
-        ids = self._prompt_ids(prompt)
-        result = result if result is not None else Result()
-        result.n_prompt = len(ids)
-        tokenizer, stop_ids, text = self.tokenizer, self.stop_ids, None
-        if tokenizer is not None:  # the model's EOS ids and the tokenizer's end-of-generation ids
-            stop_ids, text = stop_ids | tokenizer.stop_ids, tokenizer.incremental_decoder()
-        slot = self.decoder.add(ids, n_predict=n_predict, sampling=sampling, spec=spec, stop_ids=stop_ids)
-        try:
-            while not slot.done:
-                new = self.decoder.step().get(slot.row, [])
-                result.token_ids.extend(new)
-                if new:
-                    piece = ""
-                    if text is not None:  # the stop token ends the text; it is not part of it
-                        piece = text.push(new[:-1] if slot.stop_reason == "eos" else new)
-                        piece += text.flush() if slot.done else ""
-                    yield Step(token_ids=new, text=piece)
-        finally:
-            self.decoder.release(slot)
-            self._finish(slot, result)
-            if tokenizer is not None:
-                generated = result.token_ids
-                result.text = tokenizer.decode(generated[:-1] if result.stop_reason == "eos" else generated)
-
-    def _finish(self, slot: Slot, result: Result) -> None:
-        result.n_generated = len(result.token_ids)
-        result.stop_reason = slot.stop_reason or "cancelled"
-        n_after_first = max(result.n_generated - 1, 0)
-        decode_ms = slot.decode_ms - slot.first_round_ms
-        result.timings = Timings(
-            load_s=self.load_s,
-            prompt_ms=slot.prompt_ms + slot.first_round_ms,
-            decode_ms=decode_ms,
-            decode_tokens_per_s=n_after_first / (decode_ms / 1e3) if decode_ms > 0 else 0.0,
-        )
-        if slot.spec.type != "none":
-            result.speculative = slot.stats.to_dict()
-            self.stats.setdefault(slot.spec.type, SpecStats(type=slot.spec.type)).merge(slot.stats)
-
-    def generate(
-        self,
-        prompt: list[int] | str,
-        *,
-        n_predict: int = 128,
-        sampling: SamplingParams | None = None,
-        spec: SpecOptions | None = None,
-    ) -> Result:
-        result = Result()
-        for _ in self.stream(prompt, n_predict=n_predict, sampling=sampling, spec=spec, result=result):
-            pass
-        return result

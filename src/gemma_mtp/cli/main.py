@@ -11,6 +11,7 @@ from gemma_mtp import __version__
 from gemma_mtp.bench.cli import add_bench_arguments, bench_command
 from gemma_mtp.cli.args import add_chat_arguments, add_run_arguments
 from gemma_mtp.cli.chat import chat_command
+from gemma_mtp.cli.kernels import add_build_kernels_arguments, build_kernels_command
 from gemma_mtp.cli.run import run_command
 from gemma_mtp.errors import GemmaMTPError
 from gemma_mtp.gguf.cli import GGUF_COMMANDS, add_gguf_commands
@@ -27,6 +28,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": serve_command,
     "bench": bench_command,
     "train-drafter": train_command,
+    "build-kernels": build_kernels_command,
     **GGUF_COMMANDS,
 }
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(commands)
     add_bench_arguments(commands)
     add_train_arguments(commands)
+    add_build_kernels_arguments(commands)
     for name in PLANNED_COMMANDS:
         commands.add_parser(name, help="(not available in this version yet)", allow_abbrev=False)
     return parser

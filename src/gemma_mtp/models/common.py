@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..cache import SharedKV
 from ..config import RopeSpec
-from ..quant.native import fast_cpu_ops
+from ..ops import ROW_ATTENTION_MAX_T, apply_rope, attention, head_norm_rope, rms_norm, softcap
 
 __all__ = [
     "RMSNorm",
@@ -22,10 +20,8 @@ __all__ = [
     "softcap",
     "SharedKV",
     "ACTIVATIONS",
+    "ROW_ATTENTION_MAX_T",
 ]
-
-_NO_TENSOR = torch.empty(0)
-ROW_ATTENTION_MAX_T = 32  # queries per forward up to which attention runs one row at a time
 
 ACTIVATIONS = {
     "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
@@ -60,14 +56,7 @@ class RMSNorm(nn.Module):
         return cached[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ops = fast_cpu_ops(x, self._parameters.get("weight"))
-        if ops is not None:  # float32 inference on the CPU: one fused call
-            scale = self._scale()
-            return ops.rms_norm(x.contiguous(), _NO_TENSOR if scale is None else scale, self.eps)
-        dim = x.shape[-1]
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, (dim,), self._scale(), self.eps)
-        return F.rms_norm(x.float(), (dim,), self._scale(), self.eps).type_as(x)
+        return rms_norm(x, self._scale(), self.eps, weight=self._parameters.get("weight"))
 
 
 class GatedMLP(nn.Module):
@@ -113,67 +102,8 @@ class Rotary(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, T, H, D]; cos/sin: [B, T, D]."""
-    cos, sin = cos[:, :, None, :], sin[:, :, None, :]
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
-
-
 def norm_rope(
     norm: RMSNorm, x: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
 ) -> torch.Tensor:
     """`apply_rope(norm(x), cos, sin)` (no rotation when cos is None) for x [B, T, H, D]."""
-    ops = fast_cpu_ops(x, norm.weight, cos)
-    if ops is not None:
-        scale = norm._scale()
-        return ops.head_norm_rope(
-            x.contiguous(),
-            _NO_TENSOR if scale is None else scale,
-            norm.eps,
-            _NO_TENSOR if cos is None else cos.contiguous(),
-            _NO_TENSOR if sin is None else sin.contiguous(),
-        )
-    y = norm(x)
-    return y if cos is None else apply_rope(y, cos, sin)
-
-
-def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
-    return x if cap is None else torch.tanh(x / cap) * cap
-
-
-def attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    scale: float,
-    logit_cap: float | None = None,
-) -> torch.Tensor:
-    """q: [B, Hq, T, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, T, S] bool (True = attend) -> [B, T, Hq*D].
-
-    Float32 on the CPU with at most `ROW_ATTENTION_MAX_T` queries (decode, verification of drafts)
-    goes through the native one-row-at-a-time kernel: each query's result is then the same in a
-    forward over one position or several, which is what makes greedy speculative output equal plain
-    output exactly. Longer forwards (prompt prefill) take torch's SDPA.
-    """
-    if q.shape[2] <= ROW_ATTENTION_MAX_T:
-        ops = fast_cpu_ops(q, k, v)
-        if ops is not None and mask.device.type == "cpu" and k.shape[0] == q.shape[0]:
-            b, _, t, _ = q.shape
-            mask = mask.expand(b, 1, t, k.shape[2])  # broadcast dims as SDPA would (stride 0)
-            return ops.attend_rows(q.transpose(1, 2), k, v, mask, scale, logit_cap or 0.0)
-    if logit_cap is None:
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
-        )
-    else:
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        scores = softcap(torch.matmul(q, k.transpose(2, 3)) * scale, logit_cap)
-        scores = scores.masked_fill(~mask, -math.inf)
-        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
-    b, h, t, d = out.shape
-    return out.transpose(1, 2).reshape(b, t, h * d)
+    return head_norm_rope(x, norm._scale(), norm.eps, cos, sin, weight=norm.weight)

@@ -1,4 +1,4 @@
-"""A decoder layer's attention and feed-forward halves as one native call each (`quant/csrc/layer.cpp`).
+"""A decoder layer's attention and feed-forward halves as one native call each (`native/csrc/layer.cpp`).
 
 Taken for float32 inference on the CPU when the layer's matrices are GGUF blocks read in place and
 fused (q/k/v, gate/up): at one token per step the ~20 small ops of a layer cost more in Python and
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from ..config import FULL
-from ..quant.native import fast_cpu_ops
-from .common import ROW_ATTENTION_MAX_T, RMSNorm
+from ..ops import ROW_ATTENTION_MAX_T, native_for
+from .common import RMSNorm
 
 __all__ = ["NativeAttention", "NativeMLP", "native_attention", "native_mlp", "NO_TENSOR"]
 
@@ -110,7 +110,7 @@ def native_attention(layer: nn.Module) -> NativeAttention | None:
 
 def ops_for(x: torch.Tensor):
     """The native module when x qualifies (float32 CPU inference), else None."""
-    return fast_cpu_ops(x) if not x.requires_grad else None
+    return native_for(x) if not x.requires_grad else None
 
 
 def run_attention(ops, spec: NativeAttention, attn: nn.Module, x, cos, sin, plan, cache, shared):

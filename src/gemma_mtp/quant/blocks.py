@@ -1,4 +1,4 @@
-"""GGUF quant blocks read in place by our native kernel (`csrc/gguf_mm.cpp`): kind "gguf".
+"""GGUF quant blocks read in place by our native kernel (`native/csrc/gguf_mm.cpp`): kind "gguf".
 
 The weight is the file's bytes, `data` uint8 `[N, bytes_per_row]`, normally a view of the
 memory-mapped file (no copy: the model takes the file's size in memory, the pages are shared with
@@ -17,7 +17,7 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
-from .native import q8_module
+from .. import native
 
 __all__ = ["GGUFBlockWeight", "GGUFMultiWeight", "BLOCK_TYPES", "gguf_kernel_ok", "as_tensor"]
 
@@ -59,17 +59,17 @@ class GGUFBlockWeight(nn.Module):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x `[M, K]` (any float dtype) -> `[M, N]` float32."""
-        return q8_module().gguf_mm(x, [self.data], [int(self.qtype)])
+        return native.module().gguf_mm(x, [self.data], [int(self.qtype)])
 
     def linear_rows(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x `[M, K]`, ids `[M, n]` -> `[M, n]` float32: row m's products with the weight rows
         `ids[m]` only (what `linear(x)[m, ids[m]]` gives, without the other rows)."""
-        return q8_module().gguf_mm_rows(x, self.data, int(self.qtype), ids.to(torch.long))
+        return native.module().gguf_mm_rows(x, self.data, int(self.qtype), ids.to(torch.long))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The weights of rows `ids` (any shape) as float32 `[*ids.shape, K]`, exactly."""
         flat = ids.reshape(-1).to(device="cpu", dtype=torch.long)
-        out = q8_module().gguf_rows(self.data, int(self.qtype), flat, self.in_features)
+        out = native.module().gguf_rows(self.data, int(self.qtype), flat, self.in_features)
         return out.view(*ids.shape, self.in_features)
 
     def dequantize(self) -> torch.Tensor:
@@ -96,7 +96,7 @@ class GGUFMultiWeight(nn.Module):
         self.out_features = sum(p.out_features for p in parts)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        return q8_module().gguf_mm(x, [p.data for p in self.parts], self._types)
+        return native.module().gguf_mm(x, [p.data for p in self.parts], self._types)
 
     @property
     def nbytes(self) -> int:

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from torch import nn
 
+from .. import native
 from .blocks import BLOCK_TYPES, GGUFBlockWeight, as_tensor
 from .codes import decode_codes
 from .int4 import Int4GroupWeight
 from .int8 import Int8RowWeight
-from .native import q8_module
 from .q8 import Q8BlockWeight
 
 __all__ = ["QuantLinear", "QuantEmbedding", "BlockRows"]
@@ -46,9 +46,11 @@ class BlockRows(nn.Module):
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         flat = ids.reshape(-1).to(device="cpu", dtype=torch.long)
-        if self.qtype in BLOCK_TYPES and q8_module() is not None:
+        if self.qtype in BLOCK_TYPES and native.module() is not None:
             return (
-                q8_module().gguf_rows(self.data, int(self.qtype), flat, self.in_features).view(*ids.shape, -1)
+                native.module()
+                .gguf_rows(self.data, int(self.qtype), flat, self.in_features)
+                .view(*ids.shape, -1)
             )
         picked = self.data[flat].numpy()
         w = torch.from_numpy(decode_codes(picked, self.qtype).dequantize())

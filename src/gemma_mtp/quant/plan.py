@@ -16,12 +16,12 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
+from ..native import why_unavailable
 from .blocks import GGUFBlockWeight, as_tensor, gguf_kernel_ok
 from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
 from .int4 import HAVE_INT4_KERNEL, Int4GroupWeight, int4_kernel_ok
 from .int8 import HAVE_INT8_KERNEL, Int8RowWeight, int8_kernel_ok
 from .modules import BlockRows, QuantEmbedding, QuantLinear
-from .native import why_unavailable
 from .policy import (
     EXACTNESS,
     FALLBACK_KERNELS,

@@ -1,4 +1,4 @@
-"""Block-int8 weights for our native kernel (`native.py`, `csrc/q8_mm.cpp`): kind "q8".
+"""Block-int8 weights for our native kernel (`gemma_mtp.native`, `native/csrc/q8_mm.cpp`): kind "q8".
 
 `q` int8 `[N, K]` holds each GGUF code (minus the type's offset for the symmetric types), `d`
 float32 `[N, K/G]` one scale per group of G = 32 inputs (16 for Q6_K), and for the asymmetric
@@ -19,8 +19,8 @@ import torch
 from gguf import GGMLQuantizationType
 from torch import nn
 
+from .. import native
 from .codes import decode_codes
-from .native import q8_module
 
 __all__ = ["Q8BlockWeight", "q8_kernel_ok"]
 
@@ -66,7 +66,7 @@ class Q8BlockWeight(nn.Module):
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x `[M, K]` (any float dtype) -> `[M, N]` float32."""
-        return q8_module().q8_mm(x, self.q, self.d, self.z, self.group)
+        return native.module().q8_mm(x, self.q, self.d, self.z, self.group)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """The weights of rows `ids` (any shape) as float32 `[*ids.shape, K]`, exactly."""

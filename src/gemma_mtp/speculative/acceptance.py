@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..quant.native import fast_cpu_ops
+from ..ops import argmax_rows
 from ..sampling import sample
 
 __all__ = ["accept_greedy", "accept_sampled"]
@@ -18,8 +18,7 @@ __all__ = ["accept_greedy", "accept_sampled"]
 
 def accept_greedy(p_target: torch.Tensor, drafts: list[int]) -> tuple[int, int]:
     """p_target: [n+1, V] scores (probabilities or logits); accept while the draft is the argmax."""
-    ops = fast_cpu_ops(p_target) if p_target.dim() == 2 else None
-    best = (ops.argmax_rows(p_target) if ops is not None else p_target.argmax(dim=-1)).tolist()
+    best = argmax_rows(p_target)
     for i, token in enumerate(drafts):
         if token != best[i]:
             return i, best[i]

@@ -32,7 +32,7 @@ from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_s
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel, ScaledEmbedding
 from ..quant.fuse import fuse_model_projections
-from ..quant.native import why_unavailable
+from ..native import why_unavailable
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
 from .hf import LoadReport
 from .meta import meta_model
