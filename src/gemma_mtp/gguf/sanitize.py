@@ -18,10 +18,10 @@ from pathlib import Path
 from gguf import GGUFValueType
 
 from ..errors import ModelFormatError, UsageError
+from .atomic import atomic_write
 from .keys import LAYOUT_BY_ARCH, TARGET_ARCHS
 from .metadata import describe_supported
 from .reader import GGUFFile, open_gguf
-from .writer import atomic_output
 
 __all__ = [
     "Leak",
@@ -150,7 +150,7 @@ def sanitize_gguf(
     out = src if in_place else Path(dst)
     if not in_place and out.exists() and out.resolve() == src.resolve():
         raise UsageError(f"OUT is the input file {src}; use --in-place to rewrite it")
-    with atomic_output(out) as tmp:
+    with atomic_write(out) as tmp:
         _rewrite(gf, tmp, {leak.key for leak in leaks})
         written = open_gguf(tmp)
         if len(written.fields) != after:

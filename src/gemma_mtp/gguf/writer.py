@@ -1,12 +1,9 @@
-"""Writing GGUF files: config -> metadata entries, float tensors -> the output type, and an atomic
-write (temp file in the target directory, then rename) through `gguf.GGUFWriter`."""
+"""Writing GGUF files: config -> metadata entries, float tensors -> the output type, and the file
+through `gguf.GGUFWriter` inside `atomic.atomic_write` (temp file beside the output, then rename)."""
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,6 +13,7 @@ from gguf.quants import QuantError, quantize
 
 from ..config import FULL, SLIDING, AssistantConfig, TextConfig
 from ..errors import UsageError
+from .atomic import atomic_write
 from .keys import DRAFTER_LAYOUTS, K
 from .names import ROPE_FREQS_ROTATED, ROPE_FREQS_UNROTATED
 
@@ -28,7 +26,6 @@ __all__ = [
     "check_out_type",
     "write_gguf",
     "rope_freqs_table",
-    "atomic_output",
     "LazyTensor",
     "write_gguf_lazy",
 ]
@@ -226,12 +223,9 @@ def write_gguf(
     entries: Iterable[Entry],
     tensors: Iterable[tuple[str, np.ndarray, GGMLQuantizationType]],
 ) -> Path:
-    """Write to a temp file beside `path`, then rename: a crash never leaves half a file at `path`."""
+    """Write through `atomic.atomic_write`: a crash never leaves half a file at `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         writer = GGUFWriter(tmp, arch)
         for entry in entries:
             if entry.key != K.ARCHITECTURE:
@@ -242,27 +236,7 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
-
-
-@contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """A temp file beside `path`, renamed onto `path` when the block succeeds and removed when it
-    fails: readers of `path` never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class LazyTensor(NamedTuple):
@@ -287,7 +261,7 @@ def write_gguf_lazy(
     """Like `write_gguf`, but each tensor is loaded (e.g. quantized) just before it is written, and
     `on_tensor` is called after each one. `alignment` keeps a source file's general.alignment."""
     path = Path(path)
-    with atomic_output(path) as tmp:
+    with atomic_write(path) as tmp:
         writer = GGUFWriter(tmp, arch)
         if alignment is not None:
             writer.data_alignment = alignment
