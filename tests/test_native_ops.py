@@ -132,14 +132,16 @@ def test_native_layer_blocks_give_the_module_path_bit_for_bit(
     give the very same logits (e2b: v norm, layer scalar, per-layer inputs, KV-shared layers that
     read an earlier layer's KV; 31b-like: k = v, soft-capping; MoE layers keep their feed-forward on
     the module path)."""
-    import gemma_mtp.models.gemma as gemma
-    from gemma_mtp.gguf import convert_hf_to_gguf
+    import gemma_mtp.models.native_blocks as blocks
+    from gemma_mtp.tools.convert import convert_hf_to_gguf
     from gemma_mtp.weights.gguf_loader import load_gguf_model
 
     path = convert_hf_to_gguf(reference_models.target(name).path, tmp_path / f"{name}.gguf", out_type="Q8_0")
     model, _, _ = load_gguf_model(path)
-    assert any(layer._native()[0] is not None for layer in model.layers)
-    assert all(layer._native()[1] is not None for layer in model.layers if not layer.moe)
+    # swapped in at load: the layers that qualify are NativeDecoderLayers with their block specs
+    assert all(isinstance(layer, blocks.NativeDecoderLayer) for layer in model.layers)
+    assert any(layer.native_specs[0] is not None for layer in model.layers)
+    assert all(layer.native_specs[1] is not None for layer in model.layers if not layer.moe)
     tokens = torch.randint(0, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
 
     def run() -> torch.Tensor:
@@ -151,7 +153,7 @@ def test_native_layer_blocks_give_the_module_path_bit_for_bit(
             return model.logits(torch.cat(out, 1))
 
     native = run()
-    monkeypatch.setattr(gemma, "ops_for", lambda x: None)
+    monkeypatch.setattr(blocks, "ops_for", lambda x: None)
     assert torch.equal(native, run())
 
 
@@ -161,14 +163,14 @@ def test_native_blocks_give_an_assistant_step_bit_for_bit(ops, reference_models,
 
     from test_gguf_helpers import synthetic_shared_kv
 
-    import gemma_mtp.models.gemma as gemma
-    from gemma_mtp.gguf import convert_hf_to_gguf
+    import gemma_mtp.models.native_blocks as blocks
+    from gemma_mtp.tools.convert import convert_hf_to_gguf
     from gemma_mtp.weights.gguf_loader import load_gguf_model
 
     reference = reference_models.assistant("e2b", ordered=True)
     path = convert_hf_to_gguf(reference.path, tmp_path / "drafter.gguf", out_type="Q8_0")
     model, config, _ = load_gguf_model(path)
-    assert all(layer._native()[0] is not None for layer in model.model.layers)
+    assert all(layer.native_specs[0] is not None for layer in model.model.layers)
     shared = {
         kind: dataclasses.replace(kv, keys=kv.keys.float(), values=kv.values.float())
         for kind, kv in synthetic_shared_kv(config.text).items()
@@ -186,11 +188,11 @@ def test_native_blocks_give_an_assistant_step_bit_for_bit(ops, reference_models,
         with torch.inference_mode():
             return model.step(x, model.prepare(positions, shared))
 
-    real = gemma.run_attention
-    monkeypatch.setattr(gemma, "run_attention", spy)
+    real = blocks.run_attention
+    monkeypatch.setattr(blocks, "run_attention", spy)
     native = run()
     assert taken and all(taken)
-    monkeypatch.setattr(gemma, "ops_for", lambda x: None)
+    monkeypatch.setattr(blocks, "ops_for", lambda x: None)
     assert torch.equal(native, run())
 
 
@@ -210,11 +212,11 @@ def test_batched_speculation_on_native_blocks_equals_each_row_alone(ops, referen
     one batch (padding, rows idle in some rounds), drafts verified over several positions with the
     KV written by the native block: every row gets plain greedy decoding's tokens."""
     from gemma_mtp.engine.batch import BatchDecoder
-    from gemma_mtp.gguf import convert_hf_to_gguf
     from gemma_mtp.sampling import SamplingParams
     from gemma_mtp.speculative.base import SpecOptions
     from gemma_mtp.speculative.mtp import MTPDrafter
     from gemma_mtp.speculative.ngram import NgramDrafter
+    from gemma_mtp.tools.convert import convert_hf_to_gguf
     from gemma_mtp.weights.gguf_loader import load_gguf_model
 
     target_path = convert_hf_to_gguf(
@@ -224,7 +226,7 @@ def test_batched_speculation_on_native_blocks_equals_each_row_alone(ops, referen
     draft_path = convert_hf_to_gguf(draft_ref.path, tmp_path / "d.gguf", out_type="Q8_0")
     target, config, _ = load_gguf_model(target_path)
     assistant, _, _ = load_gguf_model(draft_path)
-    assert target.layers[0]._native()[0] is not None
+    assert target.layers[0].native_specs[0] is not None
     gen = torch.Generator().manual_seed(3)
     motif = torch.randint(3, config.vocab_size, (5,), generator=gen).tolist()
     prompts = [

@@ -19,7 +19,6 @@ from ..cache import ForwardPlan, KVCache, SharedKV
 from ..config import FULL, LayerSpec, TextConfig
 from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, attention, norm_rope, softcap
 from .moe import Experts, Router
-from .native_blocks import attention_fits, native_attention, native_mlp, ops_for, run_attention, run_mlp
 
 __all__ = ["GemmaModel", "TargetOutput"]
 
@@ -108,31 +107,17 @@ class DecoderLayer(nn.Module):
             self.post_feedforward_layernorm_2 = RMSNorm(hidden, eps)
             self.pre_feedforward_layernorm_2 = RMSNorm(hidden, eps)
 
-    def _native(self):
-        """(attention, mlp) native block specs (models/native_blocks.py), made on first use."""
-        specs = self.__dict__.get("_native_specs")
-        if specs is None:
-            specs = (native_attention(self), None if self.moe else native_mlp(self, self.activation))
-            self.__dict__["_native_specs"] = specs
-        return specs
-
     def forward(self, x, ple, cos, sin, plan, cache, shared):
-        ops = ops_for(x)
-        attn_spec, mlp_spec = self._native() if ops is not None else (None, None)
-        out = None
-        if attn_spec is not None and attention_fits(x):
-            out = run_attention(ops, attn_spec, self.self_attn, x, cos, sin, plan, cache, shared)
-        if out is not None:
-            x = out
-        else:
-            # submodules are called through `.forward`: at one token per step nn.Module.__call__'s
-            # hook handling is a measurable share of a layer (hooks on these modules do not fire)
-            attn = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, plan, cache, shared)
-            x = x + self.post_attention_layernorm.forward(attn)
-        if mlp_spec is not None:
-            x = run_mlp(ops, mlp_spec, x)
-        else:
-            x = self._feed_forward(x)
+        x = self._attention(x, cos, sin, plan, cache, shared)
+        return self._finish(self._feed_forward(x), ple)
+
+    def _attention(self, x, cos, sin, plan, cache, shared):
+        # submodules are called through `.forward`: at one token per step nn.Module.__call__'s
+        # hook handling is a measurable share of a layer (hooks on these modules do not fire)
+        attn = self.self_attn.forward(self.input_layernorm.forward(x), cos, sin, plan, cache, shared)
+        return x + self.post_attention_layernorm.forward(attn)
+
+    def _finish(self, x, ple):
         if self.ple_dim:
             gate = self.act(self.per_layer_input_gate(x)) * ple
             x = x + self.post_per_layer_input_norm(self.per_layer_projection(gate))

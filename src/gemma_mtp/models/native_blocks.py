@@ -1,5 +1,9 @@
 """A decoder layer's attention and feed-forward halves as one native call each (`native/csrc/layer.cpp`).
 
+`install_native_layers(model)` runs at load: every decoder layer whose weights qualify becomes a
+`NativeDecoderLayer` (the same module, parameters and state; only its forward differs), so the
+plain `DecoderLayer.forward` has no second branch.
+
 Taken for float32 inference on the CPU when the layer's matrices are GGUF blocks read in place and
 fused (q/k/v, gate/up): at one token per step the ~20 small ops of a layer cost more in Python and
 dispatch than their arithmetic. The native blocks compose the same kernels in the same order as the
@@ -18,8 +22,17 @@ from torch import nn
 from ..config import FULL
 from ..ops import ROW_ATTENTION_MAX_T, native_for
 from .common import RMSNorm
+from .gemma import DecoderLayer
 
-__all__ = ["NativeAttention", "NativeMLP", "native_attention", "native_mlp", "NO_TENSOR"]
+__all__ = [
+    "NativeAttention",
+    "NativeMLP",
+    "NativeDecoderLayer",
+    "install_native_layers",
+    "native_attention",
+    "native_mlp",
+    "NO_TENSOR",
+]
 
 NO_TENSOR = torch.empty(0)
 NO_INDEX = torch.empty(0, dtype=torch.long)
@@ -155,3 +168,41 @@ def run_mlp(ops, spec: NativeMLP, x: torch.Tensor) -> torch.Tensor:
 
 def attention_fits(x: torch.Tensor) -> bool:
     return x.shape[1] <= ROW_ATTENTION_MAX_T
+
+
+class NativeDecoderLayer(DecoderLayer):
+    """A `DecoderLayer` whose halves run as native blocks where their weights allow it.
+
+    Made by `install_native_layers` (never constructed directly). Input that does not qualify
+    (autograd, another dtype or device, a prompt-length attention half, KV the row kernel cannot
+    read) takes the plain `DecoderLayer` path, so the results are the module path's bit for bit.
+    """
+
+    native_specs: tuple[NativeAttention | None, NativeMLP | None]
+
+    def forward(self, x, ple, cos, sin, plan, cache, shared):
+        ops = ops_for(x)
+        if ops is None:
+            return super().forward(x, ple, cos, sin, plan, cache, shared)
+        attn_spec, mlp_spec = self.native_specs
+        out = None
+        if attn_spec is not None and attention_fits(x):
+            out = run_attention(ops, attn_spec, self.self_attn, x, cos, sin, plan, cache, shared)
+        x = out if out is not None else self._attention(x, cos, sin, plan, cache, shared)
+        x = run_mlp(ops, mlp_spec, x) if mlp_spec is not None else self._feed_forward(x)
+        return self._finish(x, ple)
+
+
+def install_native_layers(model: nn.Module) -> int:
+    """Turn every qualifying decoder layer of ``model`` into a `NativeDecoderLayer`; how many."""
+    count = 0
+    for layer in model.modules():
+        if type(layer) is not DecoderLayer:
+            continue
+        specs = (native_attention(layer), None if layer.moe else native_mlp(layer, layer.activation))
+        if specs == (None, None):
+            continue
+        layer.__class__ = NativeDecoderLayer
+        layer.native_specs = specs
+        count += 1
+    return count

@@ -31,8 +31,9 @@ from ..gguf.names import ROPE_FREQS, SHARED_LAYER_KV, name_map, norm_offset
 from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_shape, tensor_values
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel, ScaledEmbedding
-from ..quant.fuse import fuse_model_projections
+from ..models.native_blocks import install_native_layers
 from ..native import why_unavailable
+from ..quant.fuse import fuse_model_projections
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
 from .hf import LoadReport
 from .meta import meta_model
@@ -266,6 +267,8 @@ def load_gguf_model(
     report.device = place_layers(model, resolve_device(device), n_gpu_layers)
     model.eval()
     model.requires_grad_(False)
+    if swapped:
+        install_native_layers(model)  # layers over GGUF blocks run as native blocks where they qualify
     if quantize:
         _return_freed_memory()
     return model, config, report
