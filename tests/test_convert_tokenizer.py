@@ -22,11 +22,11 @@ from tokenizers.trainers import BpeTrainer
 
 from gemma_mtp.assets import gemma3_270m_gguf, llama_cpp_vocab
 from gemma_mtp.errors import ModelFormatError
-from gemma_mtp.gguf import convert_hf_to_gguf
 from gemma_mtp.gguf.vocab import tokenizer_entries
 from gemma_mtp.gguf.writer import write_gguf
 from gemma_mtp.tokenizer import SPACE, load_tokenizer, read_gguf_metadata
 from gemma_mtp.tokenizer import Tokenizer as GemmaTokenizer
+from gemma_mtp.tools.convert import convert_hf_to_gguf
 
 pytest.importorskip("transformers")
 

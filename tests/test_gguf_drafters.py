@@ -11,9 +11,10 @@ from gguf import GGMLQuantizationType
 from test_gguf_helpers import realigned, synthetic_shared_kv
 
 from gemma_mtp.errors import ModelFormatError
-from gemma_mtp.gguf import LAYOUTS, convert_drafter_layout, convert_hf_to_gguf, open_gguf
+from gemma_mtp.gguf import open_gguf
 from gemma_mtp.gguf.keys import DRAFTER_LAYOUTS
 from gemma_mtp.gguf.names import DRAFTER_HEADS, ROPE_FREQS
+from gemma_mtp.tools.convert import LAYOUTS, convert_drafter_layout, convert_hf_to_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 from gemma_mtp.weights.hf import load_hf_model
 

@@ -12,7 +12,7 @@ from test_gguf_helpers import rewrite_gguf
 
 from gemma_mtp.config import FULL, SLIDING
 from gemma_mtp.errors import ModelFormatError
-from gemma_mtp.gguf import convert_hf_to_gguf
+from gemma_mtp.tools.convert import convert_hf_to_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 pytest.importorskip("transformers")

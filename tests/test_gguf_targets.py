@@ -20,8 +20,8 @@ from gguf.quants import dequantize, quantize
 from test_gguf_helpers import realigned, target_logits
 
 from gemma_mtp.config import FULL
-from gemma_mtp.gguf import convert_hf_to_gguf
 from gemma_mtp.gguf.names import BODY_GLOBAL, BODY_LAYER, ROPE_FREQS, norm_offset
+from gemma_mtp.tools.convert import convert_hf_to_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 from gemma_mtp.weights.hf import load_hf_model
 

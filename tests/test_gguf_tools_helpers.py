@@ -16,9 +16,9 @@ import torch
 from gguf import GGUFValueType
 
 from gemma_mtp.errors import GemmaMTPError
-from gemma_mtp.gguf.cli import GGUF_COMMANDS, add_gguf_commands
 from gemma_mtp.gguf.reader import open_gguf
 from gemma_mtp.gguf.writer import Entry, write_gguf
+from gemma_mtp.tools.cli import GGUF_COMMANDS, add_gguf_commands
 
 S, F = ref.S, ref.F
 LEAKS = {
@@ -119,7 +119,7 @@ def refilled(template: Path, dst: Path) -> Path:
 
 def wide_source(root: Path) -> Path:
     """The wide Gemma 4 (HF -> F32 GGUF) refilled with deterministic values."""
-    from gemma_mtp.gguf import convert_hf_to_gguf
+    from gemma_mtp.tools.convert import convert_hf_to_gguf
 
     template = convert_hf_to_gguf(build_wide_gemma4(root / "hf"), root / "template.gguf")
     return refilled(template, root / "wide.f32.gguf")

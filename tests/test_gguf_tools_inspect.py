@@ -10,10 +10,11 @@ import pytest
 from gguf import GGUFValueType
 from test_gguf_tools_helpers import LEAKS, run_cli, with_metadata
 
-from gemma_mtp.gguf import convert_hf_to_gguf, open_gguf
-from gemma_mtp.gguf.inspect import diff_gguf, inspect_gguf, pair_gguf
+from gemma_mtp.gguf import open_gguf
 from gemma_mtp.gguf.keys import DRAFTER_LAYOUTS
 from gemma_mtp.gguf.writer import Entry
+from gemma_mtp.tools.convert import convert_hf_to_gguf
+from gemma_mtp.tools.inspect import diff_gguf, inspect_gguf, pair_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 pytest.importorskip("transformers")

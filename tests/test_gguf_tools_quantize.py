@@ -19,10 +19,11 @@ from test_gguf_helpers import target_logits
 from test_gguf_tools_helpers import LEAKS, build_wide_gemma4, refilled, run_cli, with_metadata
 
 from gemma_mtp.errors import ModelFormatError, UsageError
-from gemma_mtp.gguf import convert_hf_to_gguf, open_gguf
+from gemma_mtp.gguf import open_gguf
 from gemma_mtp.gguf.codecs import encode
 from gemma_mtp.gguf.names import name_map
-from gemma_mtp.gguf.quantize import FILE_TYPES, TensorSpec, plan_types, quantize_gguf
+from gemma_mtp.tools.convert import convert_hf_to_gguf
+from gemma_mtp.tools.quantize import FILE_TYPES, TensorSpec, plan_types, quantize_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 pytest.importorskip("transformers")

@@ -13,9 +13,10 @@ from test_gguf_helpers import rewrite_gguf
 from test_gguf_tools_helpers import LEAKS, NOT_LEAKS, run_cli, with_metadata
 
 from gemma_mtp.errors import UsageError
-from gemma_mtp.gguf import convert_hf_to_gguf, open_gguf
-from gemma_mtp.gguf.sanitize import is_host_path, sanitize_gguf
+from gemma_mtp.gguf import open_gguf
 from gemma_mtp.gguf.writer import Entry, LazyTensor, write_gguf_lazy
+from gemma_mtp.tools.convert import convert_hf_to_gguf
+from gemma_mtp.tools.sanitize import is_host_path, sanitize_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 pytest.importorskip("transformers")

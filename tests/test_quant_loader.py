@@ -18,10 +18,10 @@ from test_gguf_helpers import synthetic_shared_kv, target_logits
 
 import gemma_mtp
 from gemma_mtp.errors import UsageError
-from gemma_mtp.gguf import convert_hf_to_gguf
 from gemma_mtp.quant import QuantEmbedding, QuantLinear
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
+from gemma_mtp.tools.convert import convert_hf_to_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 pytest.importorskip("transformers")

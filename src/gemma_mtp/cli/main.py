@@ -14,8 +14,8 @@ from gemma_mtp.cli.chat import chat_command
 from gemma_mtp.cli.kernels import add_build_kernels_arguments, build_kernels_command
 from gemma_mtp.cli.run import run_command
 from gemma_mtp.errors import GemmaMTPError
-from gemma_mtp.gguf.cli import GGUF_COMMANDS, add_gguf_commands
 from gemma_mtp.server.cli import add_serve_arguments, serve_command
+from gemma_mtp.tools.cli import GGUF_COMMANDS, add_gguf_commands
 from gemma_mtp.train.cli import add_train_arguments, train_command
 
 __all__ = ["main", "build_parser", "PLANNED_COMMANDS"]

@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from ..config import AssistantConfig
-from ..gguf.convert import convert_hf_to_gguf
 from ..models.assistant import AssistantModel
 from ..models.gemma import GemmaModel
+from ..tools.convert import convert_hf_to_gguf
 from .clusters import balanced_clusters
 
 __all__ = ["init_assistant", "save_hf", "save_gguf"]

@@ -13,13 +13,12 @@ from safetensors import safe_open
 
 from ..config import FULL, AssistantConfig, TextConfig, load_config
 from ..errors import ModelFormatError, UsageError
-from ..weights.hf import SKIPPED_PREFIXES, TARGET_PREFIXES, safetensors_files
-from .keys import DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
-from .metadata import config_from_gguf
-from .names import DRAFTER_HEADS, ROPE_FREQS, name_map, norm_offset
-from .reader import GGUFFile, open_gguf
-from .vocab import tokenizer_entries
-from .writer import (
+from ..gguf.keys import DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
+from ..gguf.metadata import config_from_gguf
+from ..gguf.names import DRAFTER_HEADS, ROPE_FREQS, name_map, norm_offset
+from ..gguf.reader import GGUFFile, open_gguf
+from ..gguf.vocab import tokenizer_entries
+from ..gguf.writer import (
     Entry,
     check_out_type,
     drafter_entries,
@@ -28,6 +27,7 @@ from .writer import (
     rope_freqs_table,
     write_gguf,
 )
+from ..weights.hf import SKIPPED_PREFIXES, TARGET_PREFIXES, safetensors_files
 
 __all__ = ["convert_hf_to_gguf", "convert_drafter_layout", "LAYOUTS"]
 

@@ -28,11 +28,11 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
 from ..errors import UsageError
-from .codecs import encode
-from .keys import LAYOUT_BY_ARCH, K
-from .reader import FLOAT_TYPES, INT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_values
+from ..gguf.codecs import encode
+from ..gguf.keys import LAYOUT_BY_ARCH, K
+from ..gguf.reader import FLOAT_TYPES, INT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_values
+from ..gguf.writer import QUANTIZATION_VERSION, Entry, LazyTensor, write_gguf_lazy
 from .sanitize import find_leaks
-from .writer import QUANTIZATION_VERSION, Entry, LazyTensor, write_gguf_lazy
 
 __all__ = [
     "FILE_TYPES",

@@ -12,9 +12,9 @@ from gguf import GGUFValueType, LlamaFileType
 
 from ..config import FULL, SLIDING, AssistantConfig, TextConfig
 from ..errors import GemmaMTPError, ModelFormatError
-from .keys import LAYOUT_BY_ARCH, K
-from .metadata import config_from_gguf
-from .reader import Field, GGUFFile, open_gguf, tensor_shape
+from ..gguf.keys import LAYOUT_BY_ARCH, K
+from ..gguf.metadata import config_from_gguf
+from ..gguf.reader import Field, GGUFFile, open_gguf, tensor_shape
 from .sanitize import find_leaks
 
 __all__ = ["inspect_gguf", "diff_gguf", "pair_gguf", "Check", "PairReport", "describe_value"]

@@ -1,6 +1,6 @@
 """The GGUF tool commands of ``gemma-mtp``: convert, quantize, sanitize, inspect, diff, pair.
 
-Each command parses, calls one library function (gguf.convert / quantize / sanitize / inspect)
+Each command parses, calls one library function (tools.convert / quantize / sanitize / inspect)
 and formats its result. Registered by ``gemma_mtp.cli.main`` through ``add_gguf_commands``.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelFormatError, UsageError
+from ..gguf.reader import open_gguf
+from ..gguf.writer import OUT_TYPES
 from .convert import LAYOUTS, convert_drafter_layout, convert_hf_to_gguf
 from .inspect import diff_gguf, inspect_gguf, pair_gguf
 from .quantize import FILE_TYPES, check_distinct, quantize_gguf
-from .reader import open_gguf
 from .sanitize import sanitize_gguf
-from .writer import OUT_TYPES
 
 __all__ = ["GGUF_COMMANDS", "add_gguf_commands"]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 from gguf import GGUFValueType
 
 from ..errors import ModelFormatError, UsageError
-from .atomic import atomic_write
-from .keys import LAYOUT_BY_ARCH, TARGET_ARCHS
-from .metadata import describe_supported
-from .reader import GGUFFile, open_gguf
+from ..gguf.atomic import atomic_write
+from ..gguf.keys import LAYOUT_BY_ARCH, TARGET_ARCHS
+from ..gguf.metadata import describe_supported
+from ..gguf.reader import GGUFFile, open_gguf
 
 __all__ = [
     "Leak",
