@@ -1,7 +1,7 @@
 """The GGUF tool commands of ``gemma-mtp``: convert, quantize, sanitize, inspect, diff, pair.
 
-Each command parses, calls one library function (tools.convert / quantize / sanitize / inspect)
-and formats its result. Registered by ``gemma_mtp.cli.main`` through ``add_gguf_commands``.
+Each command parses, calls one library function (tools.convert / quantize / sanitize / inspect /
+diff / pair) and formats its result. Registered by ``gemma_mtp.cli.main`` through ``add_gguf_commands``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from ..errors import ModelFormatError, UsageError
 from ..gguf.reader import open_gguf
 from ..gguf.writer import OUT_TYPES
 from .convert import LAYOUTS, convert_drafter_layout, convert_hf_to_gguf
-from .inspect import diff_gguf, inspect_gguf, pair_gguf
+from .diff import diff_gguf
+from .inspect import inspect_gguf
+from .pair import pair_gguf
 from .quantize import FILE_TYPES, check_distinct, quantize_gguf
 from .sanitize import sanitize_gguf
 
@@ -229,8 +231,10 @@ def pair_command(args: argparse.Namespace) -> int:
         _print_json(report.to_dict())
     else:
         for check in report.checks:
-            mark = {True: "ok  ", False: "FAIL", None: "skip"}[check.ok]
-            _out(f"{mark}  {check.name:<22}{check.detail}")
+            mark = {True: "ok  ", False: "FAIL", None: "note"}[check.ok]
+            _out(f"{mark}  {check.name:<29}{check.detail}")
+        for warning in report.warnings:
+            _out(f"warning: {warning}")
         _out(report.verdict)
     return 0 if report.compatible else 1
 
