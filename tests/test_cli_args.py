@@ -12,6 +12,9 @@ import pytest
 import gemma_mtp
 from gemma_mtp.cli.args import ChatOptions, RunOptions
 from gemma_mtp.cli.main import PLANNED_COMMANDS, build_parser, main
+from gemma_mtp.cli.model_args import load_options_from_args
+from gemma_mtp.cli.spec_args import SpecFlags, spec_flags_from_args
+from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.errors import GemmaMTPError, ModelFormatError, UsageError
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
@@ -48,13 +51,20 @@ class FakeApi(types.ModuleType):
         self.error: BaseException | None = None
         self.text = ""
         self.load_report = None
+        self.threads = 2
         self.config = types.SimpleNamespace(vocab_size=256)
+        self.drafter = None
 
     def load(self, model, draft=None, **options):
         self.load_calls.append((model, draft, options))
         if self.error is not None:
             raise self.error
+        self.drafter = draft
         return self
+
+    def default_spec(self):
+        """As `Engine.default_spec` for an assistant: mtp with a drafter, none without."""
+        return SpecOptions(type="mtp" if self.drafter else "none")
 
     def generate(self, prompt_ids, *, n_predict, sampling, spec):
         self.generate_calls.append((prompt_ids, n_predict, sampling, spec))
@@ -134,8 +144,10 @@ def test_every_switch_alias_sets_the_same_dest(dest, aliases):
 def test_run_defaults_come_from_the_dataclasses():
     args = parse_run()
     for field in dataclasses.fields(RunOptions):
-        if field.name != "verbose":  # --verbose is also a top-level flag; see the next test
+        if field.name not in ("verbose", "load", "spec"):  # --verbose: also a top-level flag (below)
             assert getattr(args, field.name) == field.default, field.name
+    assert load_options_from_args(args) == LoadOptions()
+    assert spec_flags_from_args(args) == SpecFlags()
     for field in dataclasses.fields(SamplingParams):
         if field.name != "seed":
             assert getattr(args, field.name) == field.default, field.name
@@ -161,11 +173,13 @@ def test_verbose_is_accepted_before_or_after_the_command(argv):
 
 
 @pytest.mark.parametrize(
-    "draft, spec_type, resolved",
-    [(None, None, "none"), ("d", None, "mtp"), ("d", "none", "none"), (None, "draft-mtp", "mtp")],
+    "spec_type, loaded_default, resolved",
+    [(None, "none", "none"), (None, "mtp", "mtp"), (None, "draft", "draft"), ("none", "mtp", "none")]
+    + [("draft-mtp", "none", "mtp")],
 )
-def test_spec_type_resolution(draft, spec_type, resolved):
-    assert RunOptions(model_draft=draft, spec_type=spec_type).resolved_spec_type == resolved
+def test_spec_type_resolution(spec_type, loaded_default, resolved):
+    """No --spec-type: what the loaded drafter is (Engine.default_spec); draft-mtp is mtp."""
+    assert SpecFlags(type=spec_type).resolve(loaded_default).type == resolved
 
 
 def test_json_prints_one_object_of_the_design_shape(api, capsys):
@@ -179,17 +193,11 @@ def test_run_passes_flags_to_load_and_generate(api):
     argv = [*RUN, "-n", "16", "-c", "256", "--temp", "0", "--top-k", "5", "-s", "9"]
     argv += ["--device", "cpu", "--dtype", "float32", "-ngl", "3", "-ngld", "2"]
     assert main(argv) == 0
-    options = {
-        "dtype": "float32",
-        "device": "cpu",
-        "n_gpu_layers": 3,
-        "n_gpu_layers_draft": 2,
-        "ctx_size": 256,
-        "progress": None,  # no progress bar: stderr is not a terminal here
-        "quantized": None,
-        "kernels": None,
-    }
-    assert api.load_calls == [("model-dir", None, options)]
+    load = LoadOptions(
+        model="model-dir", dtype="float32", device="cpu", n_gpu_layers=3, n_gpu_layers_draft=2, ctx_size=256
+    )
+    # no progress bar: stderr is not a terminal here
+    assert api.load_calls == [("model-dir", None, {"options": load, "progress": None})]
     sampling = SamplingParams(temperature=0.0, top_k=5, seed=9)
     assert api.generate_calls == [([2, 105, 7], 16, sampling, SpecOptions(type="none"))]
 

@@ -1,6 +1,6 @@
-"""`--quantized/--no-quantized` and `--quant-kernels`: they reach `RunOptions.quantized` and
-`RunOptions.quant_kernels` (what `gemma_mtp.load` takes as `quantized` and `kernels`), and a bad
-value is one usage error naming the flag."""
+"""`--quantized/--no-quantized` and `--quant-kernels`: they reach `LoadOptions.quantized` and
+`LoadOptions.quant_kernels` (what `gemma_mtp.load` takes), and a bad value is one usage error naming
+the flag."""
 
 from __future__ import annotations
 
@@ -9,18 +9,22 @@ import pytest
 from gemma_mtp.cli.args import ChatOptions, RunOptions, parse_quant_kernels
 from gemma_mtp.cli.common import options_from_args
 from gemma_mtp.cli.main import build_parser, main
+from gemma_mtp.engine.options import LoadOptions
 
 RUN = ["run", "-m", "model.gguf", "-p", "hi"]
 
 
-def _options(argv: list[str], cls: type[RunOptions] = RunOptions) -> RunOptions:
-    return options_from_args(build_parser().parse_args(argv), cls)
+def _options(argv: list[str], cls: type[RunOptions] = RunOptions) -> LoadOptions:
+    return options_from_args(build_parser().parse_args(argv), cls).load
 
 
 def test_defaults_leave_both_to_the_loader():
     options = _options(RUN)
     assert options.quantized is None and options.quant_kernels is None
-    assert (options.quantized, options.quant_kernels) == (RunOptions().quantized, RunOptions().quant_kernels)
+    assert (options.quantized, options.quant_kernels) == (
+        LoadOptions().quantized,
+        LoadOptions().quant_kernels,
+    )
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--quantized", True), ("--no-quantized", False)])

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -14,13 +15,16 @@ import torch
 from . import native
 from .config import AssistantConfig, TextConfig
 from .engine.engine import Engine
+from .engine.options import LoadOptions
 from .engine.results import Result, Step, Timings
 from .errors import ModelFormatError, UsageError
+from .gguf.formats import GGUF, model_format
 from .speculative.base import SpecOptions
+from .threads import set_threads
 from .weights.hf import LoadReport, load_hf_model
 from .weights.placement import resolve_device
 
-__all__ = ["load", "Engine", "Result", "Step", "Timings", "SpecOptions"]
+__all__ = ["load", "Engine", "LoadOptions", "Result", "Step", "Timings", "SpecOptions"]
 
 
 def _load_any(
@@ -28,7 +32,7 @@ def _load_any(
 ) -> tuple[torch.nn.Module, TextConfig | AssistantConfig, LoadReport]:
     """A GGUF file or an HF directory; `quantized`/`kernels` apply to GGUF files only."""
     path = Path(path)
-    if path.suffix == ".gguf":
+    if model_format(path) == GGUF:
         from .weights.gguf_loader import load_gguf_model
 
         return load_gguf_model(path, quantized=quantized, kernels=kernels, **options)
@@ -56,63 +60,87 @@ def load(
     model: str | Path | None = None,
     draft: str | Path | None = None,
     *,
-    dtype: str = "auto",
-    device: str = "auto",
-    n_gpu_layers: int | None = None,
-    n_gpu_layers_draft: int | None = None,
-    ctx_size: int = 4096,
+    options: LoadOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
-    quantized: bool | None = None,
-    kernels: dict[str, str] | None = None,
+    reuse_target: Engine | None = None,
+    **fields,
 ) -> Engine:
     """Load a target (and optionally its drafter) from HF directories or GGUF files.
 
-    ``progress(n_loaded, n_total)`` is called as the target's tensors load (for a progress bar).
-    ``quantized``/``kernels`` (GGUF only): keep quantized weights quantized (default: on the CPU)
-    and per-type kernel overrides such as ``{"Q8_0": "int8"}`` (see `quant.policy`). With
-    ``dtype="auto"`` the drafter runs in the target's dtype (they share the KV cache).
+    ``options`` (`LoadOptions`) says how; keyword ``fields`` override single fields of it (e.g.
+    ``load(path, dtype="float32", ctx_size=1024)``), and ``model``/``draft`` override its
+    ``model``/``model_draft``. ``progress(n_loaded, n_total)`` is called as the target's tensors
+    load (for a progress bar). ``quantized``/``quant_kernels`` (GGUF only): keep quantized weights
+    quantized (default: on the CPU) and per-type kernel overrides such as ``{"Q8_0": "int8"}`` (see
+    `quant.policy`). With ``dtype="auto"`` the drafter runs in the target's dtype (they share the KV
+    cache). ``reuse_target``: an engine whose target (already loaded) the new engine shares, so one
+    target can be paired with several drafters without loading it again.
     """
-    if model is None:
-        raise UsageError("no model given: pass -m/--model with a Hugging Face model directory")
-    if ctx_size < 2:
-        raise UsageError(f"-c/--ctx-size {ctx_size} is too small; use at least 2")
+    if "kernels" in fields:  # the Python API's older spelling of quant_kernels
+        fields["quant_kernels"] = fields.pop("kernels")
+    if model is not None:
+        fields["model"] = str(model)
+    if draft is not None:
+        fields["model_draft"] = str(draft)
+    try:
+        options = dataclasses.replace(options or LoadOptions(), **fields)
+    except TypeError as exc:
+        raise UsageError(f"load(): {exc}") from None
+    if options.model is None:
+        raise UsageError(
+            "no model given: pass -m/--model with a Hugging Face model directory or a .gguf file"
+        )
     t0 = time.perf_counter()
-    if resolve_device(device).type == "cpu":
+    applied_threads = set_threads(options.threads)
+    if resolve_device(options.device).type == "cpu":
         # the native kernels, built here if this machine has none yet: a first build is part of
         # loading, never of the first forward (which would count it in prompt_ms)
         native.module()
-    target, config, report = _load_any(
-        model,
-        dtype=dtype,
-        device=device,
-        n_gpu_layers=n_gpu_layers,
-        progress=progress,
-        quantized=quantized,
-        kernels=kernels,
-    )
+    if reuse_target is not None:
+        target, config, report = reuse_target.target, reuse_target.config, reuse_target.load_report
+    else:
+        target, config, report = _load_any(
+            options.model,
+            dtype=options.dtype,
+            device=options.device,
+            n_gpu_layers=options.n_gpu_layers,
+            progress=progress,
+            quantized=options.quantized,
+            kernels=options.quant_kernels,
+        )
     if isinstance(config, AssistantConfig):
         raise ModelFormatError(
-            f"{model}: this is an assistant (drafter) model, not a target; pass it with -md/--model-draft "
-            "and give its target model with -m"
+            f"{options.model}: this is an assistant (drafter) model, not a target; pass it with "
+            "-md/--model-draft and give its target model with -m"
         )
-    drafter = None
-    if draft is not None:
-        draft_dtype, draft_quantized = dtype, quantized
-        if dtype == "auto":  # the drafter reads the target's KV and hidden states: same dtype
-            draft_dtype = _dtype_name(target.dtype)
-            if quantized is None and target.device.type == "cpu":
-                draft_quantized = True
-        drafter, _, _ = _load_any(
-            draft,
-            dtype=draft_dtype,
-            device=device,
-            n_gpu_layers=n_gpu_layers_draft,
-            quantized=draft_quantized,
-            kernels=kernels,
-        )
+    drafter = None if options.model_draft is None else _load_drafter(options, target)
     engine = Engine(
-        target, config, ctx_size=ctx_size, stop_ids=_stop_ids(Path(model), config), drafter=drafter
+        target,
+        config,
+        ctx_size=options.ctx_size,
+        stop_ids=_stop_ids(Path(options.model), config),
+        drafter=drafter,
+        max_batch=options.max_batch,
     )
     engine.load_report = report
+    engine.load_options = options
+    engine.threads = applied_threads
     engine.load_s = time.perf_counter() - t0
     return engine
+
+
+def _load_drafter(options: LoadOptions, target: torch.nn.Module) -> torch.nn.Module:
+    dtype, quantized = options.dtype, options.quantized
+    if dtype == "auto":  # the drafter reads the target's KV and hidden states: same dtype
+        dtype = _dtype_name(target.dtype)
+        if quantized is None and target.device.type == "cpu":
+            quantized = True
+    drafter, _, _ = _load_any(
+        options.model_draft,
+        dtype=dtype,
+        device=options.device,
+        n_gpu_layers=options.n_gpu_layers_draft,
+        quantized=quantized,
+        kernels=options.quant_kernels,
+    )
+    return drafter

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gemma_mtp.cli.model_args import (
-    add_ctx_size_argument,
-    add_device_arguments,
-    add_draft_argument,
-    add_gpu_layer_arguments,
-    add_model_argument,
-    add_quant_arguments,
-    parse_quant_kernels,
-)
+from gemma_mtp.cli.model_args import add_load_arguments, add_quant_arguments, parse_quant_kernels
+from gemma_mtp.cli.spec_args import SpecFlags, add_spec_arguments
 from gemma_mtp.demo import DEMO_P_MIN
+from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.errors import UsageError
 from gemma_mtp.sampling import SamplingParams
-from gemma_mtp.speculative.base import SPEC_TYPES, SpecOptions
+from gemma_mtp.speculative.base import SPEC_TYPES
 
 __all__ = [
     "RunOptions",
@@ -39,33 +33,22 @@ __all__ = [
     "parse_quant_kernels",
 ]
 
-_SPEC = SpecOptions()  # the speculative defaults live in the engine's options, not here
-_SPEC_ALIASES = {"draft-mtp": "mtp"}
 REASONING_CHOICES = ("auto", "on", "off")  # auto: the template's own default (llama.cpp's -rea)
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """Everything ``run`` needs besides sampling; the single source of the CLI's defaults."""
+    """Everything ``run`` needs besides sampling; the single source of the CLI's defaults.
 
-    model: str | None = None
-    model_draft: str | None = None
-    spec_type: str | None = None  # None: "mtp" when a drafter is given, else "none"
-    spec_draft_n_max: int = _SPEC.n_max
-    spec_draft_n_min: int = _SPEC.n_min
-    spec_draft_p_min: float | None = None  # None: the engine's default, or the demo drafter's own
-    spec_autotune: bool = False
+    ``load`` and ``spec`` are the shared option objects (`LoadOptions`, `SpecFlags`), built from the
+    flags `cli.model_args` and `cli.spec_args` declare."""
+
+    load: LoadOptions = field(default_factory=LoadOptions)
+    spec: SpecFlags = field(default_factory=SpecFlags)
     prompt: str | None = None
     file: str | None = None
     prompt_ids: list[int] | None = None
     n_predict: int = 128  # -1: until end of sequence or a full context
-    ctx_size: int = 4096
-    device: str = "auto"
-    n_gpu_layers: int | None = None  # None: every layer on the GPU when the device is one
-    n_gpu_layers_draft: int | None = None
-    dtype: str = "auto"
-    quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
-    quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
     chat: bool = False
     system_prompt: str | None = None
     chat_template_file: str | None = None
@@ -79,15 +62,6 @@ class RunOptions:
             raise UsageError(
                 f"-n/--n-predict must be >= -1 (-1 = until end of sequence), got {self.n_predict}"
             )
-        if self.ctx_size < 1:
-            raise UsageError(f"-c/--ctx-size must be >= 1, got {self.ctx_size}")
-        # speculative knobs are validated by SpecOptions when run builds it
-
-    @property
-    def resolved_spec_type(self) -> str:
-        if self.spec_type is None:
-            return "mtp" if self.model_draft else "none"
-        return _SPEC_ALIASES.get(self.spec_type, self.spec_type)
 
     @property
     def enable_thinking(self) -> bool | None:
@@ -128,9 +102,8 @@ def parse_token_ids(text: str) -> list[int]:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = RunOptions()
-    _add_model_arguments(parser, defaults)
-    add_quant_arguments(parser, defaults)
-    _add_spec_arguments(parser, defaults)
+    _add_model_arguments(parser)
+    add_spec_arguments(parser, p_min_help=_DEMO_P_MIN_HELP)
 
     prompt = parser.add_argument_group("prompt and output")
     source = prompt.add_mutually_exclusive_group()
@@ -162,67 +135,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ChatOptions()
-    _add_model_arguments(parser, defaults)
-    add_quant_arguments(parser, defaults)
-    _add_spec_arguments(parser, defaults)
+    _add_model_arguments(parser)
+    add_spec_arguments(parser, p_min_help=_DEMO_P_MIN_HELP)
     _add_n_predict(parser.add_argument_group("answers"), defaults)
     _add_template_arguments(parser, defaults, implies_chat=False)
     _add_log_arguments(parser)
     _add_sampling_arguments(parser)
 
 
-def _add_model_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
-    model = parser.add_argument_group("models")
-    add_model_argument(
-        model,
-        defaults,
-        help="Hugging Face model directory or .gguf file (default: the demo pair, Gemma 3 270M + its trained drafter)",
-    )
-    add_draft_argument(model, defaults)
-    add_device_arguments(model, defaults)
-    add_gpu_layer_arguments(model, defaults)
-    add_ctx_size_argument(model, defaults, help="context size in tokens (default: %(default)s)")
+_DEMO_P_MIN_HELP = f"; {DEMO_P_MIN} for the demo drafter"
 
 
-def _add_spec_arguments(parser: argparse.ArgumentParser, defaults: RunOptions) -> None:
-    spec = parser.add_argument_group("speculative decoding")
-    spec.add_argument(
-        "--spec-type",
-        dest="spec_type",
-        choices=(*SPEC_TYPES, *_SPEC_ALIASES),
-        default=defaults.spec_type,
-        help="default: mtp when a drafter is given, else none",
-    )
-    spec.add_argument(
-        "--spec-draft-n-max",
-        "--draft-max",
-        "--draft",
-        dest="spec_draft_n_max",
-        type=int,
-        default=defaults.spec_draft_n_max,
-        metavar="N",
-        help="most tokens drafted per round (default: %(default)s)",
-    )
-    spec.add_argument(
-        "--spec-draft-n-min",
-        "--draft-min",
-        dest="spec_draft_n_min",
-        type=int,
-        default=defaults.spec_draft_n_min,
-        metavar="N",
-        help="fewest tokens drafted per round (default: %(default)s)",
-    )
-    spec.add_argument(
-        "--spec-draft-p-min",
-        "--draft-p-min",
-        dest="spec_draft_p_min",
-        type=float,
-        default=defaults.spec_draft_p_min,
-        metavar="P",
-        help=f"stop drafting below this draft probability (default: {_SPEC.p_min}; {DEMO_P_MIN} for the demo drafter)",
-    )
-    spec.add_argument(
-        "--spec-autotune", dest="spec_autotune", action="store_true", help="tune the draft length"
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    add_load_arguments(
+        parser,
+        model_help="Hugging Face model directory or .gguf file (default: the demo pair, Gemma 3 270M + "
+        "its trained drafter)",
     )
 
 
@@ -322,4 +250,5 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
-RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions))
+# RunOptions' fields that are flags of their own name (load and spec are built by their modules)
+RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name not in ("load", "spec"))

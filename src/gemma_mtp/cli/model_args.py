@@ -1,17 +1,24 @@
-"""Model-loading flags shared by ``run``, ``chat``, ``serve`` and ``bench``: one spelling of each.
+"""Model-loading flags shared by ``run``, ``chat``, ``serve``, ``bench`` and ``train-drafter``: one
+spelling of each, one options object (`engine.options.LoadOptions`) built from them.
 
-Every helper takes ``defaults``, the caller's options object (``RunOptions``, ``ServerSettings``, or
-``BenchConfig``'s defaults), and reads the default from the field of the flag's own name, so no
-default is repeated here. ``add_quant_arguments`` maps to `gemma_mtp.load`'s ``quantized`` and
-``kernels``.
+`add_load_arguments` declares -m, -md, --device, --dtype, -ngl, -ngld, -c and -t with the defaults
+of `LoadOptions` (no default is repeated here) and `add_quant_arguments` the quantized-weight
+flags; `load_options_from_args` turns the parsed flags into the `LoadOptions` that
+`gemma_mtp.load` takes.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
+from gemma_mtp.engine.options import LoadOptions
+
 __all__ = [
+    "LOAD_FLAG_FIELDS",
+    "add_load_arguments",
+    "load_options_from_args",
     "DEVICE_CHOICES",
     "DTYPE_CHOICES",
     "DRAFT_HELP",
@@ -86,9 +93,51 @@ def add_ctx_size_argument(group: _Group, defaults: Any, *, help: str) -> None:
     )
 
 
-def add_threads_argument(group: _Group, *, help: str) -> None:
-    """``-t/--threads``: torch's CPU threads; None leaves torch's own choice."""
-    group.add_argument("-t", "--threads", type=int, default=None, metavar="N", help=help)
+def add_threads_argument(group: _Group, *, help: str = "CPU threads (default: the physical cores)") -> None:
+    """``-t/--threads``: CPU threads for torch and our kernels; None: the physical cores."""
+    group.add_argument("-t", "--threads", type=int, default=LoadOptions().threads, metavar="N", help=help)
+
+
+# LoadOptions' fields that flags set (max_batch is the server's slot count, not a load flag)
+LOAD_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(LoadOptions) if f.name != "max_batch")
+
+
+def add_load_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    model_help: str,
+    ctx_help: str = "context size in tokens (default: %(default)s)",
+    drafts_repeatable: bool = False,
+    group_title: str = "models",
+    ctx_default: int | None = LoadOptions().ctx_size,
+) -> argparse._ArgumentGroup:
+    """-m, -md (a list with ``drafts_repeatable``), --device, --dtype, -ngl, -ngld, -c, -t and the
+    quantized-weight flags, with `LoadOptions`' defaults; returns the group for the caller's extras."""
+    defaults = LoadOptions()
+    group = parser.add_argument_group(group_title)
+    add_model_argument(group, defaults, help=model_help)
+    if drafts_repeatable:
+        add_draft_argument(group, _Drafts(), repeatable=True)
+    else:
+        add_draft_argument(group, defaults)
+    add_device_arguments(group, defaults)
+    add_gpu_layer_arguments(group, defaults)
+    group.add_argument(
+        "-c", "--ctx-size", dest="ctx_size", type=int, default=ctx_default, metavar="N", help=ctx_help
+    )
+    add_threads_argument(group)
+    add_quant_arguments(parser, defaults)
+    return group
+
+
+class _Drafts:
+    drafts: tuple[str, ...] = ()
+
+
+def load_options_from_args(args: argparse.Namespace, **overrides: Any) -> LoadOptions:
+    """The `LoadOptions` the parsed flags say (``overrides`` win; absent flags keep the defaults)."""
+    values = {name: getattr(args, name) for name in LOAD_FLAG_FIELDS if hasattr(args, name)}
+    return LoadOptions(**{**values, **overrides})
 
 
 def parse_quant_kernels(text: str) -> dict[str, str]:

@@ -20,8 +20,8 @@ from gemma_mtp.cli.common import (
     options_from_args,
     print_lines,
     read_tokenizer,
+    resolve_spec,
     sampling_from_args,
-    spec_from_options,
     summary_line,
     with_demo_pair,
 )
@@ -40,17 +40,17 @@ def run_command(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     text = _prompt_text(options)  # usage errors first: without -m the demo target may be fetched
     options = with_demo_pair(options)
-    spec = spec_from_options(options)
-    tokenizer = read_tokenizer(options.model, required=text is not None)
+    tokenizer = read_tokenizer(options.load.model, required=text is not None)
     if text is None:
         prompt_ids = list(options.prompt_ids or ())
     elif options.uses_template:
         prompt_ids = chat_prompt_ids(tokenizer, _messages(options, text), options)
     else:
         prompt_ids = tokenizer.encode(text)
-    check_fits(len(prompt_ids), options.ctx_size)  # before the weights load: they may take minutes
+    check_fits(len(prompt_ids), options.load.ctx_size)  # before the weights load: they may take minutes
 
-    engine = load_engine(options, spec, show_progress=_show_progress(options))
+    engine = load_engine(options, show_progress=_show_progress(options))
+    spec = resolve_spec(options, engine)
     if not options.quiet:
         print_lines(load_summary(engine, options))
     _check_vocabulary(prompt_ids, engine)

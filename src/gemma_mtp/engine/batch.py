@@ -19,7 +19,7 @@ from ..models.gemma import GemmaModel
 from ..sampling import SamplingParams, make_generator, probs_from_logits
 from ..speculative.acceptance import accept_greedy, accept_sampled
 from ..speculative.autotune import Autotuner, AutotuneSession
-from ..speculative.base import Draft, Drafter, DraftRequest, SpecOptions
+from ..speculative.base import MAX_DRAFT, Draft, Drafter, DraftRequest, SpecOptions
 from ..speculative.stats import SpecStats
 
 __all__ = ["BatchDecoder", "Slot"]
@@ -60,7 +60,7 @@ class BatchDecoder:
         *,
         max_batch: int = 1,
         ctx_size: int = 4096,
-        max_draft: int = 16,
+        max_draft: int = MAX_DRAFT,
         drafters: dict[str, Drafter] | None = None,
         cache=None,
     ) -> None:

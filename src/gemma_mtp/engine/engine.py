@@ -27,6 +27,7 @@ from .results import Result, Step, Timings
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
     from ..weights.hf import LoadReport
+    from .options import LoadOptions
 
 __all__ = ["Engine"]
 
@@ -50,6 +51,8 @@ class Engine:
         self.stop_ids = stop_ids
         self.drafter = drafter
         self.load_report: LoadReport | None = None
+        self.load_options: LoadOptions | None = None  # set by `gemma_mtp.load`
+        self.threads: int | None = None  # the CPU threads `load` applied
         # Optional: set it to take text prompts, fill `Result.text`/`Step.text`, and stop on its ids too.
         self.tokenizer: Tokenizer | None = None
         self.load_s = 0.0

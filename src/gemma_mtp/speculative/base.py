@@ -13,6 +13,10 @@ from ..sampling import SamplingParams, probs_from_logits, sample
 
 __all__ = [
     "SPEC_TYPES",
+    "SPEC_ALIASES",
+    "SPEC_CHOICES",
+    "MAX_DRAFT",
+    "canonical_spec_type",
     "SpecOptions",
     "Draft",
     "DraftRequest",
@@ -23,7 +27,16 @@ __all__ = [
 ]
 
 SPEC_TYPES = ("none", "mtp", "ngram", "draft")
-MAX_DRAFT = 16  # the KV cache's rollback headroom (sliding rings keep window + MAX_DRAFT + 1 slots)
+SPEC_ALIASES = {"draft-mtp": "mtp"}  # llama.cpp's name for MTP drafting
+SPEC_CHOICES = (*SPEC_TYPES, *SPEC_ALIASES)  # what --spec-type and a request's "type" accept
+# The draft-length ceiling: the KV cache's rollback headroom (sliding rings keep window + MAX_DRAFT
+# + 1 slots); every cache, decoder and flag check takes it from here.
+MAX_DRAFT = 16
+
+
+def canonical_spec_type(name: str) -> str:
+    """``draft-mtp`` -> ``mtp``; every other name as it is."""
+    return SPEC_ALIASES.get(name, name)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,8 +52,7 @@ class SpecOptions:
     autotune: bool = False  # --spec-autotune: the engine picks n_max (0..8) each round; n_max is the start
 
     def __post_init__(self) -> None:
-        if self.type == "draft-mtp":
-            object.__setattr__(self, "type", "mtp")
+        object.__setattr__(self, "type", canonical_spec_type(self.type))
         if self.type not in SPEC_TYPES:
             raise UsageError(f"--spec-type {self.type!r} is not one of {', '.join(SPEC_TYPES)}")
         if not 0 <= self.n_max <= MAX_DRAFT:

@@ -12,7 +12,7 @@ import torch
 from ..config import TextConfig
 from ..errors import ModelFormatError
 from ..models.gemma import GemmaModel
-from .base import Draft, DraftCollector, DraftRequest
+from .base import MAX_DRAFT, Draft, DraftCollector, DraftRequest
 
 __all__ = ["DraftModelDrafter"]
 
@@ -33,7 +33,7 @@ class DraftModelDrafter:
                 f"target {target_config.vocab_size}; the draft model must share the target's tokenizer"
             )
         self.model = draft
-        self.cache = draft.make_cache(batch_size=batch_size, max_context=max_context, max_draft=16)
+        self.cache = draft.make_cache(batch_size=batch_size, max_context=max_context, max_draft=MAX_DRAFT)
 
     @torch.inference_mode()
     def propose(self, requests: list[DraftRequest], hidden: torch.Tensor) -> dict[int, Draft]:

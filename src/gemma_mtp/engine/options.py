@@ -1,0 +1,37 @@
+"""How to load a target and its drafter: one object, the single source of the load defaults.
+
+`gemma_mtp.load` takes it; every surface builds it once from the flags `cli.model_args` declares
+(-m, -md, --device, --dtype, -ngl, -ngld, -c, -t, --quantized, --quant-kernels), and the server
+sets ``max_batch`` to its slot count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UsageError
+
+__all__ = ["LoadOptions"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    model: str | None = None  # HF directory or .gguf file of the target
+    model_draft: str | None = None  # MTP assistant or draft model
+    dtype: str = "auto"
+    device: str = "auto"
+    n_gpu_layers: int | None = None  # None: every layer on the GPU when the device is one
+    n_gpu_layers_draft: int | None = None
+    ctx_size: int = 4096  # tokens per sequence
+    threads: int | None = None  # CPU threads; None: the machine's physical cores (`threads.py`)
+    quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
+    quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
+    max_batch: int = 1  # sequences decoded together (the server's slots)
+
+    def __post_init__(self) -> None:
+        if self.ctx_size < 2:
+            raise UsageError(f"-c/--ctx-size {self.ctx_size} is too small; use at least 2")
+        if self.threads is not None and self.threads < 1:
+            raise UsageError(f"-t/--threads must be >= 1, got {self.threads}")
+        if self.max_batch < 1:
+            raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
