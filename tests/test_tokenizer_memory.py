@@ -12,12 +12,8 @@ from asset_helpers import fetch
 
 from gemma_mtp.assets import llama_cpp_vocab
 from gemma_mtp.errors import ModelFormatError
-from gemma_mtp.tokenizer import (
-    _merge_pairs,
-    _merges_from_scores,
-    read_gguf_metadata,
-    tokenizer_from_gguf_metadata,
-)
+from gemma_mtp.tokenizer import read_gguf_metadata, tokenizer_from_gguf_metadata
+from gemma_mtp.tokenizer.from_gguf import _merge_pairs, _merges_from_scores
 
 
 def metadata_of(name: str) -> dict:

@@ -17,6 +17,7 @@ __all__ = [
     "DRAFTER_LAYOUTS",
     "LAYOUT_BY_ARCH",
     "EOG_TOKEN_TEXTS",
+    "EOG_ID_KEYS",
     "LAYOUT_ONLY_KEYS",
 ]
 
@@ -132,8 +133,12 @@ LAYOUT_ONLY_KEYS = frozenset(
     | {layout.centroid_top_k_key for layout in DRAFTER_LAYOUTS.values()}
 )
 
-# Token texts that end generation (llama.cpp marks these end-of-generation by their text).
+# End of generation, the one definition (the tokenizers' stop ids and the configs' eos ids use it).
+# Token texts: the Gemma 4 GGUFs carry only `eos_token_id`, and llama.cpp (llama-vocab.cpp,
+# `special_eog_ids`) finds `<turn|>` and `<|tool_response>` by their text; this is the subset of its
+# list that Gemma models use (`<end_of_turn>`: Gemma 3). Keys: the ids a vocabulary names.
 EOG_TOKEN_TEXTS = ("<eos>", "<end_of_turn>", "<turn|>", "<|tool_response>")
+EOG_ID_KEYS = (K.EOS_ID, K.EOT_ID, K.EOM_ID)
 
 # Defaults where a layout has no key (the released E2B/E4B assistants' values).
 DEFAULT_CENTROID_TOP_K = 32

@@ -19,6 +19,7 @@ from .keys import (
     DEFAULT_CENTROID_TOP_K,
     DEFAULT_PARTIAL_ROTARY_FACTOR,
     DRAFTER_LAYOUTS,
+    EOG_ID_KEYS,
     EOG_TOKEN_TEXTS,
     LAYOUT_BY_ARCH,
     TARGET_ARCHS,
@@ -83,7 +84,7 @@ def _rows(gf: GGUFFile, name: str) -> int:
 
 
 def _eos_ids(gf: GGUFFile) -> list[int]:
-    ids = [gf.value(key) for key in (K.EOS_ID, K.EOT_ID, K.EOM_ID)]
+    ids = [gf.value(key) for key in EOG_ID_KEYS]
     tokens = gf.value(K.TOKENS)
     if isinstance(tokens, list):
         ids += [i for i, text in enumerate(tokens) if text in EOG_TOKEN_TEXTS]

@@ -191,7 +191,7 @@ class GGUFFile:
 
 
 def _metadata(
-    path: Path, cur: _Cursor, prefix: str = ""
+    path: Path, cur: _Cursor, prefix: str | tuple[str, ...] = ""
 ) -> tuple[int, dict[str, Field], dict[str, tuple[int, int]]]:
     """(tensor count, fields whose key starts with `prefix`, byte span of every record)."""
     if bytes(cur.take(4)) != GGUF_MAGIC:
@@ -280,9 +280,10 @@ def open_gguf(path: str | Path) -> GGUFFile:
     return _reading(path, lambda: _parse(path, buf))
 
 
-def read_metadata(path: str | Path, *, prefix: str = "") -> dict[str, Any]:
-    """The values of the metadata keys that start with `prefix` (others are stepped over without
-    decoding them); tensor infos are not read. Same parser and errors as `open_gguf`."""
+def read_metadata(path: str | Path, *, prefix: str | tuple[str, ...] = "") -> dict[str, Any]:
+    """The values of the metadata keys that start with `prefix` (a string or a tuple of them);
+    other values are stepped over undecoded and tensor infos are not read. Same parser and errors
+    as `open_gguf`."""
     path, buf = _mapped(path)
     try:
         _, fields, _ = _reading(path, lambda: _metadata(path, _Cursor(buf), prefix))
