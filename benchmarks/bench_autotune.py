@@ -26,6 +26,7 @@ from _common import RESULTS, append_jsonl, format_table
 from gemma_mtp.bench.cli import parse_int_list
 from gemma_mtp.bench.prompts import load_prompts
 from gemma_mtp.bench.runner import BenchConfig, run_bench
+from gemma_mtp.engine.options import LoadOptions
 
 
 def _prompt_file(source: str, categories: list[str], directory: Path) -> str:
@@ -84,7 +85,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = BenchConfig(
-            model=args.model,
+            load=LoadOptions(model=args.model, dtype=args.dtype, device=args.device),
             drafts=tuple(args.drafts),
             spec_type=args.spec_type,
             n_max=args.n_max,
@@ -93,8 +94,6 @@ def main() -> int:
             prompts=_prompt_file(args.prompts, [c for c in args.categories.split(",") if c], Path(tmp)),
             n_predict=args.n_predict,
             temperature=args.temp,
-            dtype=args.dtype,
-            device=args.device,
         )
         rows = run_bench(
             config, progress=lambda m: print(f"[bench_autotune] {m}", file=sys.stderr, flush=True)

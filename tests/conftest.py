@@ -14,6 +14,15 @@ import torch
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _back_to_one_thread():
+    """A surface run in-process applies -t (default: the physical cores); the next test gets 1 again,
+    so that no test's numerics depend on which tests ran before it."""
+    yield
+    if torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+
+
 class ReferenceModels:
     """Lazily builds and caches the tiny checkpoints under one session directory."""
 

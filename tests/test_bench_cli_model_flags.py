@@ -1,7 +1,7 @@
-"""`gemma-mtp bench` takes run's model-loading flags (the shared `cli.model_args` helpers):
-`--quantized/--no-quantized` and `--quant-kernels` reach `BenchConfig` and the loads of the target
-(`gemma_mtp.load`) and of every drafter, and a bad value is one usage error naming the flag. The
-loaders are faked: no model is loaded and nothing is measured."""
+"""`gemma-mtp bench` takes run's model-loading flags (`cli.model_args.add_load_arguments`): they
+build one `LoadOptions` in `BenchConfig.load`, and the target and every drafter are loaded through
+`gemma_mtp.load` with it (each drafter sharing the loaded target). Without -m the demo pair is
+benched, as `run` uses it. The loader is faked: no model is loaded and nothing is measured."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import types
 import pytest
 
 import gemma_mtp
+from gemma_mtp import demo
 from gemma_mtp.bench.cli import bench_command
-from gemma_mtp.bench.runner import BenchConfig
 from gemma_mtp.cli.main import build_parser, main
+from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.quant.policy import KINDS
 
 BENCH = ["bench", "-m", "target.gguf"]
@@ -26,24 +27,18 @@ class EngineBuilt(Exception):
 @pytest.fixture
 def loads(monkeypatch) -> dict[str, list]:
     calls: dict[str, list] = {"target": [], "drafter": []}
-    target = types.SimpleNamespace(device="cpu")
 
-    def load(model, draft=None, **options):
-        calls["target"].append((model, draft, options))
-        return types.SimpleNamespace(target=target, config=None, stop_ids=frozenset())
-
-    def engine(*args, **kwargs):
+    def load(model=None, draft=None, *, options, reuse_target=None, **fields):
+        if reuse_target is None:
+            calls["target"].append(options)
+            return types.SimpleNamespace(target=types.SimpleNamespace(device="cpu"))
+        calls["drafter"].append((fields["model_draft"], options, reuse_target))
         raise EngineBuilt
 
-    def load_gguf_model(path, **options):
-        calls["drafter"].append((str(path), options))
-        return object(), None, None
-
     fake = types.ModuleType("gemma_mtp.api")
-    fake.load, fake.Engine = load, engine
+    fake.load = load
     monkeypatch.setitem(sys.modules, "gemma_mtp.api", fake)
     monkeypatch.setattr(gemma_mtp, "api", fake, raising=False)
-    monkeypatch.setattr("gemma_mtp.weights.gguf_loader.load_gguf_model", load_gguf_model)
     return calls
 
 
@@ -62,10 +57,7 @@ def _args(argv: list[str]):
 def test_defaults_leave_both_to_the_loader():
     args = _args(BENCH)
     assert (args.quantized, args.quant_kernels) == (None, None)
-    assert (args.quantized, args.quant_kernels) == (
-        BenchConfig(model="m").quantized,
-        BenchConfig(model="m").quant_kernels,
-    )
+    assert (args.quantized, args.quant_kernels) == (LoadOptions().quantized, LoadOptions().quant_kernels)
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--quantized", True), ("--no-quantized", False)])
@@ -78,32 +70,44 @@ def test_repeated_quant_kernels_add_up_and_a_later_type_wins():
     assert _args(argv).quant_kernels == {"Q8_0": "int8", "Q6_K": "q8"}
 
 
-def test_quant_flags_reach_the_target_and_drafter_loads(loads, prompts):
-    argv = [*BENCH, "-md", "drafter.gguf", "--no-quantized", "--quant-kernels", "Q8_0=q8"]
+def test_load_flags_reach_the_target_and_drafter_loads(loads, prompts):
+    argv = [*BENCH, "-md", "drafter.gguf", "--no-quantized", "--quant-kernels", "Q8_0=q8", "-t", "1"]
     with pytest.raises(EngineBuilt):
         bench_command(_args([*argv, *prompts, "--device", "cpu"]))
-    [(model, draft, target_options)] = loads["target"]
-    assert (model, draft) == ("target.gguf", None)
-    assert (target_options["quantized"], target_options["kernels"]) == (False, {"Q8_0": "q8"})
-    [(path, drafter_options)] = loads["drafter"]
-    assert path == "drafter.gguf"
-    assert (drafter_options["quantized"], drafter_options["kernels"]) == (False, {"Q8_0": "q8"})
+    [target] = loads["target"]
+    assert (target.model, target.model_draft, target.device, target.threads) == (
+        "target.gguf",
+        None,
+        "cpu",
+        1,
+    )
+    assert (target.quantized, target.quant_kernels) == (False, {"Q8_0": "q8"})
+    [(path, drafter_options, shared)] = loads["drafter"]
+    assert path == "drafter.gguf" and drafter_options == target and shared is not None
 
 
 def test_the_loaders_get_none_for_both_by_default(loads, prompts):
     with pytest.raises(EngineBuilt):
         bench_command(_args([*BENCH, "-md", "drafter.gguf", *prompts]))
-    target_options, drafter_options = loads["target"][0][2], loads["drafter"][0][1]
-    assert (target_options["quantized"], target_options["kernels"]) == (None, None)
-    assert (drafter_options["quantized"], drafter_options["kernels"]) == (None, None)
+    [target] = loads["target"]
+    assert (target.quantized, target.quant_kernels) == (None, None)
+
+
+def test_without_m_bench_uses_the_demo_pair_with_the_notice(loads, prompts, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "demo_target", lambda: "/cache/gemma-3-270m.gguf")
+    with pytest.raises(EngineBuilt):
+        bench_command(_args(["bench", *prompts]))
+    assert loads["target"][0].model == "/cache/gemma-3-270m.gguf"
+    assert loads["drafter"][0][0] == str(demo.demo_drafter())
+    assert "no -m/--model: using the demo target Gemma 3 270M" in capsys.readouterr().err
 
 
 def test_bench_shares_runs_model_loading_flags():
-    argv = ["-m", "T", "--device", "cpu", "--dtype", "float32", "-c", "256"]
+    argv = ["-m", "T", "--device", "cpu", "--dtype", "float32", "-c", "256", "-t", "1"]
     argv += ["--quantized", "--quant-kernels", "Q6_K=float"]
     run = build_parser().parse_args(["run", *argv])
     bench = build_parser().parse_args(["bench", *argv])
-    for name in ("model", "device", "dtype", "ctx_size", "quantized", "quant_kernels"):
+    for name in ("model", "device", "dtype", "ctx_size", "threads", "quantized", "quant_kernels"):
         assert getattr(bench, name) == getattr(run, name), name
     assert build_parser().parse_args(["bench", "-md", "a", "--spec-draft-model", "b"]).drafts == ["a", "b"]
 

@@ -15,6 +15,7 @@ from gemma_mtp.cli.main import PLANNED_COMMANDS, build_parser, main
 from gemma_mtp.cli.model_args import load_options_from_args
 from gemma_mtp.cli.spec_args import SpecFlags, spec_flags_from_args
 from gemma_mtp.engine.options import LoadOptions
+from gemma_mtp.threads import physical_cores
 from gemma_mtp.errors import GemmaMTPError, ModelFormatError, UsageError
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
@@ -105,6 +106,7 @@ RUN = ("run", "-m", "model-dir", "--prompt-ids", "2,105,7")
         ("file", ["-f", "--file"], "x.txt", "x.txt"),
         ("n_predict", ["-n", "--n-predict"], "-1", -1),
         ("ctx_size", ["-c", "--ctx-size"], "512", 512),
+        ("threads", ["-t", "--threads"], "3", 3),
         ("seed", ["-s", "--seed"], "42", 42),
         ("n_gpu_layers", ["-ngl", "--n-gpu-layers"], "10", 10),
         ("n_gpu_layers_draft", ["-ngld", "--n-gpu-layers-draft"], "4", 4),
@@ -146,7 +148,7 @@ def test_run_defaults_come_from_the_dataclasses():
     for field in dataclasses.fields(RunOptions):
         if field.name not in ("verbose", "load", "spec"):  # --verbose: also a top-level flag (below)
             assert getattr(args, field.name) == field.default, field.name
-    assert load_options_from_args(args) == LoadOptions()
+    assert load_options_from_args(args) == LoadOptions(threads=physical_cores())  # -t: physical cores
     assert spec_flags_from_args(args) == SpecFlags()
     for field in dataclasses.fields(SamplingParams):
         if field.name != "seed":
@@ -196,6 +198,7 @@ def test_run_passes_flags_to_load_and_generate(api):
     load = LoadOptions(
         model="model-dir", dtype="float32", device="cpu", n_gpu_layers=3, n_gpu_layers_draft=2, ctx_size=256
     )
+    load = dataclasses.replace(load, threads=physical_cores())
     # no progress bar: stderr is not a terminal here
     assert api.load_calls == [("model-dir", None, {"options": load, "progress": None})]
     sampling = SamplingParams(temperature=0.0, top_k=5, seed=9)
@@ -354,3 +357,14 @@ def test_planned_commands_exit_2(name, capsys):
 def test_spec_autotune_reaches_the_engine(api):
     assert main([*RUN, "--spec-type", "ngram", "--spec-autotune"]) == 0
     assert api.generate_calls[0][3].autotune is True
+
+
+@pytest.mark.parametrize("command", ["run", "chat", "serve", "bench", "train-drafter"])
+def test_every_surface_takes_threads(command):
+    argv = [command, "-t", "3"] + (["-m", "t", "--out", "d.gguf"] if command == "train-drafter" else [])
+    assert build_parser().parse_args(argv).threads == 3
+
+
+def test_threads_reach_the_load(api):
+    assert main([*RUN, "-t", "1"]) == 0
+    assert api.load_calls[0][2]["options"].threads == 1

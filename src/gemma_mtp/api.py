@@ -91,7 +91,8 @@ def load(
             "no model given: pass -m/--model with a Hugging Face model directory or a .gguf file"
         )
     t0 = time.perf_counter()
-    applied_threads = set_threads(options.threads)
+    if options.threads is not None:  # the surfaces pass theirs (-t, default: the physical cores)
+        set_threads(options.threads)
     if resolve_device(options.device).type == "cpu":
         # the native kernels, built here if this machine has none yet: a first build is part of
         # loading, never of the first forward (which would count it in prompt_ms)
@@ -124,7 +125,7 @@ def load(
     )
     engine.load_report = report
     engine.load_options = options
-    engine.threads = applied_threads
+    engine.threads = torch.get_num_threads()
     engine.load_s = time.perf_counter() - t0
     return engine
 

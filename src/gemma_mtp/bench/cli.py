@@ -12,15 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli.model_args import (
-    add_ctx_size_argument,
-    add_device_arguments,
-    add_draft_argument,
-    add_model_argument,
-    add_quant_arguments,
-    add_threads_argument,
-)
+from ..cli.model_args import add_load_arguments, load_options_from_args
+from ..engine.options import LoadOptions
 from ..errors import UsageError
+from ..speculative.options import SPEC_CHOICES
 
 __all__ = ["add_bench_arguments", "bench_command", "parse_int_list"]
 
@@ -51,7 +46,6 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
     from .runner import BenchConfig  # light: no torch at import time
 
     d = _defaults(BenchConfig)
-    defaults = argparse.Namespace(model=None, **d)  # the shared model flags read attributes
     p = subparsers.add_parser(
         "bench",
         help="measure acceptance and speed of speculative decoding",
@@ -59,28 +53,23 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
-    models = p.add_argument_group("models (local mode)")
-    add_model_argument(models, defaults, help="target: Hugging Face directory or .gguf")
-    add_draft_argument(
-        models,
-        defaults,
-        repeatable=True,
-        help="drafter; repeat to compare several (e.g. one drafter at several quantizations)",
+    add_load_arguments(
+        p,
+        model_help="target: Hugging Face directory or .gguf (default: the demo pair, Gemma 3 270M + its "
+        "trained drafter; repeat -md to compare several drafters)",
+        ctx_help="context size in tokens (default: the longest prompt + -n + room for drafts)",
+        drafts_repeatable=True,
+        group_title="models (local mode)",
+        ctx_default=None,
     )
-    add_device_arguments(models, defaults)
-    add_ctx_size_argument(
-        models, defaults, help="context size in tokens (default: the longest prompt + -n + room for drafts)"
-    )
-    add_threads_argument(models, help="CPU threads for torch")
-    add_quant_arguments(p, defaults)
 
     spec = p.add_argument_group("speculative decoding")
     spec.add_argument(
         "--spec-type",
         dest="spec_type",
-        choices=("mtp", "draft-mtp", "ngram", "draft"),
+        choices=tuple(c for c in SPEC_CHOICES if c != "none"),
         default=d["spec_type"],
-        help="default: mtp with -md, else ngram",
+        help="default: each drafter's own (mtp for an assistant, draft for a draft model); ngram without -md",
     )
     spec.add_argument(
         "--n-max",
@@ -160,16 +149,22 @@ def bench_command(args: argparse.Namespace) -> int:
 def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .runner import BenchConfig, run_bench
 
-    if args.model is None:
-        raise UsageError("bench needs -m/--model (a target), or --endpoint URL for a server")
-    if args.threads:
-        import torch
+    drafts = tuple(args.drafts)
+    model = args.model
+    if model is None:
+        from ..cli.common import demo_notice
+        from ..demo import demo_drafter, demo_target
 
-        torch.set_num_threads(args.threads)
+        implicit = not drafts and args.spec_type in (None, "mtp", "draft-mtp")
+        if implicit:
+            drafts = (str(demo_drafter()),)  # before the target: a missing file fails without a download
+        print(demo_notice(drafts[0] if drafts else None, implicit), file=sys.stderr)
+        model = str(demo_target())
     n_max = args.n_max if args.n_max is not None else _defaults(BenchConfig)["n_max"]
+    load = load_options_from_args(args, model=model, model_draft=None, ctx_size=LoadOptions().ctx_size)
     config = BenchConfig(
-        model=args.model,
-        drafts=tuple(args.drafts),
+        load=load,
+        drafts=drafts,
         spec_type=args.spec_type,
         n_max=n_max,
         autotune=args.autotune,
@@ -181,11 +176,7 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         top_p=args.top_p,
         min_p=args.min_p,
         seed=args.seed,
-        dtype=args.dtype,
-        device=args.device,
         ctx_size=args.ctx_size,
-        quantized=args.quantized,
-        quant_kernels=args.quant_kernels,
     )
     return run_bench(config, progress=_progress)
 

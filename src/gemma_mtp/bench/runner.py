@@ -9,14 +9,16 @@ uses its own seeds (the same ones for every configuration). Autotune starts cold
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.options import LoadOptions
 from ..errors import UsageError
-from ..sampling import SamplingParams
-from ..speculative.base import MAX_DRAFT, SpecOptions
+from ..sampling_params import SamplingParams
+from ..speculative.options import MAX_DRAFT, SpecOptions, canonical_spec_type
 from .prompts import BenchPrompt, load_prompts
 from .provenance import environment, weights_description
 from .stats import Generation, summarize
@@ -30,9 +32,11 @@ _SAMPLING = SamplingParams()
 class BenchConfig:
     """Everything `gemma-mtp bench` runs locally; the CLI reads its defaults from here."""
 
-    model: str
+    load: LoadOptions  # the target (its model_draft is unused: drafters are `drafts`)
     drafts: tuple[str, ...] = ()
-    spec_type: str | None = None  # None: mtp with drafters (-md), n-gram lookup without
+    spec_type: str | None = (
+        None  # None: each drafter's own strategy (mtp for an assistant); ngram without -md
+    )
     n_max: tuple[int, ...] = (1, 2, 3, 4)
     autotune: bool = False  # also run --spec-autotune (a row with n_max "auto")
     reps: int = 3
@@ -43,11 +47,7 @@ class BenchConfig:
     top_p: float = _SAMPLING.top_p
     min_p: float = _SAMPLING.min_p
     seed: int = 0
-    dtype: str = "auto"
-    device: str = "auto"
     ctx_size: int | None = None  # None: the longest prompt + n_predict + room for drafts
-    quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
-    quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
 
     def __post_init__(self) -> None:
         if self.reps < 1:
@@ -60,6 +60,10 @@ class BenchConfig:
             if not 1 <= n <= MAX_DRAFT:
                 raise UsageError(f"--n-max {n} is out of range; use 1..{MAX_DRAFT}")
         kind = self.resolved_spec_type
+        if self.load.model is None:
+            raise UsageError("bench needs -m/--model (a target), or --endpoint URL for a server")
+        if kind is None:
+            return
         if kind in ("mtp", "draft") and not self.drafts:
             raise UsageError(f"--spec-type {kind} needs at least one drafter: pass -md/--model-draft")
         if kind == "ngram" and self.drafts:
@@ -68,10 +72,15 @@ class BenchConfig:
             raise UsageError(f"--spec-type {kind!r}: bench compares drafting strategies mtp, draft or ngram")
 
     @property
-    def resolved_spec_type(self) -> str:
+    def resolved_spec_type(self) -> str | None:
+        """The strategy every row drafts with; None: each drafter's own (`Engine.default_spec`)."""
         if self.spec_type is None:
-            return "mtp" if self.drafts else "ngram"
-        return {"draft-mtp": "mtp"}.get(self.spec_type, self.spec_type)
+            return None if self.drafts else "ngram"
+        return canonical_spec_type(self.spec_type)
+
+    @property
+    def model(self) -> str:
+        return str(self.load.model)
 
     def sampling(self, seed: int) -> SamplingParams:
         return SamplingParams(
@@ -108,14 +117,10 @@ def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = N
     prompts = load_prompts(config.prompts)
     ids = _encode(prompts, config.model)
     base, groups = _load(config, max(map(len, ids)), say)
-    kind = config.resolved_spec_type
-    specs = [(f"n={n}", SpecOptions(type=kind, n_max=n)) for n in config.n_max]
-    if config.autotune:
-        specs.append(("auto", SpecOptions(type=kind, n_max=3, autotune=True)))
 
     say("warm-up")
     for group in groups:
-        for _, spec in [("plain", SpecOptions()), specs[0]]:
+        for _, spec in [("plain", SpecOptions()), _specs(config, group)[0]]:
             group.engine.generate(ids[0], n_predict=8, sampling=config.sampling(config.seed), spec=spec)
     runs = _Runs()
     for rep in range(config.reps):
@@ -123,10 +128,18 @@ def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = N
         _measure(base, SpecOptions(), PLAIN, rep, prompts, ids, config, runs)
         for group in groups:
             group.engine.decoder.autotuners.clear()
-            for label, spec in specs:
+            for label, spec in _specs(config, group):
                 say(f"rep {rep + 1}/{config.reps}: {group.label} {label}")
                 _measure(group.engine, spec, (group.label, label), rep, prompts, ids, config, runs)
     return summarize_runs(config, runs, groups, base)
+
+
+def _specs(config: BenchConfig, group: _Group) -> list[tuple[str, SpecOptions]]:
+    kind = config.resolved_spec_type or group.engine.default_spec().type
+    specs = [(f"n={n}", SpecOptions(type=kind, n_max=n)) for n in config.n_max]
+    if config.autotune:
+        specs.append(("auto", SpecOptions(type=kind, n_max=3, autotune=True)))
+    return specs
 
 
 def _measure(engine, spec, key, rep, prompts, ids, config, runs: _Runs) -> None:
@@ -146,50 +159,31 @@ def _encode(prompts: Sequence[BenchPrompt], model: str) -> list[list[int]]:
 
 
 def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) -> tuple[Any, list[_Group]]:
-    from ..api import Engine, load
+    from ..api import load
 
     ctx = config.ctx_size or longest_prompt + config.n_predict + MAX_DRAFT + 2
+    options = dataclasses.replace(config.load, model_draft=None, ctx_size=ctx)
     say(f"loading {config.model}")
-    base = load(
-        config.model,
-        dtype=config.dtype,
-        device=config.device,
-        ctx_size=ctx,
-        quantized=config.quantized,
-        kernels=config.quant_kernels,
-    )
+    base = load(options=options)
     if not config.drafts:
         return base, [_Group("ngram", None, base)]
     groups, seen = [], set()
     for path in config.drafts:
         say(f"loading {path}")
-        drafter = _load_drafter(path, config, str(base.target.device))
+        # the same load rules as run and serve (dtype and quantization follow the target); the
+        # target itself is shared, not loaded again
+        engine = load(options=options, model_draft=path, reuse_target=base)
         label = Path(path).name
         label = label if label not in seen else f"{label}#{len(groups) + 1}"
         seen.add(label)
-        engine = Engine(base.target, base.config, ctx_size=ctx, stop_ids=base.stop_ids, drafter=drafter)
         groups.append(_Group(label, path, engine))
     return base, groups
-
-
-def _load_drafter(path: str, config: BenchConfig, device: str):
-    """A drafter with the target's quantization flags (`quantized`/`kernels` apply to GGUF only)."""
-    if Path(path).suffix == ".gguf":
-        from ..weights.gguf_loader import load_gguf_model
-
-        quant = {"quantized": config.quantized, "kernels": config.quant_kernels}
-        model, _, _ = load_gguf_model(Path(path), dtype=config.dtype, device=device, **quant)
-    else:
-        from ..weights.hf import load_hf_model
-
-        model, _, _ = load_hf_model(Path(path), dtype=config.dtype, device=device)
-    return model
 
 
 def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base: Any) -> list[dict[str, Any]]:
     """One row per (drafter, configuration, category), category "all" first, plain decoding first."""
     common = {
-        **environment(config.device if config.device != "auto" else str(base.target.device)),
+        **environment(config.load.device if config.load.device != "auto" else str(base.target.device)),
         "mode": "local",
         "model": config.model,
         "model_weights": weights_description(config.model),

@@ -16,8 +16,8 @@ from gemma_mtp.cli.spec_args import SpecFlags, add_spec_arguments
 from gemma_mtp.demo import DEMO_P_MIN
 from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.errors import UsageError
-from gemma_mtp.sampling import SamplingParams
-from gemma_mtp.speculative.base import SPEC_TYPES
+from gemma_mtp.sampling_params import SamplingParams
+from gemma_mtp.speculative.options import SPEC_TYPES
 
 __all__ = [
     "RunOptions",

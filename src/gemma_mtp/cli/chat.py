@@ -35,8 +35,8 @@ from gemma_mtp.errors import ContextOverflowError
 
 if TYPE_CHECKING:
     from gemma_mtp.api import Engine
-    from gemma_mtp.sampling import SamplingParams
-    from gemma_mtp.speculative.base import SpecOptions
+    from gemma_mtp.sampling_params import SamplingParams
+    from gemma_mtp.speculative.options import SpecOptions
 
 __all__ = ["chat_command", "ChatSession", "AnswerView", "RESET_COMMAND", "EXIT_COMMANDS"]
 

@@ -12,11 +12,11 @@ from gemma_mtp.cli.args import RUN_FIELDS, SAMPLING_FIELDS, RunOptions
 from gemma_mtp.cli.model_args import load_options_from_args
 from gemma_mtp.cli.spec_args import spec_flags_from_args
 from gemma_mtp.errors import GemmaMTPError, UsageError
-from gemma_mtp.sampling import SamplingParams
+from gemma_mtp.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
     from gemma_mtp.api import Engine, Result
-    from gemma_mtp.speculative.base import SpecOptions
+    from gemma_mtp.speculative.options import SpecOptions
     from gemma_mtp.tokenizer import Tokenizer
 
 __all__ = [

@@ -137,6 +137,10 @@ class _Drafts:
 def load_options_from_args(args: argparse.Namespace, **overrides: Any) -> LoadOptions:
     """The `LoadOptions` the parsed flags say (``overrides`` win; absent flags keep the defaults)."""
     values = {name: getattr(args, name) for name in LOAD_FLAG_FIELDS if hasattr(args, name)}
+    if values.get("threads", 0) is None:  # no -t: the physical cores, as llama.cpp picks
+        from gemma_mtp.threads import physical_cores
+
+        values["threads"] = physical_cores()
     return LoadOptions(**{**values, **overrides})
 
 

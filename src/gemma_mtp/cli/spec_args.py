@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from gemma_mtp.errors import UsageError
-from gemma_mtp.speculative.base import SPEC_CHOICES, SpecOptions, canonical_spec_type
+from gemma_mtp.speculative.options import SPEC_CHOICES, SpecOptions, canonical_spec_type
 
 __all__ = ["SpecFlags", "add_spec_arguments", "spec_flags_from_args"]
 

@@ -22,7 +22,7 @@ from ..speculative.mtp import MTPDrafter
 from ..speculative.ngram import NgramDrafter
 from ..speculative.stats import SpecStats
 from .batch import BatchDecoder, Slot
-from .results import Result, Step, Timings
+from .results import Result, Step, slot_timings
 
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
@@ -142,14 +142,7 @@ class Engine:
     def _finish(self, slot: Slot, result: Result) -> None:
         result.n_generated = len(result.token_ids)
         result.stop_reason = slot.stop_reason or "cancelled"
-        n_after_first = max(result.n_generated - 1, 0)
-        decode_ms = slot.decode_ms - slot.first_round_ms
-        result.timings = Timings(
-            load_s=self.load_s,
-            prompt_ms=slot.prompt_ms + slot.first_round_ms,
-            decode_ms=decode_ms,
-            decode_tokens_per_s=n_after_first / (decode_ms / 1e3) if decode_ms > 0 else 0.0,
-        )
+        result.timings = slot_timings(slot, load_s=self.load_s)
         if slot.spec.type != "none":
             result.speculative = slot.stats.to_dict()
             self.stats.setdefault(slot.spec.type, SpecStats(type=slot.spec.type)).merge(slot.stats)

@@ -8,8 +8,8 @@ from typing import Protocol
 
 import torch
 
-from ..errors import UsageError
 from ..sampling import SamplingParams, probs_from_logits, sample
+from .options import MAX_DRAFT, SPEC_ALIASES, SPEC_CHOICES, SPEC_TYPES, SpecOptions, canonical_spec_type
 
 __all__ = [
     "SPEC_TYPES",
@@ -25,44 +25,6 @@ __all__ = [
     "choose_token",
     "greedy_from_candidates",
 ]
-
-SPEC_TYPES = ("none", "mtp", "ngram", "draft")
-SPEC_ALIASES = {"draft-mtp": "mtp"}  # llama.cpp's name for MTP drafting
-SPEC_CHOICES = (*SPEC_TYPES, *SPEC_ALIASES)  # what --spec-type and a request's "type" accept
-# The draft-length ceiling: the KV cache's rollback headroom (sliding rings keep window + MAX_DRAFT
-# + 1 slots); every cache, decoder and flag check takes it from here.
-MAX_DRAFT = 16
-
-
-def canonical_spec_type(name: str) -> str:
-    """``draft-mtp`` -> ``mtp``; every other name as it is."""
-    return SPEC_ALIASES.get(name, name)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SpecOptions:
-    """Speculation knobs; settable per request. Defaults follow llama.cpp where it has one."""
-
-    type: str = "none"
-    n_max: int = 3  # --spec-draft-n-max / --draft-max / --draft
-    n_min: int = 0  # --spec-draft-n-min: a shorter draft is dropped (a plain step instead)
-    p_min: float = 0.0  # --spec-draft-p-min: stop drafting when a draft's probability is below it
-    ngram_max: int = 3  # n-gram lookup tries this length down to ngram_min
-    ngram_min: int = 1
-    autotune: bool = False  # --spec-autotune: the engine picks n_max (0..8) each round; n_max is the start
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "type", canonical_spec_type(self.type))
-        if self.type not in SPEC_TYPES:
-            raise UsageError(f"--spec-type {self.type!r} is not one of {', '.join(SPEC_TYPES)}")
-        if not 0 <= self.n_max <= MAX_DRAFT:
-            raise UsageError(f"--spec-draft-n-max {self.n_max} is out of range; use 0..{MAX_DRAFT}")
-        if not 0 <= self.n_min <= max(self.n_max, 0):
-            raise UsageError(f"--spec-draft-n-min {self.n_min} must be between 0 and n_max ({self.n_max})")
-        if not 0.0 <= self.p_min <= 1.0:
-            raise UsageError(f"--spec-draft-p-min {self.p_min} must be between 0 and 1")
-        if not 1 <= self.ngram_min <= self.ngram_max:
-            raise UsageError("ngram sizes must satisfy 1 <= ngram_min <= ngram_max")
 
 
 @dataclass(frozen=True)

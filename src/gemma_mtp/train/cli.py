@@ -13,10 +13,9 @@ import dataclasses
 import json
 import sys
 
-import torch
-
+from ..cli.model_args import add_threads_argument
+from ..errors import UsageError
 from ..gguf.writer import OUT_TYPES
-from .loop import train_drafter
 from .options import TrainOptions
 
 __all__ = ["add_train_arguments", "train_command", "options_from_args"]
@@ -72,7 +71,7 @@ def add_train_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="features, checkpoint and log (default: OUT without .gguf + .train)")
     p.add_argument("--hf-out", help="HF checkpoint directory to write (default: WORK_DIR/hf)")
     p.add_argument("--out-type", default="Q8_0", choices=list(OUT_TYPES), help="GGUF matrix type")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    add_threads_argument(p)
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     group = p.add_argument_group("assistant and training (defaults: TrainOptions)")
@@ -92,8 +91,12 @@ def options_from_args(args: argparse.Namespace) -> TrainOptions:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from ..threads import set_threads
+    from .loop import train_drafter  # torch and the models: only when training really starts
+
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"-t/--threads must be >= 1, got {args.threads}")
+    set_threads(args.threads)
     result = train_drafter(
         args.target,
         args.out,
