@@ -15,10 +15,10 @@ from gemma_mtp.cli.main import PLANNED_COMMANDS, build_parser, main
 from gemma_mtp.cli.model_args import load_options_from_args
 from gemma_mtp.cli.spec_args import SpecFlags, spec_flags_from_args
 from gemma_mtp.engine.options import LoadOptions
-from gemma_mtp.threads import physical_cores
 from gemma_mtp.errors import GemmaMTPError, ModelFormatError, UsageError
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
+from gemma_mtp.threads import physical_cores
 
 RESULT_DICT = {
     "text": "",
