@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -198,18 +199,43 @@ def drafter_f32(reference_models, tmp_path_factory):
 
 
 @pytest.mark.parametrize("low_bit", ["Q2_K", "IQ2_XS", "Q3_K_M", "IQ1_S"])
-def test_low_bit_types_are_refused_for_drafters_with_the_reason(drafter_f32, tmp_path, capsys, low_bit):
+def test_low_bit_types_for_drafters_give_the_reason_and_no_flag_that_cannot_help(
+    drafter_f32, tmp_path, capsys, low_bit
+):
+    """No low-bit type is supported, so suggesting --allow-low-bit-drafter would only lead to a
+    second error: the message says the type is not supported, which are, and the drafter advice."""
     assert run_cli(["quantize", str(drafter_f32), str(tmp_path / "out.gguf"), low_bit]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: refusing to quantize an MTP drafter to {low_bit}") and "acceptance" in err
-    assert "--allow-low-bit-drafter" in err and err.count("\n") == 1
+    assert err.startswith(f"error: quantize type '{low_bit}' is not supported: gemma-mtp quantizes to F32,")
+    assert "Q4_K_M" in err and "acceptance" in err and err.count("\n") == 1
+    assert "--allow-low-bit-drafter" not in err
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_allowed_low_bit_drafter_type_says_it_is_not_supported_yet(drafter_f32, tmp_path, capsys):
+def test_allowed_low_bit_drafter_type_says_which_types_are_supported(drafter_f32, tmp_path, capsys):
     argv = ["quantize", str(drafter_f32), str(tmp_path / "out.gguf"), "Q2_K", "--allow-low-bit-drafter"]
     assert run_cli(argv) == 2
-    assert "quantize type 'Q2_K' is not supported" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"quantize type 'Q2_K' is not supported: gemma-mtp quantizes to {', '.join(FILE_TYPES)}" in err
+    assert "lifts only the drafter policy; it adds no types" in err
+
+
+def test_flag_is_suggested_only_for_a_low_bit_type_it_would_unlock(drafter_f32, tmp_path, monkeypatch):
+    """Were a low-bit type supported, the refusal names the flag, and the flag makes the file."""
+    monkeypatch.setitem(FILE_TYPES, "Q3_K_S", replace(FILE_TYPES["Q4_0"], name="Q3_K_S"))
+    with pytest.raises(
+        UsageError, match="refusing to quantize an MTP drafter to Q3_K_S.*--allow-low-bit-drafter"
+    ):
+        quantize_gguf(drafter_f32, tmp_path / "out.gguf", "Q3_K_S")
+    assert quantize_gguf(
+        drafter_f32, tmp_path / "out.gguf", "Q3_K_S", allow_low_bit_drafter=True
+    ).path.exists()
+
+
+def test_low_bit_type_for_a_target_is_simply_not_supported(wide_f32, tmp_path, capsys):
+    assert run_cli(["quantize", str(wide_f32), str(tmp_path / "out.gguf"), "Q2_K"]) == 2
+    err = capsys.readouterr().err
+    assert "quantize type 'Q2_K' is not supported: gemma-mtp quantizes to" in err and "drafter" not in err
 
 
 def test_drafter_quantizes_keeping_its_integer_ordering_table(drafter_f32, tmp_path):
@@ -268,3 +294,18 @@ def test_out_equal_in_is_refused_in_the_library(wide_f32):
         quantize_gguf(wide_f32, wide_f32, "Q8_0")
     with pytest.raises(ModelFormatError):
         quantize_gguf(wide_f32.with_name("nope.gguf"), wide_f32.with_name("o.gguf"), "Q8_0")
+
+
+def test_missing_output_folder_is_refused_naming_it(wide_f32, tmp_path, capsys):
+    """llama-quantize fails on a missing output folder; we used to create it silently."""
+    missing = tmp_path / "no" / "such"
+    assert run_cli(["quantize", str(wide_f32), str(missing / "o.gguf"), "Q8_0"]) == 1
+    err = capsys.readouterr().err
+    assert f"the output folder {missing} does not exist" in err and "mkdir -p" in err
+    assert err.count("\n") == 1 and not (tmp_path / "no").exists()
+
+
+def test_quantize_of_a_directory_says_it_takes_a_gguf_file(tmp_path, capsys):
+    assert run_cli(["quantize", str(tmp_path), str(tmp_path / "o.gguf"), "Q8_0"]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path}: is a directory; gemma-mtp quantize takes a GGUF file" in err

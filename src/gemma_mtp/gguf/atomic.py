@@ -8,6 +8,7 @@ output) keeps that file's mode. A missing output folder is an error, never creat
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -52,6 +53,8 @@ def check_output_dir(path: str | Path) -> Path:
         )
     if not parent.is_dir():
         raise GemmaMTPError(f"{path}: {parent} is not a folder; choose another output path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise access_error(parent, PermissionError(errno.EACCES, "Permission denied"), "write in")
     return parent
 
 

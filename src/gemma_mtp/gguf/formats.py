@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import GemmaMTPError, ModelFormatError
 
-__all__ = ["GGUF", "HF_DIR", "GGUF_MAGIC", "is_gguf", "model_format", "access_error"]
+__all__ = ["GGUF", "HF_DIR", "GGUF_MAGIC", "is_gguf", "model_format", "access_error", "check_readable"]
 
 GGUF = "gguf"
 HF_DIR = "hf-dir"
@@ -32,6 +32,15 @@ def access_error(path: str | Path, exc: OSError, action: str = "read") -> GemmaM
         return ModelFormatError(f"{path}: no such file or directory")
     reason = exc.strerror or type(exc).__name__
     return GemmaMTPError(f"{path}: cannot {action} this {what}: {reason.lower()}")
+
+
+def check_readable(path: str | Path) -> Path:
+    """`path` if it is a file this process can open for reading; else one clear error."""
+    try:
+        with open(path, "rb"):
+            return Path(path)
+    except OSError as exc:
+        raise access_error(path, exc) from None
 
 
 def is_gguf(path: str | Path) -> bool:

@@ -14,14 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFormatError, UsageError
+from ..errors import UsageError
+from ..gguf.formats import HF_DIR, model_format
 from ..gguf.reader import open_gguf
 from ..gguf.writer import OUT_TYPES
 from .convert import LAYOUTS, convert_drafter_layout, convert_hf_to_gguf
 from .diff import diff_gguf
 from .inspect import inspect_gguf
 from .pair import pair_gguf
-from .quantize import FILE_TYPES, check_distinct, quantize_gguf
+from .quantize import FILE_TYPES, quantize_gguf
 from .sanitize import sanitize_gguf
 
 __all__ = ["GGUF_COMMANDS", "add_gguf_commands"]
@@ -56,18 +57,15 @@ def _print_json(data: Any) -> None:
 
 def convert_command(args: argparse.Namespace) -> int:
     src, out = Path(args.src), Path(args.out)
-    if src.is_dir():
+    if model_format(src) == HF_DIR:  # a GGUF file, or one error saying what src is
         kwargs = {"out_type": args.outtype.upper()} if args.outtype else {}
         path = convert_hf_to_gguf(src, out, layout=args.layout, **kwargs)
-    elif src.is_file():
+    else:
         if args.outtype:
             raise UsageError(
                 "--outtype applies to Hugging Face checkpoints; use gemma-mtp quantize for a GGUF"
             )
-        check_distinct(src, out)
         path = convert_drafter_layout(src, out, args.layout)
-    else:
-        raise ModelFormatError(f"{src}: no such file or directory")
     gf = open_gguf(path)
     _out(f"wrote {path} ({gf.arch}, {len(gf.tensors)} tensors, {_size(path.stat().st_size)})")
     return 0
@@ -272,7 +270,9 @@ def add_gguf_commands(subparsers: Any) -> None:
     p.add_argument("output", metavar="OUT")
     p.add_argument("type", metavar="TYPE", help=f"one of {', '.join(FILE_TYPES)}")
     p.add_argument(
-        "--allow-low-bit-drafter", action="store_true", help="allow IQ1/IQ2/Q2_K/Q3 types for drafters"
+        "--allow-low-bit-drafter",
+        action="store_true",
+        help="lift the drafter policy against low-bit types (IQ1/IQ2/Q2_K/Q3; none is supported yet)",
     )
     p.add_argument("--allow-requantize", action="store_true", help="allow tensors that are already quantized")
 

@@ -28,6 +28,7 @@ from ..gguf.writer import (
     write_gguf,
 )
 from ..weights.hf import SKIPPED_PREFIXES, TARGET_PREFIXES, safetensors_files
+from .paths import check_output, gguf_input
 
 __all__ = ["convert_hf_to_gguf", "convert_drafter_layout", "LAYOUTS"]
 
@@ -126,6 +127,7 @@ def convert_hf_to_gguf(
     _check_layout(layout)
     check_out_type(out_type)
     src = Path(src_dir)
+    check_output(src, out_path)  # before the checkpoint is read
     config = load_config(src)
     vocab = tokenizer_entries(src, config)  # before the tensors: a bad tokenizer fails fast
     tensors = _hf_tensors(src, config)
@@ -158,7 +160,8 @@ def _copied_entries(gf: GGUFFile, src_arch: str, dst_arch: str) -> list[Entry]:
 def convert_drafter_layout(in_gguf: str | Path, out_gguf: str | Path, layout: str) -> Path:
     """A drafter GGUF in any layout -> the same drafter in `layout`; tensor data is copied byte for byte."""
     _check_layout(layout)
-    gf = open_gguf(in_gguf)
+    check_output(in_gguf, out_gguf)
+    gf = open_gguf(gguf_input(in_gguf, "convert"))
     if gf.arch not in LAYOUT_BY_ARCH:
         raise ModelFormatError(
             f"{gf.path}: general.architecture {gf.arch!r} is not a drafter; layouts apply to "

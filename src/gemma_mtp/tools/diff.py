@@ -9,6 +9,7 @@ from typing import Any
 from gguf import GGUFValueType
 
 from ..gguf.reader import Field, open_gguf, tensor_shape
+from .paths import gguf_input
 
 __all__ = ["diff_gguf", "describe_value"]
 
@@ -29,7 +30,7 @@ def describe_value(f: Field) -> str:
 def diff_gguf(a: str | Path, b: str | Path) -> dict[str, Any]:
     """Metadata keys only in A, only in B, and present in both with different values (or types);
     and the same for tensors (by name: type and shape)."""
-    fa, fb = open_gguf(a), open_gguf(b)
+    fa, fb = open_gguf(gguf_input(a, "diff")), open_gguf(gguf_input(b, "diff"))
     only_a = [{"key": k, "a": describe_value(f)} for k, f in fa.fields.items() if k not in fb.fields]
     only_b = [{"key": k, "b": describe_value(f)} for k, f in fb.fields.items() if k not in fa.fields]
     different = [

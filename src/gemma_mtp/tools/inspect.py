@@ -14,6 +14,7 @@ from ..errors import GemmaMTPError
 from ..gguf.keys import LAYOUT_BY_ARCH, K
 from ..gguf.metadata import config_from_gguf
 from ..gguf.reader import GGUFFile, open_gguf, tensor_shape
+from .paths import gguf_input
 from .sanitize import find_leaks
 
 __all__ = ["inspect_gguf", "hyperparameters"]
@@ -94,7 +95,7 @@ def _tensor_summary(gf: GGUFFile) -> dict[str, Any]:
 
 def inspect_gguf(path: str | Path) -> dict[str, Any]:
     """Everything `gemma-mtp inspect` shows, as one JSON-ready dict."""
-    gf = open_gguf(path)
+    gf = open_gguf(gguf_input(path, "inspect"))
     layout = LAYOUT_BY_ARCH[gf.arch].name if gf.arch in LAYOUT_BY_ARCH else None
     info: dict[str, Any] = {
         "file": str(gf.path),

@@ -17,6 +17,7 @@ from ..gguf.keys import K
 from ..gguf.metadata import config_from_gguf
 from ..gguf.reader import GGUFFile, open_gguf
 from ..pairing import Check, failed_checks, pair_checks
+from .paths import gguf_input
 
 __all__ = ["pair_gguf", "PairReport", "Check"]
 
@@ -83,7 +84,7 @@ def _notes(
 
 def pair_gguf(target_path: str | Path, draft_path: str | Path) -> PairReport:
     """The runtime's rules (`pairing.pair_checks`) on the two files' configs, then notes."""
-    tf, df = open_gguf(target_path), open_gguf(draft_path)
+    tf, df = open_gguf(gguf_input(target_path, "pair")), open_gguf(gguf_input(draft_path, "pair"))
     target, _, _ = config_from_gguf(tf)
     draft, layout, _ = config_from_gguf(df)
     checks = pair_checks(target, draft)

@@ -18,7 +18,6 @@ by `codecs.encode` (bit-exact with ggml's reference quantizers).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from ..gguf.codecs import encode
 from ..gguf.keys import LAYOUT_BY_ARCH, K
 from ..gguf.reader import FLOAT_TYPES, INT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_values
 from ..gguf.writer import QUANTIZATION_VERSION, Entry, LazyTensor, write_gguf_lazy
+from .paths import check_output, gguf_input
 from .sanitize import find_leaks
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "plan_types",
     "quantize_gguf",
     "resolve_file_type",
-    "check_distinct",
 ]
 
 T = GGMLQuantizationType
@@ -105,8 +104,7 @@ LOW_BIT_TYPES = (
 )  # fmt: skip
 DRAFTER_ADVICE = (
     "a drafter's speed comes from acceptance, and low-bit drafters lose more to rejected drafts "
-    "than they save (about 6 points of acceptance from Q8_0 to Q2_K); use Q8_0, Q6_K, Q5_K_M or "
-    "Q4_K_M, or pass --allow-low-bit-drafter"
+    "than they save (about 6 points of acceptance from Q8_0 to Q2_K); use Q8_0, Q6_K, Q5_K_M or Q4_K_M"
 )
 # Fallback of a 256-block type whose rows do not fit (llama.cpp's tensor_type_fallback).
 FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
@@ -120,12 +118,21 @@ _LAYER = re.compile(r"blk\.(\d+)\.")
 
 
 def resolve_file_type(name: str, *, drafter: bool, allow_low_bit_drafter: bool = False) -> FileType:
-    """The `TYPE` argument -> its FileType; low-bit types are refused for drafters first."""
+    """The `TYPE` argument -> its FileType. A low-bit type for a drafter is refused with the reason;
+    `--allow-low-bit-drafter` is suggested only where it would help (a type gemma-mtp makes)."""
     key = name.upper()
-    if key in LOW_BIT_TYPES and drafter and not allow_low_bit_drafter:
-        raise UsageError(f"refusing to quantize an MTP drafter to {key}: {DRAFTER_ADVICE}")
+    supported = f"gemma-mtp quantizes to {', '.join(FILE_TYPES)}"
+    low_bit_drafter = key in LOW_BIT_TYPES and drafter
     if key not in FILE_TYPES:
-        raise UsageError(f"quantize type {name!r} is not supported; use one of {', '.join(FILE_TYPES)}")
+        advice = f"; for an MTP drafter, {DRAFTER_ADVICE}" if low_bit_drafter else ""
+        if low_bit_drafter and allow_low_bit_drafter:
+            advice += " (--allow-low-bit-drafter lifts only the drafter policy; it adds no types)"
+        raise UsageError(f"quantize type {name!r} is not supported: {supported}{advice}")
+    if low_bit_drafter and not allow_low_bit_drafter:
+        raise UsageError(
+            f"refusing to quantize an MTP drafter to {key}: {DRAFTER_ADVICE}, "
+            "or pass --allow-low-bit-drafter to make it anyway"
+        )
     return FILE_TYPES[key]
 
 
@@ -291,12 +298,6 @@ def _converted(t: TensorInfo, qtype: GGMLQuantizationType) -> Callable[[], np.nd
     return load
 
 
-def check_distinct(src: Path, dst: Path) -> None:
-    """Refuse to write over the input: the temp-file rename would replace it with the output."""
-    if src.exists() and dst.exists() and os.path.samefile(src, dst):
-        raise UsageError(f"OUT is the input file {src}; write to another path")
-
-
 def quantize_gguf(
     src: str | Path,
     dst: str | Path,
@@ -308,8 +309,8 @@ def quantize_gguf(
 ) -> QuantizeResult:
     """Quantize `src` into `dst` (temp file + rename); `progress(values_done, values_total)` after
     each tensor."""
-    src, dst = Path(src), Path(dst)
-    check_distinct(src, dst)
+    src = gguf_input(src, "quantize")
+    dst = check_output(src, dst)
     gf = open_gguf(src)
     ft = resolve_file_type(
         type_name, drafter=gf.arch in LAYOUT_BY_ARCH, allow_low_bit_drafter=allow_low_bit_drafter

@@ -18,10 +18,11 @@ from pathlib import Path
 from gguf import GGUFValueType
 
 from ..errors import ModelFormatError, UsageError
-from ..gguf.atomic import atomic_write
+from ..gguf.atomic import atomic_write, check_output_dir
 from ..gguf.keys import LAYOUT_BY_ARCH, TARGET_ARCHS
 from ..gguf.metadata import describe_supported
 from ..gguf.reader import GGUFFile, open_gguf
+from .paths import gguf_input
 
 __all__ = [
     "Leak",
@@ -136,9 +137,11 @@ def sanitize_gguf(
     """Remove every leak (`find_leaks`) from `src` into `dst`, or into `src` itself with `in_place`;
     `check` only reports. Writes through a temp file and a rename. A file of an architecture
     gemma-mtp does not handle is refused unless `any_arch` (the surgery itself is format-generic)."""
-    src = Path(src)
+    src = gguf_input(src, "sanitize")
     if not check and (dst is None) == (not in_place):
         raise UsageError("sanitize needs OUT or --in-place (one of them)")
+    if not check and not in_place:
+        check_output_dir(dst)
     gf = open_gguf(src)
     if not any_arch:
         check_architecture(gf)

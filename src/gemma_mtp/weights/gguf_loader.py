@@ -26,6 +26,7 @@ from torch import nn
 
 from ..config import AssistantConfig, TextConfig
 from ..errors import ModelFormatError, UsageError
+from ..gguf.formats import GGUF, model_format
 from ..gguf.metadata import config_from_gguf
 from ..gguf.names import ROPE_FREQS, SHARED_LAYER_KV, name_map, norm_offset
 from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_shape, tensor_values
@@ -171,6 +172,11 @@ def load_gguf_model(
     `quantized`: keep quantized matrices in kernel formats (default: on the CPU in bfloat16).
     `kernels`: per-type overrides of `quant.policy.MATRIX_KERNELS`, e.g. `{"Q8_0": "int8"}`.
     """
+    if model_format(path) != GGUF:  # or one error: missing, unreadable, not a GGUF file
+        raise ModelFormatError(
+            f"{path}: is a directory, not a GGUF file; a Hugging Face model directory loads with "
+            "weights.hf.load_hf_model"
+        )
     gf = open_gguf(path)
     config, layout, notices = config_from_gguf(gf)
     text = config.text if isinstance(config, AssistantConfig) else config

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import AssistantConfig, TextConfig, load_config
 from ..errors import ModelFormatError
+from ..gguf.formats import GGUF, check_readable, model_format
 from ..models.assistant import AssistantModel
 from ..models.common import Rotary, rope_inv_freq
 from ..models.gemma import GemmaModel
@@ -122,8 +123,13 @@ def load_hf_model(
 ) -> tuple[nn.Module, TextConfig | AssistantConfig, LoadReport]:
     """Load a target or assistant from a HF directory. Raises ModelFormatError on any mismatch."""
     path = Path(path)
-    if not path.exists():
-        raise ModelFormatError(f"{path}: no such file or directory")
+    if model_format(path) == GGUF:  # or one error: missing, unreadable, neither GGUF nor a directory
+        raise ModelFormatError(
+            f"{path}: is a GGUF file, not a Hugging Face model directory; load it with "
+            "weights.gguf_loader.load_gguf_model"
+        )
+    if (path / "config.json").is_file():
+        check_readable(path / "config.json")
     config = load_config(path)
     files = safetensors_files(path)
     model = _build(config)
@@ -139,6 +145,7 @@ def load_hf_model(
     skipped: set[str] = set()
     unexpected: list[str] = []
     for f in files:
+        check_readable(f)  # safetensors' own error would call an unreadable file corrupt
         try:
             handle = safe_open(str(f), framework="pt")
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
