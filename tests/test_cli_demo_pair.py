@@ -108,3 +108,41 @@ def test_usage_errors_come_before_the_demo_target_is_fetched(api, fetched, capsy
     assert main(["run"]) == 2
     assert "no prompt" in one_line_error(capsys)
     assert fetched == []
+
+
+def test_the_demo_chat_template_renders_gemma3_turns():
+    """The demo target is a base model with no template: ours stands in (and says it is ours)."""
+    from asset_helpers import gemma3_270m
+
+    from gemma_mtp.chat import ChatTemplate
+    from gemma_mtp.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(gemma3_270m()))
+    assert not tokenizer.chat_template
+    assert "Written by gemma-mtp, not by Google" in demo.DEMO_CHAT_TEMPLATE.read_text()
+    template = ChatTemplate.for_tokenizer(tokenizer, fallback_file=demo.DEMO_CHAT_TEMPLATE)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    messages += [{"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    assert template.render(messages) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+    # a given template file still wins over the fallback
+    mine = ChatTemplate.for_tokenizer(tokenizer, override_file=demo.DEMO_CHAT_TEMPLATE, fallback_file="x")
+    assert mine.origin == str(demo.DEMO_CHAT_TEMPLATE)
+
+
+def test_chat_on_the_demo_pair_needs_no_flags():
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "gemma_mtp.cli.main", "chat", "-n", "4", "--temp", "0", "-t", "1"],
+        input="Name a colour.\n",
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no chat template" not in done.stderr and "[prompt " in done.stderr
+    assert done.stdout.strip()

@@ -13,7 +13,14 @@ from pathlib import Path
 from gemma_mtp.assets import gemma3_270m_gguf
 from gemma_mtp.errors import GemmaMTPError
 
-__all__ = ["DEMO_DRAFTER_FILE", "DEMO_P_MIN", "DEMO_PROMPT", "demo_drafter", "demo_target"]
+__all__ = [
+    "DEMO_DRAFTER_FILE",
+    "DEMO_P_MIN",
+    "DEMO_PROMPT",
+    "DEMO_CHAT_TEMPLATE",
+    "demo_drafter",
+    "demo_target",
+]
 
 DEMO_DRAFTER_FILE = Path("assets") / "drafters" / "gemma3-270m-mtp.gguf"
 # Its --spec-draft-p-min when it is implied (no -m): drafting stops at a draft it gives < 0.6, the
@@ -32,6 +39,9 @@ def load_users(path):
 def load_orders(path):
     """Read the orders file and return a list of dicts."""
 '''
+# The demo target is a base model without a chat template: ours (marked as ours in the file), in
+# Gemma 3's turn format, so that `chat`, `run --chat` and `serve` work on the demo pair with no flags.
+DEMO_CHAT_TEMPLATE = Path(__file__).with_name("chat") / "templates" / "gemma3-270m-demo.jinja"
 # src/gemma_mtp/demo.py -> the repository root, in a checkout or an editable install
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -49,8 +49,17 @@ class ChatTemplate:
         self.converts_tool_messages = "tool_responses" in source and not _READS_TOOL_ROLE.search(source)
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: Tokenizer, *, override_file: str | Path | None = None) -> ChatTemplate:
-        """The model's own template (or ``override_file``), with the tokenizer's special tokens."""
+    def for_tokenizer(
+        cls,
+        tokenizer: Tokenizer,
+        *,
+        override_file: str | Path | None = None,
+        fallback_file: str | Path | None = None,
+    ) -> ChatTemplate:
+        """The model's own template (or ``override_file``), with the tokenizer's special tokens;
+        ``fallback_file`` stands in when the model has none (the demo pair's base model)."""
+        if override_file is None and not tokenizer.chat_template:
+            override_file = fallback_file
         if override_file is not None:
             return cls(
                 read_chat_template(override_file),
@@ -106,11 +115,12 @@ def render_chat(
     add_generation_prompt: bool = True,
     enable_thinking: bool | None = None,
     template_file: str | Path | None = None,
+    fallback_file: str | Path | None = None,
     **template_kwargs: Any,
 ) -> str:
     """Render ``messages`` with the model's template (or ``template_file``); encode the result with
     ``tokenizer.encode(text)``, which adds no second ``<bos>`` when the template wrote one."""
-    template = ChatTemplate.for_tokenizer(tokenizer, override_file=template_file)
+    template = ChatTemplate.for_tokenizer(tokenizer, override_file=template_file, fallback_file=fallback_file)
     return template.render(
         messages,
         tools=tools,

@@ -52,6 +52,8 @@ class RunOptions:
     chat: bool = False
     system_prompt: str | None = None
     chat_template_file: str | None = None
+    # the template used when the model has none (no flag: the demo pair's, `with_demo_pair`)
+    fallback_chat_template: str | None = None
     reasoning: str = "auto"
     json: bool = False
     quiet: bool = False
@@ -251,4 +253,6 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 SAMPLING_FIELDS = tuple(f.name for f in dataclasses.fields(SamplingParams))
 # RunOptions' fields that are flags of their own name (load and spec are built by their modules)
-RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunOptions) if f.name not in ("load", "spec"))
+RUN_FIELDS = tuple(
+    f.name for f in dataclasses.fields(RunOptions) if f.name not in ("load", "spec", "fallback_chat_template")
+)

@@ -52,7 +52,9 @@ def chat_command(args: argparse.Namespace) -> int:
     options = with_demo_pair(options)
     tokenizer = read_tokenizer(options.load.model, required=True)
     # The template is checked before the weights load: a model without one fails in a second.
-    template = ChatTemplate.for_tokenizer(tokenizer, override_file=options.chat_template_file)
+    template = ChatTemplate.for_tokenizer(
+        tokenizer, override_file=options.chat_template_file, fallback_file=options.fallback_chat_template
+    )
     engine = load_engine(options, show_progress=not options.quiet and sys.stderr.isatty())
     spec = resolve_spec(options, engine)
     if not options.quiet:

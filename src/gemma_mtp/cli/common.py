@@ -93,7 +93,8 @@ def with_demo_pair(options: Options) -> Options:
         spec = dataclasses.replace(spec, p_min=demo.DEMO_P_MIN)
     spec.check_drafter(drafter)
     load = dataclasses.replace(load, model=str(demo.demo_target()), model_draft=drafter)
-    return dataclasses.replace(options, load=load, spec=spec)
+    template = str(demo.DEMO_CHAT_TEMPLATE)  # the base model has none; --chat-template-file still wins
+    return dataclasses.replace(options, load=load, spec=spec, fallback_chat_template=template)
 
 
 def demo_notice(drafter: str | None, implicit_drafter: bool) -> str:

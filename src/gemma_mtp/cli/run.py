@@ -124,6 +124,7 @@ def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict], options: RunOpti
         messages,
         enable_thinking=options.enable_thinking,
         template_file=options.chat_template_file,
+        fallback_file=options.fallback_chat_template,
     )
     return tokenizer.encode(rendered)
 
