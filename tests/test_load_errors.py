@@ -11,6 +11,7 @@ from pathlib import Path
 import hf_reference as ref
 import pytest
 import torch
+from deny_access import deny
 
 pytest.importorskip("transformers")
 
@@ -102,3 +103,93 @@ def test_sharded_checkpoint_loads_like_the_single_file(reference_models):
         with torch.no_grad():
             logits = model.logits(model(tokens, torch.arange(12)[None], cache).hidden)
         ref.assert_close(logits, expected, f"ours from {path.name}")
+
+
+# ------------------------------------------------------------------------------------- in-process
+
+
+def main_error(capsys, argv: list[str]) -> str:
+    """`gemma-mtp ARGV` in this process (so `deny` applies): exit 1 and one stderr line."""
+    from gemma_mtp.cli.main import main
+
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_drafter_gguf_given_as_model_with_a_text_prompt_says_to_use_md(capsys):
+    """The tokenizer is read before the weights; it used to say "tokenizer.ggml.model is None"."""
+    from gemma_mtp import demo
+
+    drafter = demo.demo_drafter()
+    line = main_error(capsys, ["run", "-m", str(drafter), "-p", "hi", "--device", "cpu"])
+    assert str(drafter) in line and "assistant (drafter" in line
+    assert "-md/--model-draft" in line and "-m/--model" in line
+    assert "tokenizer.ggml.model is None" not in line
+
+
+@pytest.fixture
+def tiny_gguf(reference_models, tmp_path) -> Path:
+    from gemma_mtp.tools.convert import convert_hf_to_gguf
+
+    return convert_hf_to_gguf(reference_models.target("gemma3").path, tmp_path / "tiny.gguf")
+
+
+def test_gguf_without_a_tokenizer_says_so_plainly(tiny_gguf, capsys):
+    line = main_error(capsys, ["run", "-m", str(tiny_gguf), "-p", "hi", "--device", "cpu"])
+    assert "carries no tokenizer" in line and "--prompt-ids" in line and "is None" not in line
+
+
+def assert_permission_sentence(line: str, path: Path, what: str = "file") -> None:
+    assert f"{path}: permission denied: cannot read this {what}" in line, line
+    assert "Errno" not in line and "PermissionError" not in line, line
+
+
+def test_unreadable_gguf_model_is_one_sentence(tiny_gguf, capsys, monkeypatch):
+    deny(monkeypatch, tiny_gguf)
+    line = main_error(
+        capsys, ["run", "-m", str(tiny_gguf), "--prompt-ids", "2", "-n", "1", "--device", "cpu"]
+    )
+    assert_permission_sentence(line, tiny_gguf)
+
+
+@pytest.mark.parametrize("locked", ["config.json", "model.safetensors"])
+def test_unreadable_hf_checkpoint_file_is_one_sentence(e2b_copy, capsys, monkeypatch, locked):
+    deny(monkeypatch, e2b_copy / locked)
+    line = main_error(capsys, ["run", "-m", str(e2b_copy), "--prompt-ids", "2", "-n", "1", "--device", "cpu"])
+    assert_permission_sentence(line, e2b_copy / locked)
+
+
+def test_unreadable_tokenizers_are_one_sentence(tiny_gguf, reference_models, tmp_path, monkeypatch):
+    from gemma_mtp.errors import GemmaMTPError
+    from gemma_mtp.tokenizer import load_tokenizer
+
+    hf = tmp_path / "tok"
+    hf.mkdir()
+    (hf / "tokenizer.json").write_text("{}")
+    deny(monkeypatch, tiny_gguf, hf / "tokenizer.json")
+    for path, locked in ((tiny_gguf, tiny_gguf), (hf, hf / "tokenizer.json")):
+        with pytest.raises(GemmaMTPError) as info:
+            load_tokenizer(path)
+        assert_permission_sentence(str(info.value), locked)
+
+
+def test_model_format_is_read_from_the_content(tiny_gguf, tmp_path):
+    """A GGUF named otherwise still loads as a GGUF in the loaders that decide by content."""
+    from gemma_mtp.errors import ModelFormatError
+    from gemma_mtp.tokenizer import load_tokenizer
+    from gemma_mtp.weights.gguf_loader import load_gguf_model
+    from gemma_mtp.weights.hf import load_hf_model
+
+    renamed = tmp_path / "weights.bin"
+    renamed.write_bytes(tiny_gguf.read_bytes())
+    _, config, _ = load_gguf_model(renamed, dtype="float32")
+    assert config.family == "gemma3"
+    with pytest.raises(ModelFormatError, match="is a GGUF file, not a Hugging Face model directory"):
+        load_hf_model(renamed)
+    with pytest.raises(ModelFormatError, match="is a directory, not a GGUF file"):
+        load_gguf_model(tmp_path)
+    with pytest.raises(ModelFormatError, match="carries no tokenizer"):
+        load_tokenizer(renamed)
