@@ -16,6 +16,7 @@ import torch
 
 from ..errors import ContextOverflowError
 from ..models.gemma import GemmaModel
+from ..rows import pack_rows
 from ..sampling import SamplingParams, make_generator, probs_from_logits
 from ..speculative.acceptance import accept_greedy, accept_sampled
 from ..speculative.autotune import Autotuner, AutotuneSession
@@ -148,13 +149,7 @@ class BatchDecoder:
         """One target forward over the rows that have a feed (idle rows cost nothing; shorter feeds
         are padded). Returns ({row: index in the forward's batch}, hidden [R, T, D])."""
         rows = sorted(feeds)
-        width = max(len(f) for f in feeds.values())
-        tokens = torch.zeros(len(rows), width, dtype=torch.long)
-        positions = torch.full((len(rows), width), -1, dtype=torch.long)
-        for i, row in enumerate(rows):
-            feed = feeds[row]
-            tokens[i, : len(feed)] = torch.tensor(feed)
-            positions[i, : len(feed)] = torch.arange(starts[row], starts[row] + len(feed))
+        tokens, positions = pack_rows([feeds[row] for row in rows], [starts[row] for row in rows])
         dev = self.target.device
         hidden = self.target(tokens.to(dev), positions.to(dev), self.cache, rows=rows).hidden
         return {row: i for i, row in enumerate(rows)}, hidden

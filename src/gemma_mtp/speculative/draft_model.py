@@ -12,6 +12,7 @@ import torch
 from ..config import TextConfig
 from ..errors import ModelFormatError
 from ..models.gemma import GemmaModel
+from ..rows import pack_rows
 from .base import MAX_DRAFT, Draft, DraftCollector, DraftRequest
 
 __all__ = ["DraftModelDrafter"]
@@ -49,12 +50,10 @@ class DraftModelDrafter:
             lengths[r.row] = keep
             feeds[r.row] = r.tokens[keep:]
         self.cache.rollback(lengths)
-        width = max(len(f) for f in feeds.values())
-        tokens = torch.zeros(batch, width, dtype=torch.long)
-        positions = torch.full((batch, width), -1, dtype=torch.long)
-        for row, feed in feeds.items():
-            tokens[row, : len(feed)] = torch.tensor(feed)
-            positions[row, : len(feed)] = torch.arange(int(lengths[row]), int(lengths[row]) + len(feed))
+        rows = list(feeds)
+        tokens, positions = pack_rows(
+            [feeds[r] for r in rows], [int(lengths[r]) for r in rows], batch=batch, rows=rows
+        )
         hidden_out = self.model(tokens.to(dev), positions.to(dev), self.cache).hidden
         last = torch.tensor([len(feeds.get(row, [0])) - 1 for row in range(batch)], device=dev)
         h = hidden_out[torch.arange(batch, device=dev), last][:, None]  # [B, 1, D]

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import UsageError
 from ..models.gemma import GemmaModel
+from ..rows import pack_rows
 
 __all__ = [
     "Features",
@@ -139,12 +140,7 @@ def generate_sequences(
     dev = target.device
     batch = len(prompts)
     prompts = [p[:seq_len] for p in prompts]
-    width = max(len(p) for p in prompts)
-    tokens = torch.zeros(batch, width, dtype=torch.long)
-    positions = torch.full((batch, width), -1, dtype=torch.long)
-    for b, p in enumerate(prompts):
-        tokens[b, width - len(p) :] = torch.tensor(p)
-        positions[b, width - len(p) :] = torch.arange(len(p))
+    tokens, positions = pack_rows(prompts, [0] * batch, left=True)
     out = torch.zeros(batch, seq_len, dtype=torch.long)
     lengths = torch.tensor([len(p) for p in prompts])
     for b, p in enumerate(prompts):
