@@ -17,10 +17,10 @@ from torch import nn
 
 from ..cache import ForwardPlan, KVCache, SharedKV
 from ..config import FULL, LayerSpec, TextConfig
-from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, attention, norm_rope, softcap
+from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, attention, norm_rope, rope_inv_freq, softcap
 from .moe import Experts, Router
 
-__all__ = ["GemmaModel", "TargetOutput"]
+__all__ = ["GemmaModel", "TargetOutput", "rebuild_rotary"]
 
 
 @dataclass(frozen=True)
@@ -243,3 +243,13 @@ class GemmaModel(nn.Module):
         """Tied head + final softcap, float32. Pass only the positions you need."""
         out = self.embed_tokens.attend(hidden).float()
         return softcap(out, self.config.final_logit_softcapping)
+
+
+def rebuild_rotary(model: nn.Module, text: TextConfig) -> None:
+    """Rotary tables are non-persistent buffers (in no checkpoint): rebuild every one of ``model``
+    (a target or an assistant over ``text``) after a meta-device load."""
+    specs = {GemmaModel._rope_key(s): s for s in text.layers}
+    for name, module in model.named_modules():
+        if isinstance(module, Rotary):
+            spec = specs[name.split(".")[-1]]
+            module.inv_freq = rope_inv_freq(text.rope[spec.kind], spec.head_dim)

@@ -30,8 +30,7 @@ from ..gguf.formats import GGUF, model_format
 from ..gguf.metadata import config_from_gguf
 from ..gguf.names import ROPE_FREQS, SHARED_LAYER_KV, name_map, norm_offset
 from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_shape, tensor_values
-from ..models.common import Rotary, rope_inv_freq
-from ..models.gemma import GemmaModel, ScaledEmbedding
+from ..models.gemma import ScaledEmbedding, rebuild_rotary
 from ..models.native_blocks import install_native_layers
 from ..native import why_unavailable
 from ..quant.fuse import fuse_model_projections
@@ -48,15 +47,6 @@ CHUNK_BYTES = 32 << 20  # quantized bytes dequantized at once
 def empty_model(config: TextConfig | AssistantConfig) -> nn.Module:
     """The model for `config` on the meta device: names and shapes, no memory."""
     return meta_model(config)
-
-
-def _restore_rotary(model: nn.Module, text: TextConfig) -> None:
-    """Rotary tables are non-persistent buffers: rebuild them after a meta-device load."""
-    specs = {GemmaModel._rope_key(s): s for s in text.layers}
-    for name, module in model.named_modules():
-        if isinstance(module, Rotary):
-            spec = specs[name.split(".")[-1]]
-            module.inv_freq = rope_inv_freq(text.rope[spec.kind], spec.head_dim)
 
 
 def _auto_dtype(gf: GGUFFile, device: str) -> str:
@@ -269,7 +259,7 @@ def load_gguf_model(
     if swapped:
         fuse_model_projections(model)
     model.load_state_dict(loaded, strict=False, assign=True)
-    _restore_rotary(model, text)
+    rebuild_rotary(model, text)
     report.device = place_layers(model, resolve_device(device), n_gpu_layers)
     model.eval()
     model.requires_grad_(False)

@@ -21,8 +21,7 @@ from ..config import AssistantConfig, TextConfig, load_config
 from ..errors import ModelFormatError
 from ..gguf.formats import GGUF, check_readable, model_format
 from ..models.assistant import AssistantModel
-from ..models.common import Rotary, rope_inv_freq
-from ..models.gemma import GemmaModel
+from ..models.gemma import rebuild_rotary
 from .meta import meta_model
 from .placement import place_layers, resolve_device, resolve_dtype
 
@@ -101,16 +100,6 @@ def _skipped_part(name: str) -> str | None:
 
 def _build(config: TextConfig | AssistantConfig) -> nn.Module:
     return meta_model(config)
-
-
-def _restore_buffers(model: nn.Module) -> None:
-    """Non-persistent buffers are not in checkpoints: rebuild them after a meta-device load."""
-    text = model.config.text if isinstance(model, AssistantModel) else model.config
-    specs = {GemmaModel._rope_key(s): s for s in text.layers}
-    for name, module in model.named_modules():
-        if isinstance(module, Rotary):
-            spec = specs[name.split(".")[-1]]
-            module.inv_freq = rope_inv_freq(text.rope[spec.kind], spec.head_dim)
 
 
 def load_hf_model(
@@ -193,7 +182,7 @@ def load_hf_model(
     if skipped:
         report.notices.append(f"skipped non-text weights: {', '.join(sorted(skipped))} (text-only runtime)")
     model.load_state_dict(loaded, strict=True, assign=True)
-    _restore_buffers(model)
+    rebuild_rotary(model, model.config.text if isinstance(model, AssistantModel) else model.config)
     dev = resolve_device(device)
     report.device = place_layers(model, dev, n_gpu_layers)
     model.eval()
