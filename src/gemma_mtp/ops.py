@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from . import native
+from .threads import single_thread
 
 __all__ = [
     "ROW_ATTENTION_MAX_T",
@@ -26,10 +27,16 @@ __all__ = [
     "attention",
     "softcap",
     "argmax_rows",
+    "linear",
+    "SMALL_MATMUL",
 ]
 
 NO_TENSOR = torch.empty(0)
 ROW_ATTENTION_MAX_T = 32  # queries per forward up to which attention runs one row at a time
+# Multiply-adds below which a float CPU matmul runs on the calling thread: torch's BLAS splits even
+# a 4x128 @ 128x256 product across threads, and on a loaded 2-core machine that parallel region
+# waited 16-32 ms for a parked thread instead of taking 11 µs (benchmarks/bench_small_ops.py).
+SMALL_MATMUL = 1 << 20
 
 
 def native_for(*tensors: torch.Tensor | None) -> ModuleType | None:
@@ -128,3 +135,11 @@ def argmax_rows(scores: torch.Tensor) -> list[int]:
     """The argmax of each row of [N, V] ``scores`` (torch.argmax's rules for ties and NaN)."""
     ops = native_for(scores) if scores.dim() == 2 else None
     return (ops.argmax_rows(scores) if ops is not None else scores.argmax(dim=-1)).tolist()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear`, with small CPU products kept on the calling thread (`SMALL_MATMUL`)."""
+    if x.is_cpu and x.numel() * weight.shape[0] < SMALL_MATMUL and torch.get_num_threads() > 1:
+        with single_thread():
+            return F.linear(x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..cache import SharedKV
 from ..config import AssistantConfig
-from .common import RMSNorm, Rotary
+from .common import Linear, RMSNorm, Rotary
 from .gemma import DecoderLayer, GemmaModel, ScaledEmbedding
 
 __all__ = ["AssistantModel", "AssistantOutput", "CentroidHead", "DraftContext"]
@@ -51,7 +51,7 @@ class CentroidHead(nn.Module):
         self.top_k = config.centroid_top_k
         self.num_centroids = config.num_centroids
         self.per_centroid = text.vocab_size // config.num_centroids
-        self.centroids = nn.Linear(text.hidden_size, config.num_centroids, bias=False)
+        self.centroids = Linear(text.hidden_size, config.num_centroids, bias=False)
         self.register_buffer("token_ordering", torch.zeros(text.vocab_size, dtype=torch.long))
 
     def candidates(
@@ -113,8 +113,8 @@ class AssistantModel(nn.Module):
         self.config = config
         width, backbone = config.text.hidden_size, config.backbone_hidden_size
         self.model = AssistantBody(config)
-        self.pre_projection = nn.Linear(2 * backbone, width, bias=False)
-        self.post_projection = nn.Linear(width, backbone, bias=False)
+        self.pre_projection = Linear(2 * backbone, width, bias=False)
+        self.post_projection = Linear(width, backbone, bias=False)
         self.masked_embedding = CentroidHead(config) if config.use_ordered_embeddings else None
         self.rope_keys = tuple(GemmaModel._rope_key(layer.spec) for layer in self.model.layers)
 

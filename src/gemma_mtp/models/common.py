@@ -8,9 +8,10 @@ from torch import nn
 
 from ..cache import SharedKV
 from ..config import RopeSpec
-from ..ops import ROW_ATTENTION_MAX_T, apply_rope, attention, head_norm_rope, rms_norm, softcap
+from ..ops import ROW_ATTENTION_MAX_T, apply_rope, attention, head_norm_rope, linear, rms_norm, softcap
 
 __all__ = [
+    "Linear",
     "RMSNorm",
     "GatedMLP",
     "Rotary",
@@ -28,6 +29,14 @@ ACTIVATIONS = {
     "gelu": F.gelu,
     "silu": F.silu,
 }
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` whose small CPU matmuls stay on the calling thread (`ops.linear`): a decode step's
+    projections must not wait at a cross-thread barrier when another process holds a core."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -62,9 +71,9 @@ class RMSNorm(nn.Module):
 class GatedMLP(nn.Module):
     def __init__(self, hidden: int, intermediate: int, activation: str) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.gate_proj = Linear(hidden, intermediate, bias=False)
+        self.up_proj = Linear(hidden, intermediate, bias=False)
+        self.down_proj = Linear(intermediate, hidden, bias=False)
         self.act = ACTIVATIONS[activation]
         self.fused_gate_up = None  # optional: one module computing gate and up together (quant/fuse.py)
 

@@ -17,7 +17,17 @@ from torch import nn
 
 from ..cache import ForwardPlan, KVCache, SharedKV
 from ..config import FULL, LayerSpec, TextConfig
-from .common import ACTIVATIONS, GatedMLP, RMSNorm, Rotary, attention, norm_rope, rope_inv_freq, softcap
+from .common import (
+    ACTIVATIONS,
+    GatedMLP,
+    Linear,
+    RMSNorm,
+    Rotary,
+    attention,
+    norm_rope,
+    rope_inv_freq,
+    softcap,
+)
 from .moe import Experts, Router
 
 __all__ = ["GemmaModel", "TargetOutput", "rebuild_rotary"]
@@ -38,14 +48,14 @@ class Attention(nn.Module):
         gemma3 = config.family == "gemma3"
         offset = 1.0 if gemma3 else 0.0
         h, d, kvh = config.num_heads, spec.head_dim, spec.kv_heads
-        self.q_proj = nn.Linear(config.hidden_size, h * d, bias=False)
+        self.q_proj = Linear(config.hidden_size, h * d, bias=False)
         self.q_norm = RMSNorm(d, config.rms_norm_eps, offset=offset)
         if spec.owns_kv:
-            self.k_proj = nn.Linear(config.hidden_size, kvh * d, bias=False)
-            self.v_proj = None if spec.k_eq_v else nn.Linear(config.hidden_size, kvh * d, bias=False)
+            self.k_proj = Linear(config.hidden_size, kvh * d, bias=False)
+            self.v_proj = None if spec.k_eq_v else Linear(config.hidden_size, kvh * d, bias=False)
             self.k_norm = RMSNorm(d, config.rms_norm_eps, offset=offset)
             self.v_norm = None if gemma3 else RMSNorm(d, config.rms_norm_eps, with_scale=False)
-        self.o_proj = nn.Linear(h * d, config.hidden_size, bias=False)
+        self.o_proj = Linear(h * d, config.hidden_size, bias=False)
         self.fused_qkv = None  # optional: one module computing q (k, v) together (quant/fuse.py)
 
     def forward(self, x, cos, sin, plan: ForwardPlan, cache: KVCache, shared: dict):
@@ -95,8 +105,8 @@ class DecoderLayer(nn.Module):
         self.ple_dim = config.ple_dim
         if self.ple_dim:
             self.act = ACTIVATIONS[config.hidden_activation]
-            self.per_layer_input_gate = nn.Linear(hidden, self.ple_dim, bias=False)
-            self.per_layer_projection = nn.Linear(self.ple_dim, hidden, bias=False)
+            self.per_layer_input_gate = Linear(hidden, self.ple_dim, bias=False)
+            self.per_layer_projection = Linear(self.ple_dim, hidden, bias=False)
             self.post_per_layer_input_norm = RMSNorm(hidden, eps)
         self.activation = config.hidden_activation
         self.moe = config.num_experts > 0
@@ -175,7 +185,7 @@ class GemmaModel(nn.Module):
         if config.ple_dim:
             n, p = config.num_layers, config.ple_dim
             self.embed_tokens_per_layer = ScaledEmbedding(config.ple_vocab_size, n * p, p**0.5)
-            self.per_layer_model_projection = nn.Linear(hidden, n * p, bias=False)
+            self.per_layer_model_projection = Linear(hidden, n * p, bias=False)
             self.per_layer_projection_norm = RMSNorm(p, config.rms_norm_eps)
 
     @staticmethod

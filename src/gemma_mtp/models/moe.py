@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..config import TextConfig
-from .common import ACTIVATIONS, RMSNorm
+from .common import ACTIVATIONS, Linear, RMSNorm
 
 __all__ = ["Router", "Experts"]
 
@@ -16,7 +16,7 @@ class Router(nn.Module):
         super().__init__()
         self.top_k = config.top_k_experts
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, with_scale=False)
-        self.proj = nn.Linear(config.hidden_size, config.num_experts, bias=False)
+        self.proj = Linear(config.hidden_size, config.num_experts, bias=False)
         self.scale = nn.Parameter(torch.ones(config.hidden_size))
         self.per_expert_scale = nn.Parameter(torch.ones(config.num_experts))
         self.root_size = config.hidden_size**-0.5
