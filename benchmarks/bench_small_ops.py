@@ -3,7 +3,8 @@
 A decode or verify step is made of small ops (a few positions times a 640-wide layer). With two
 intra-op threads on a 2-core machine where another process is busy, every parallel region waits
 for a thread the scheduler has parked: milliseconds for microseconds of work. This script times a
-4-position float32 matmul and our GGUF Q8_0 kernel at 4 positions, each at 1 and 2 threads, on an
+4-position float32 matmul (torch's F.linear, and our ops.linear that keeps small products on one
+thread) and our GGUF Q8_0 kernel at 4 positions, each at 1 and 2 threads, on an
 idle machine and with ``--load N`` busy-looping processes beside it, and reports medians with the
 ratio of 2 threads to 1 in the same run.
 
@@ -23,6 +24,7 @@ from gguf import GGMLQuantizationType
 from gguf.quants import quantize
 
 from gemma_mtp import native
+from gemma_mtp.ops import linear as ops_linear
 
 
 def _busy() -> None:
@@ -45,7 +47,10 @@ def _time(fn, reps: int) -> tuple[float, float]:
 def _cases(rows: int, width: int, out: int):
     x = torch.randn(rows, width)
     w = torch.randn(out, width)
-    cases = {"float32 matmul": lambda: torch.nn.functional.linear(x, w)}
+    cases = {
+        "float32 matmul (F.linear)": lambda: torch.nn.functional.linear(x, w),
+        "float32 matmul (ops.linear)": lambda: ops_linear(x, w),  # ours: one thread when small
+    }
     ops = native.module()
     if ops is not None:
         blocks = torch.from_numpy(quantize(w.numpy().astype(np.float32), GGMLQuantizationType.Q8_0))

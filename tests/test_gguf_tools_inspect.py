@@ -198,7 +198,7 @@ RULES = [
 
 def runtime_verdict(target_path, draft_path) -> str | None:
     """What loading the pair does: None when the runtime runs it, else its refusal."""
-    from gemma_mtp.speculative.mtp import check_pair as runtime_check_pair
+    from gemma_mtp.pairing import check_pair as runtime_check_pair
 
     target, _, _ = config_from_gguf(open_gguf(target_path))
     draft, _, _ = config_from_gguf(open_gguf(draft_path))

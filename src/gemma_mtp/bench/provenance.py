@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..gguf.formats import GGUF, model_format
+
 __all__ = ["git_commit", "timestamp", "device_name", "weights_description", "environment"]
 
 
@@ -56,7 +58,7 @@ def device_name(device: str) -> str:
 def weights_description(path: str | Path) -> dict[str, Any]:
     """The stored types of a checkpoint: GGUF tensor types by share of bytes, or the HF dtype."""
     path = Path(path)
-    if path.suffix == ".gguf":
+    if model_format(path) == GGUF:
         from ..gguf import open_gguf
 
         gguf = open_gguf(path)

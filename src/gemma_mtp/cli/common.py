@@ -160,7 +160,9 @@ def load_summary(engine: Engine, options: RunOptions) -> list[str]:
     if report is None:
         return []
     path = Path(report.path)
-    layout = "GGUF" if path.suffix == ".gguf" else "HF safetensors"
+    from gemma_mtp.gguf.formats import GGUF, model_format
+
+    layout = "GGUF" if model_format(path) == GGUF else "HF safetensors"
     dtype = str(report.dtype).removeprefix("torch.")
     drafter = f", drafter {options.load.model_draft}" if engine.drafter is not None else ""
     threads = f", {engine.threads} threads" if engine.threads else ""

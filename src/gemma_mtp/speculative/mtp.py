@@ -16,51 +16,12 @@ from __future__ import annotations
 import torch
 
 from ..cache import KVCache
-from ..config import AssistantConfig, TextConfig
-from ..errors import ModelFormatError
 from ..models.assistant import AssistantModel
 from ..models.gemma import GemmaModel
+from ..pairing import check_pair
 from .base import Draft, DraftCollector, DraftRequest, greedy_from_candidates
 
 __all__ = ["MTPDrafter", "check_pair"]
-
-
-def check_pair(target: TextConfig, assistant: AssistantConfig) -> None:
-    """Refuse an assistant that was not made for this target, saying which property differs."""
-    if not isinstance(assistant, AssistantConfig):
-        raise ModelFormatError(
-            "the draft model is not an MTP assistant; use --spec-type draft for a small target"
-        )
-    # An assistant reads only the target's embeddings, final hidden state and KV, so a Gemma 4
-    # assistant can draft for a Gemma 3 target whose shapes agree (`gemma-mtp train-drafter` makes such).
-    trained_for_gemma3 = assistant.family == "gemma4" and target.family == "gemma3"
-    if assistant.family != target.family and not trained_for_gemma3:
-        raise ModelFormatError(
-            f"architecture mismatch: a {assistant.family} assistant cannot draft for a {target.family} target"
-        )
-    if assistant.backbone_hidden_size != target.hidden_size:
-        raise ModelFormatError(
-            f"hidden size mismatch: the assistant expects a backbone of width {assistant.backbone_hidden_size}, "
-            f"the target has {target.hidden_size}; use the assistant released with this target"
-        )
-    if assistant.vocab_size != target.vocab_size:
-        raise ModelFormatError(
-            f"vocabulary mismatch: assistant {assistant.vocab_size} tokens, target {target.vocab_size}"
-        )
-    for spec in assistant.text.layers:
-        owner = target.last_kv_owner(spec.kind)
-        if owner is None:
-            raise ModelFormatError(f"the target has no {spec.kind} layer for assistant layer {spec.index}")
-        src = target.layers[owner]
-        if src.head_dim != spec.head_dim:
-            raise ModelFormatError(
-                f"head dim mismatch on {spec.kind}: assistant {spec.head_dim}, target {src.head_dim}"
-            )
-        if assistant.text.num_heads % src.kv_heads:
-            raise ModelFormatError(
-                f"head count mismatch on {spec.kind}: {assistant.text.num_heads} assistant query heads "
-                f"cannot share the target's {src.kv_heads} KV heads"
-            )
 
 
 class MTPDrafter:

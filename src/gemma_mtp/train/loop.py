@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from ..config import AssistantConfig, TextConfig
 from ..errors import GemmaMTPError, ModelFormatError, UsageError
+from ..gguf.formats import GGUF, model_format
 from ..models.assistant import AssistantModel
 from .clusters import cluster_of
 from .data import Features, build_features, read_corpus
@@ -62,7 +63,7 @@ def load_target(path: str | Path, device: str) -> tuple[torch.nn.Module, TextCon
     """The target in float32 (CPU) or bfloat16 (CUDA), frozen."""
     path = Path(path)
     dtype = "bfloat16" if device == "cuda" else "float32"
-    if path.suffix == ".gguf":
+    if model_format(path) == GGUF:
         from ..weights.gguf_loader import load_gguf_model
 
         model, config, _ = load_gguf_model(path, dtype=dtype, device=device)
