@@ -368,3 +368,20 @@ def test_every_surface_takes_threads(command):
 def test_threads_reach_the_load(api):
     assert main([*RUN, "-t", "1"]) == 0
     assert api.load_calls[0][2]["options"].threads == 1
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["run", "--help"], ["serve", "--help"]])
+def test_version_and_help_do_not_import_torch(argv):
+    import subprocess
+
+    code = (
+        "import sys, contextlib, io\n"
+        "from gemma_mtp.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        f"    code = main({argv!r})\n"
+        "assert code == 0, code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

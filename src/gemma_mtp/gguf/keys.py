@@ -85,6 +85,7 @@ class DrafterLayout:
     rope_freqs: bool  # carries rope_freqs.weight (the engine that reads it needs it)
 
 
+DEFAULT_LAYOUT = "mainline"  # what convert writes unless --layout says otherwise
 DRAFTER_LAYOUTS = {
     "mainline": DrafterLayout(
         name="mainline",

@@ -39,6 +39,7 @@ class Entry(NamedTuple):
 
 
 # --out-type -> (tensor type of matrices, general.file_type)
+DEFAULT_OUT_TYPE = "F32"  # convert's matrix type unless --outtype says otherwise
 OUT_TYPES = {
     "F32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
     "F16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),

@@ -7,7 +7,6 @@ diff / pair) and formats its result. Registered by ``gemma_mtp.cli.main`` throug
 from __future__ import annotations
 
 import argparse
-import inspect as pyinspect
 import json
 import sys
 from collections.abc import Callable
@@ -16,9 +15,9 @@ from typing import Any
 
 from ..errors import UsageError
 from ..gguf.formats import HF_DIR, model_format
+from ..gguf.keys import DEFAULT_LAYOUT, DRAFTER_LAYOUTS
 from ..gguf.reader import open_gguf
-from ..gguf.writer import OUT_TYPES
-from .convert import LAYOUTS, convert_drafter_layout, convert_hf_to_gguf
+from ..gguf.writer import DEFAULT_OUT_TYPE, OUT_TYPES
 from .diff import diff_gguf
 from .inspect import inspect_gguf
 from .pair import pair_gguf
@@ -28,8 +27,9 @@ from .sanitize import sanitize_gguf
 __all__ = ["GGUF_COMMANDS", "add_gguf_commands"]
 
 Command = Callable[[argparse.Namespace], int]
-# the library's defaults, shown in --help (one source of defaults)
-_CONVERT_DEFAULTS = {k: p.default for k, p in pyinspect.signature(convert_hf_to_gguf).parameters.items()}
+# convert's defaults, shown in --help (one source: gguf.keys / gguf.writer, which convert uses too)
+_CONVERT_DEFAULTS = {"layout": DEFAULT_LAYOUT, "out_type": DEFAULT_OUT_TYPE}
+LAYOUTS = tuple(DRAFTER_LAYOUTS)
 
 
 def _out(line: str = "") -> None:
@@ -59,12 +59,16 @@ def convert_command(args: argparse.Namespace) -> int:
     src, out = Path(args.src), Path(args.out)
     if model_format(src) == HF_DIR:  # a GGUF file, or one error saying what src is
         kwargs = {"out_type": args.outtype.upper()} if args.outtype else {}
+        from .convert import convert_hf_to_gguf  # torch (safetensors reading): only when converting
+
         path = convert_hf_to_gguf(src, out, layout=args.layout, **kwargs)
     else:
         if args.outtype:
             raise UsageError(
                 "--outtype applies to Hugging Face checkpoints; use gemma-mtp quantize for a GGUF"
             )
+        from .convert import convert_drafter_layout
+
         path = convert_drafter_layout(src, out, args.layout)
     gf = open_gguf(path)
     _out(f"wrote {path} ({gf.arch}, {len(gf.tensors)} tensors, {_size(path.stat().st_size)})")

@@ -13,12 +13,13 @@ from safetensors import safe_open
 
 from ..config import FULL, AssistantConfig, TextConfig, load_config
 from ..errors import ModelFormatError, UsageError
-from ..gguf.keys import DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
+from ..gguf.keys import DEFAULT_LAYOUT, DRAFTER_LAYOUTS, LAYOUT_BY_ARCH, LAYOUT_ONLY_KEYS, K
 from ..gguf.metadata import config_from_gguf
 from ..gguf.names import DRAFTER_HEADS, ROPE_FREQS, name_map, norm_offset
 from ..gguf.reader import GGUFFile, open_gguf
 from ..gguf.vocab import tokenizer_entries
 from ..gguf.writer import (
+    DEFAULT_OUT_TYPE,
     Entry,
     check_out_type,
     drafter_entries,
@@ -119,7 +120,11 @@ def _encoded(
 
 
 def convert_hf_to_gguf(
-    src_dir: str | Path, out_path: str | Path, *, layout: str = "mainline", out_type: str = "F32"
+    src_dir: str | Path,
+    out_path: str | Path,
+    *,
+    layout: str = DEFAULT_LAYOUT,
+    out_type: str = DEFAULT_OUT_TYPE,
 ) -> Path:
     """HF checkpoint (target or assistant) -> GGUF. Drafters keep their centroid tensors in every layout.
     A tokenizer.json in `src_dir` is embedded with its chat template (`vocab.tokenizer_entries`);

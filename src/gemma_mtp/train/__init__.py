@@ -1,6 +1,28 @@
-"""Training MTP assistants (drafters) for a target from the target's own outputs: `train_drafter`."""
+"""Training MTP assistants (drafters) for a target from the target's own outputs: `train_drafter`.
 
-from .loop import TrainResult, train_drafter
-from .options import TrainOptions, assistant_config_dict
+The names are imported lazily, so that ``gemma-mtp --help`` (which registers train-drafter's flags
+from `train.options`) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["train_drafter", "TrainResult", "TrainOptions", "assistant_config_dict"]
+
+_LAZY = {
+    "train_drafter": "gemma_mtp.train.loop",
+    "TrainResult": "gemma_mtp.train.loop",
+    "TrainOptions": "gemma_mtp.train.options",
+    "assistant_config_dict": "gemma_mtp.train.options",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gemma_mtp.train' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
