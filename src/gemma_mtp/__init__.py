@@ -7,9 +7,10 @@ the package stays cheap (no torch-heavy modules) and works before the engine is 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gemma_mtp.errors import GemmaMTPError
+from gemma_mtp.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from gemma_mtp.api import Engine, Result, load
@@ -26,15 +27,7 @@ _LAZY = {"load": "gemma_mtp.api", "Engine": "gemma_mtp.api", "Result": "gemma_mt
 _LAZY["SamplingParams"] = "gemma_mtp.sampling"
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module 'gemma_mtp' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("gemma_mtp", _LAZY, globals())
 
 
 def __dir__() -> list[str]:

@@ -7,8 +7,7 @@ without importing torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from gemma_mtp.lazy import lazy_getattr
 
 __all__ = [
     "CODE_TYPES",
@@ -23,22 +22,16 @@ __all__ = [
 ]
 
 _LAZY = {
-    "CODE_TYPES": "codes",
-    "GroupCodes": "codes",
-    "decode_codes": "codes",
-    "Int4GroupWeight": "int4",
-    "Int8RowWeight": "int8",
-    "BlockRows": "modules",
-    "QuantEmbedding": "modules",
-    "QuantLinear": "modules",
-    "MATRIX_KERNELS": "policy",
+    "CODE_TYPES": "gemma_mtp.quant.codes",
+    "GroupCodes": "gemma_mtp.quant.codes",
+    "decode_codes": "gemma_mtp.quant.codes",
+    "Int4GroupWeight": "gemma_mtp.quant.int4",
+    "Int8RowWeight": "gemma_mtp.quant.int8",
+    "BlockRows": "gemma_mtp.quant.modules",
+    "QuantEmbedding": "gemma_mtp.quant.modules",
+    "QuantLinear": "gemma_mtp.quant.modules",
+    "MATRIX_KERNELS": "gemma_mtp.quant.policy",
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gemma_mtp.quant' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"gemma_mtp.quant.{module}"), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("gemma_mtp.quant", _LAZY, globals())

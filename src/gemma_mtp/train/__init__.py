@@ -6,8 +6,7 @@ from `train.options`) does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from gemma_mtp.lazy import lazy_getattr
 
 __all__ = ["train_drafter", "TrainResult", "TrainOptions", "assistant_config_dict"]
 
@@ -19,10 +18,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gemma_mtp.train' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_getattr("gemma_mtp.train", _LAZY, globals())
