@@ -143,6 +143,31 @@ def test_completion_text_is_the_decoded_greedy_continuation(client, service, ref
     assert answer.choices[0].finish_reason == ("length" if len(generated) == 12 else "stop")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_ends_the_greedy_answer_and_its_token_count(client, service, reference, stream):
+    for i in range(40):  # a prompt whose greedy answer has text to cut in its middle
+        prompt = f"hello world {i}"
+        generated, _, text = reference(service.tokenizer.encode(prompt), 16)
+        if len(text.strip()) >= 6:
+            break
+    else:
+        pytest.fail("no prompt with a long enough answer")
+    stop = text[len(text) // 2 :][:2]
+    n = next(k for k in range(1, len(generated) + 1) if stop in service.tokenizer.decode(generated[:k]))
+    kwargs = dict(model=MODEL, prompt=prompt, max_tokens=16, temperature=0, stop=[stop])
+    if stream:
+        chunks = list(
+            client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True})
+        )
+        answer_text = "".join(c.choices[0].text for c in chunks if c.choices)
+        usage = chunks[-1].usage
+    else:
+        answer = client.completions.create(**kwargs)
+        answer_text, usage = answer.choices[0].text, answer.usage
+    assert answer_text == text[: text.find(stop)]
+    assert usage.completion_tokens == n
+
+
 def test_speculation_per_request_changes_drafting_not_the_answer(client, chatty):
     def ask(speculative):
         body = {"speculative": speculative, "ignore_eos": True}

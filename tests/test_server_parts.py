@@ -8,6 +8,7 @@ import argparse
 import queue
 
 import pytest
+import server_model
 
 pytest.importorskip("pydantic")
 
@@ -25,7 +26,7 @@ from gemma_mtp.server.schemas import (  # noqa: E402
     spec_options,
 )
 from gemma_mtp.server.settings import ServerSettings  # noqa: E402
-from gemma_mtp.server.text import StopStrings  # noqa: E402
+from gemma_mtp.server.text import StopCheck, StopStrings  # noqa: E402
 from gemma_mtp.server.worker import Failed, Finished, Job, QueueFull, Tokens, Worker, WorkerStopped  # noqa: E402
 from gemma_mtp.speculative.base import SpecOptions  # noqa: E402
 from gemma_mtp.speculative.stats import SpecStats  # noqa: E402
@@ -57,6 +58,28 @@ def test_the_earliest_of_several_stop_strings_wins():
 
 def test_no_stop_strings_pass_text_through():
     assert feed_all([], ["a", "b"]) == (["a", "b", ""], False)
+
+
+@pytest.mark.parametrize("round_size", [1, 2, 5])
+def test_stop_check_names_the_token_that_completes_the_stop_string(round_size):
+    tokenizer = server_model.tiny_tokenizer()
+    ids = tokenizer.encode("say hello world and more", add_bos=False)
+    expected = next(k for k in range(1, len(ids) + 1) if "lo wor" in tokenizer.decode(ids[:k]))
+    check = StopCheck(tokenizer, ["zzz", "lo wor"], skip_ids=frozenset())
+    for start in range(0, len(ids), round_size):
+        keep = check(ids[start : start + round_size])
+        if keep is not None:
+            break
+    assert keep is not None and start + keep == expected
+
+
+def test_stop_check_skips_end_of_generation_ids_and_goes_on_without_a_stop():
+    tokenizer = server_model.tiny_tokenizer()
+    ids = tokenizer.encode("hello world", add_bos=False)
+    assert tokenizer.decode(ids[:1]) == "hello"
+    check = StopCheck(tokenizer, ["hello", "d!"], skip_ids=frozenset({ids[0]}))
+    assert check(ids) is None  # "hello" is skipped like an end-of-generation id; "d!" is not there yet
+    assert check(tokenizer.encode("!", add_bos=False)) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ import json
 
 import pytest
 import server_model
-from server_model import API_KEY, MODEL, say
+from server_model import API_KEY, AUTH, MODEL, ScriptedDecoder, say
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
-pytest.importorskip("httpx")
+httpx = pytest.importorskip("httpx")
 
 from gemma_mtp.chat import render_chat  # noqa: E402
 from gemma_mtp.server.service import Service  # noqa: E402
@@ -113,3 +113,45 @@ def test_stop_string_cuts_the_answer_and_frees_the_slot(scripted, stream):
         text, finish = answer.choices[0].text, answer.choices[0].finish_reason
     assert (text, finish) == ("hello ", "stop")
     running.wait_idle()
+
+
+def tokens_through(running, ids: list[int], stop: str) -> int:
+    """How many of ``ids`` it takes for their text to contain ``stop``."""
+    tokenizer = running.state.service.tokenizer
+    return next(k for k in range(1, len(ids) + 1) if stop in tokenizer.decode(ids[:k]))
+
+
+def generated_tokens(running) -> int:
+    text = httpx.get(f"{running.url}/metrics", headers=AUTH).text
+    (line,) = [line for line in text.splitlines() if line.startswith("gemma_mtp:generation_tokens_total ")]
+    return int(line.split()[1])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("chat", [False, True])
+def test_usage_and_timings_count_tokens_only_up_to_the_stop_string(scripted, chat, stream):
+    running, client = scripted
+    ids = say(running, "hello world and then much more text that never comes out")
+    n = tokens_through(running, ids, "world")
+    assert n % ScriptedDecoder.ROUND, "the stop string must complete inside a round, not at its end"
+    before = generated_tokens(running)
+    kwargs = dict(model=MODEL, max_tokens=30, stop=["world"])
+    if stream:
+        kwargs |= dict(stream=True, stream_options={"include_usage": True})
+    if chat:
+        answer = client.chat.completions.create(messages=WEATHER_CHAT, **kwargs)
+    else:
+        answer = client.completions.create(prompt="x", **kwargs)
+    if stream:
+        chunks = list(answer)
+        usage = chunks[-1].usage
+        (final,) = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        finish, timings = final.choices[0].finish_reason, final.model_extra["timings"]
+    else:
+        usage, timings = answer.usage, answer.model_extra["timings"]
+        finish = answer.choices[0].finish_reason
+    assert finish == "stop"
+    assert usage.completion_tokens == timings["predicted_n"] == n
+    assert usage.total_tokens == usage.prompt_tokens + n
+    running.wait_idle()
+    assert generated_tokens(running) - before == n

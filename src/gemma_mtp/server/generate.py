@@ -17,7 +17,7 @@ from ..errors import GemmaMTPError
 from .responses import ApiError, Envelope, chat_delta, chat_message, sse, timings, usage
 from .schemas import ChatCompletionRequest, CompletionRequest, RequestError, sampling_params, spec_options
 from .service import Service
-from .text import TextOutput
+from .text import StopCheck, TextOutput
 from .worker import Failed, Finished, Job, QueueFull, Tokens, WorkerStopped
 
 __all__ = ["Generation", "chat_prompt", "completion_prompt"]
@@ -111,12 +111,17 @@ class Generation:
             except RuntimeError:  # the loop is closed: the server is going down, nobody listens
                 pass
 
+        stop_ids = frozenset() if request.ignore_eos else service.stop_ids
+        stops = request.stop_strings
         self.job = Job(
             prompt_ids=prompt_ids,
             n_predict=request.n_predict(service.n_predict),
             sampling=sampling_params(request),
             spec=spec_options(request.speculative, service.default_spec, service.drafters),
-            stop_ids=frozenset() if request.ignore_eos else service.stop_ids,
+            stop_ids=stop_ids,
+            # the worker ends the request at the token that completes a stop string, so usage and
+            # timings count no token past it and no round is spent after it
+            stop_check=StopCheck(service.tokenizer, stops, skip_ids=stop_ids) if stops else None,
             deliver=deliver,
         )
         try:
@@ -143,7 +148,7 @@ class Generation:
             else:
                 # the end-of-generation token that stopped the row is not part of the answer
                 out = self.output.push([t for t in event.ids if t not in self.job.stop_ids])
-                if self.output.stopped:
+                if self.output.stopped:  # the worker's StopCheck ended the job already; to be sure
                     self.service.worker.cancel(self.job)
             self._events += out
             if out:

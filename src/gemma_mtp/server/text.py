@@ -1,5 +1,7 @@
 """From committed token ids to what a response carries: text cut at stop strings, then (for chat)
-content, reasoning and tool calls. Runs on the HTTP side, one ``TextOutput`` per request."""
+content, reasoning and tool calls. Runs on the HTTP side, one ``TextOutput`` per request; the
+worker runs a ``StopCheck`` per request with stop strings, so a request ends (and counts its
+tokens) at the token that completed one."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from collections.abc import Sequence
 from ..chat import ChatEvent, ChatOutputParser
 from ..tokenizer import Tokenizer
 
-__all__ = ["StopStrings", "TextOutput"]
+__all__ = ["StopStrings", "StopCheck", "TextOutput"]
 
 
 class StopStrings:
@@ -43,6 +45,36 @@ class StopStrings:
             if any(stop.startswith(tail) for stop in self.stops):
                 return length
         return 0
+
+
+class StopCheck:
+    """Which committed token completes a stop string (a scheduler job's ``stop_check``).
+
+    Called with each round's ids in order; returns how many of them to keep (up to and including
+    the token whose text completed a stop string), or None while none has. It decodes token by
+    token with the incremental decoder ``TextOutput`` uses and skips the same ``skip_ids`` (the
+    end-of-generation ids), so both find the stop string in the same text.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stops: Sequence[str], *, skip_ids: frozenset[int]) -> None:
+        self.stops = [s for s in stops if s]
+        self._decoder = tokenizer.incremental_decoder()
+        self._skip = skip_ids
+        self._keep = max((len(s) for s in self.stops), default=1) - 1  # tail a stop may straddle
+        self._tail = ""
+
+    def __call__(self, ids: Sequence[int]) -> int | None:
+        for i, token in enumerate(ids):
+            if token in self._skip:
+                continue
+            piece = self._decoder.push(token)
+            if not piece:
+                continue
+            text = self._tail + piece
+            if any(stop in text for stop in self.stops):
+                return i + 1
+            self._tail = text[len(text) - self._keep :] if self._keep else ""
+        return None
 
 
 class TextOutput:
