@@ -132,3 +132,33 @@ def test_a_model_that_fails_to_load_is_reported_by_health(models):
         response = httpx.get(f"{running.url}/health")
         assert response.status_code == 503
         assert "missing tensor x" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [("/v1/chat/completions", {"messages": HI}), ("/v1/completions", {"prompt": "hi"})],
+)
+def test_an_unknown_model_gets_404_naming_it_and_the_served_one(server, path, body):
+    response = httpx.post(
+        f"{server.url}{path}", json={**body, "model": "gpt-4o", "max_tokens": 1}, headers=AUTH
+    )
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert error["code"] == 404 and error["type"] == "invalid_request_error" and error["param"] == "model"
+    assert "`gpt-4o` does not exist" in error["message"] and f"serves `{MODEL}`" in error["message"]
+
+
+def test_the_openai_client_sees_an_unknown_model_as_not_found(client):
+    with pytest.raises(openai.NotFoundError, match=MODEL):
+        client.chat.completions.create(model=f"{MODEL}-other", messages=HI, max_tokens=1)
+
+
+@pytest.mark.parametrize("model", [None, "", "listed"])
+def test_the_listed_model_or_none_is_served(server, model):
+    listed = [m["id"] for m in httpx.get(f"{server.url}/v1/models", headers=AUTH).json()["data"]]
+    body = {"prompt": "hi", "max_tokens": 1}
+    if model is not None:
+        body["model"] = listed[0] if model == "listed" else model
+    response = httpx.post(f"{server.url}/v1/completions", json=body, headers=AUTH)
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == MODEL == listed[0]

@@ -143,14 +143,17 @@ def _private_routes(state: ServerState) -> APIRouter:
     @router.get("/models")
     def models() -> dict[str, Any]:
         service = state.ready()
-        model = {
-            "id": service.model_id,
-            "object": "model",
-            "created": service.created,
-            "owned_by": "gemma-mtp",
-            "meta": service.info,
-        }
-        return {"object": "list", "data": [model]}
+        models = [
+            {
+                "id": model_id,
+                "object": "model",
+                "created": service.created,
+                "owned_by": "gemma-mtp",
+                "meta": service.info,
+            }
+            for model_id in service.model_ids
+        ]
+        return {"object": "list", "data": models}
 
     @router.get("/metrics")
     def metrics() -> PlainTextResponse:
@@ -186,6 +189,7 @@ async def _generate(state: ServerState, request: Request, endpoint: str, schema:
     state.metrics.request(endpoint)
     service = state.ready()
     body = parse_request(await request.body(), schema)
+    _check_model(service, body.model)
     generation = Generation(service, body, make_prompt(service, body), chat=schema is ChatCompletionRequest)
     if body.stream:
         return EventStreamResponse(generation.stream(), on_close=generation.close)
@@ -195,6 +199,19 @@ async def _generate(state: ServerState, request: Request, endpoint: str, schema:
             pass
 
     return JSONResponse(await generation.collect(wait_disconnect))
+
+
+def _check_model(service: Service, requested: str | None) -> None:
+    """A request names one of the models ``/v1/models`` lists, or none (then it gets that one)."""
+    if requested and requested not in service.model_ids:
+        served = ", ".join(f"`{model_id}`" for model_id in service.model_ids)
+        raise ApiError(
+            404,
+            f"The model `{requested}` does not exist. This server serves {served}; "
+            "send that name as model, or leave model out.",
+            type="invalid_request_error",
+            param="model",
+        )
 
 
 def _add_error_handlers(app: FastAPI, state: ServerState) -> None:

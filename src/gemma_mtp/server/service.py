@@ -33,6 +33,11 @@ class Service:
     info: dict = field(default_factory=dict)
 
     @property
+    def model_ids(self) -> list[str]:
+        """The names ``/v1/models`` lists; a request's ``model`` must be one of them (or absent)."""
+        return [self.model_id]
+
+    @property
     def drafters(self) -> set[str]:
         return set(self.worker.decoder.drafters)
 
