@@ -5,6 +5,7 @@ with exit code 1."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
@@ -70,3 +71,22 @@ def test_serve_command_that_cannot_load_exits_1_with_one_error_line(tmp_path):
     assert proc.returncode == 1
     errors = [line for line in stderr.splitlines() if "missing" in line and "no such file" in line]
     assert len(errors) == 1 and errors[0].startswith("error: ")
+
+
+def test_serve_on_a_busy_port_exits_1_with_one_error_line_before_loading(monkeypatch, capsys):
+    from gemma_mtp.cli.main import main
+
+    loads = []
+    monkeypatch.setattr("gemma_mtp.server.service.load_service", lambda *a, **k: loads.append(a))
+    with socket.socket() as other:  # another server on the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        code = main(["serve", "-m", "model.gguf", "--port", str(port)])
+    stderr = capsys.readouterr().err
+    assert code == 1
+    assert stderr.splitlines() == [
+        f"error: port {port} on 127.0.0.1 is already in use ({os.strerror(errno.EADDRINUSE)}); pass --port with a free "
+        "port or stop the other server"
+    ]
+    assert loads == []

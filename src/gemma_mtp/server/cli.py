@@ -192,12 +192,16 @@ def serve_command(args: argparse.Namespace) -> int:
         raise GemmaMTPError(
             f"serve needs the server extra ({exc.name} is missing): pip install 'gemma-mtp[server]'"
         ) from None
+    from .listen import bind_socket
+
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)
+    # bound before anything loads: a busy port is one error line, not a model load and uvicorn's exit
+    sock = bind_socket(settings.host, settings.port)
     verbose = bool(getattr(args, "verbose", False))
-    url = f"http://{_url_host(settings.host)}:{settings.port}"
+    url = f"http://{_url_host(settings.host)}:{sock.getsockname()[1]}"
     if not _is_loopback(settings.host) and settings.api_key is None:
         print(
             f"warning: listening on {settings.host} without --api-key: anyone who reaches it can use it",
@@ -236,7 +240,10 @@ def serve_command(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    server.run()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     if failures:
         raise failures[0]
     return 0
