@@ -11,6 +11,7 @@ with our own library calls, never with fixed strings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -18,9 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+from gemma_mtp.cli.spec_args import SpecFlags
 from gemma_mtp.engine.batch import BatchDecoder
+from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.server.settings import ServerSettings
-from gemma_mtp.speculative.base import SpecOptions
 from gemma_mtp.tokenizer import Tokenizer, tokenizer_from_gguf_metadata
 
 API_KEY = "test-key"
@@ -138,17 +140,21 @@ def servable_models(reference_models, root: Path) -> dict[str, Path]:
 
 
 def server_settings(models: dict[str, Path], **overrides) -> ServerSettings:
-    values = dict(
+    load = LoadOptions(
         model=str(models["target"]),
         model_draft=str(models["assistant"]),
+        ctx_size=CTX,
+        dtype="float32",
+        device="cpu",
+    )
+    load = dataclasses.replace(load, **{k: overrides.pop(k) for k in list(overrides) if hasattr(load, k)})
+    values = dict(
+        load=load,
         parallel=4,
         max_queue=12,
         api_key=API_KEY,
         alias=MODEL,
-        ctx_size=CTX,
-        spec=SpecOptions(type="mtp", n_max=3),
-        dtype="float32",
-        device="cpu",
+        spec=SpecFlags(type="mtp", n_max=3),
     )
     return ServerSettings(**{**values, **overrides})
 

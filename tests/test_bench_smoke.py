@@ -89,19 +89,22 @@ def test_endpoint_mode_against_our_server(reference_models, tmp_path):
     import server_model
 
     from gemma_mtp.bench.endpoint import EndpointConfig, run_endpoint_bench
+    from gemma_mtp.cli.spec_args import SpecFlags
+    from gemma_mtp.engine.options import LoadOptions
     from gemma_mtp.server.app import create_app
     from gemma_mtp.server.settings import ServerSettings
-    from gemma_mtp.speculative.base import SpecOptions
 
     target = server_model.servable_copy(reference_models.target("e2b").path, tmp_path / "target")
     app = create_app(
         ServerSettings(
-            model=str(target),
-            model_draft=str(reference_models.assistant("e2b", ordered=True).path),
-            ctx_size=128,
-            spec=SpecOptions(type="mtp", n_max=3),
-            dtype="float32",
-            device="cpu",
+            load=LoadOptions(
+                model=str(target),
+                model_draft=str(reference_models.assistant("e2b", ordered=True).path),
+                ctx_size=128,
+                dtype="float32",
+                device="cpu",
+            ),
+            spec=SpecFlags(type="mtp", n_max=3),
         )
     )
     sock = socket.socket()

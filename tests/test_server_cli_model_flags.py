@@ -1,7 +1,7 @@
-"""`gemma-mtp serve` takes run's model-loading flags (the shared `cli.model_args` helpers):
-`--quantized/--no-quantized` and `--quant-kernels` reach `ServerSettings` and `gemma_mtp.load`
-(for the target and its drafter), and a bad value is one usage error naming the flag. The loader
-is faked: no model is loaded and no server starts."""
+"""`gemma-mtp serve` takes run's model-loading flags (`cli.model_args.add_load_arguments`): they
+build `ServerSettings.load`, the `LoadOptions` that `gemma_mtp.load` gets (for the target and its
+drafter, with one row per slot), and a bad value is one usage error naming the flag. The loader is
+faked: no model is loaded and no server starts."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 import gemma_mtp
 from gemma_mtp.cli.main import build_parser, main
+from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.quant.policy import KINDS
 from gemma_mtp.server.cli import settings_from_args
 from gemma_mtp.server.settings import ServerSettings
@@ -31,7 +32,7 @@ def _settings(argv: list[str]) -> ServerSettings:
 def load_calls(monkeypatch) -> list[tuple]:
     calls: list[tuple] = []
 
-    def load(model, draft=None, **options):
+    def load(model, draft=None, *, options):
         calls.append((model, draft, options))
         raise LoadCalled
 
@@ -46,22 +47,19 @@ def load_calls(monkeypatch) -> list[tuple]:
 
 
 def test_defaults_leave_both_to_the_loader():
-    settings = _settings(SERVE)
-    assert (settings.quantized, settings.quant_kernels) == (None, None)
-    assert (settings.quantized, settings.quant_kernels) == (
-        ServerSettings().quantized,
-        ServerSettings().quant_kernels,
-    )
+    load = _settings(SERVE).load
+    assert (load.quantized, load.quant_kernels) == (None, None)
+    assert (load.quantized, load.quant_kernels) == (LoadOptions().quantized, LoadOptions().quant_kernels)
 
 
 @pytest.mark.parametrize(("flag", "value"), [("--quantized", True), ("--no-quantized", False)])
 def test_quantized_flag_sets_the_setting(flag, value):
-    assert _settings([*SERVE, flag]).quantized is value
+    assert _settings([*SERVE, flag]).load.quantized is value
 
 
 def test_repeated_quant_kernels_add_up_and_a_later_type_wins():
     argv = [*SERVE, "--quant-kernels", "Q8_0=q8,Q4_K=gguf", "--quant-kernels", "q8_0=int8"]
-    assert _settings(argv).quant_kernels == {"Q8_0": "int8", "Q4_K": "gguf"}
+    assert _settings(argv).load.quant_kernels == {"Q8_0": "int8", "Q4_K": "gguf"}
 
 
 def test_quant_flags_reach_the_load_of_target_and_drafter(load_calls):
@@ -72,7 +70,8 @@ def test_quant_flags_reach_the_load_of_target_and_drafter(load_calls):
         load_service(_settings(argv))
     [(model, draft, options)] = load_calls
     assert (model, draft) == ("target.gguf", "drafter.gguf")
-    assert (options["quantized"], options["kernels"]) == (False, {"Q8_0": "q8"})
+    assert (options.quantized, options.quant_kernels) == (False, {"Q8_0": "q8"})
+    assert options.max_batch == ServerSettings().parallel  # one Engine, a row per slot
 
 
 def test_the_loader_gets_none_for_both_by_default(load_calls):
@@ -80,16 +79,17 @@ def test_the_loader_gets_none_for_both_by_default(load_calls):
 
     with pytest.raises(LoadCalled):
         load_service(_settings(SERVE))
-    assert (load_calls[0][2]["quantized"], load_calls[0][2]["kernels"]) == (None, None)
+    options = load_calls[0][2]
+    assert (options.quantized, options.quant_kernels) == (None, None)
 
 
 def test_serve_shares_runs_model_loading_flags():
     argv = ["-m", "T", "-md", "D", "--device", "cpu", "--dtype", "float32", "-ngl", "3", "-ngld", "2"]
-    argv += ["-c", "256", "--quantized", "--quant-kernels", "Q6_K=float"]
+    argv += ["-c", "256", "-t", "1", "--quantized", "--quant-kernels", "Q6_K=float"]
     run = build_parser().parse_args(["run", *argv])
     serve = build_parser().parse_args(["serve", *argv])
     names = ("model", "model_draft", "device", "dtype", "n_gpu_layers", "n_gpu_layers_draft", "ctx_size")
-    for name in (*names, "quantized", "quant_kernels"):
+    for name in (*names, "threads", "quantized", "quant_kernels"):
         assert getattr(serve, name) == getattr(run, name), name
 
 

@@ -12,6 +12,7 @@ import server_model
 
 pytest.importorskip("pydantic")
 
+from gemma_mtp.cli.spec_args import SpecFlags  # noqa: E402
 from gemma_mtp.engine.batch import Slot  # noqa: E402
 from gemma_mtp.errors import UsageError  # noqa: E402
 from gemma_mtp.sampling import SamplingParams  # noqa: E402
@@ -328,10 +329,27 @@ def serve_args(*argv: str) -> ServerSettings:
 def test_serve_flags_use_llama_server_names_and_loopback_by_default():
     settings = serve_args("-m", "T", "-md", "D", "-np", "2", "--draft-max", "5", "-c", "512", "--alias", "g")
     assert (settings.host, settings.port) == ("127.0.0.1", 8080)
-    assert (settings.parallel, settings.ctx_size, settings.alias) == (2, 512, "g")
-    assert settings.spec == SpecOptions(type="mtp", n_max=5)
-    assert serve_args("-m", "T").spec.type == "none"
+    assert (settings.parallel, settings.load.ctx_size, settings.alias) == (2, 512, "g")
+    assert (settings.load.model, settings.load.model_draft) == ("T", "D")
+    # no --spec-type: what the drafter is, decided once it is loaded (mtp for an assistant)
+    assert settings.spec == SpecFlags(n_max=5) and settings.spec.resolve("mtp") == SpecOptions(
+        type="mtp", n_max=5
+    )
+    assert serve_args("-m", "T").spec.resolve("none").type == "none"
     assert serve_args("-m", "T", "--spec-type", "ngram", "--spec-draft-n-max", "4").spec.n_max == 4
+    assert serve_args("-m", "T", "-t", "1").load.threads == 1
+
+
+def test_serve_without_m_serves_the_demo_pair_with_the_notice(monkeypatch, capsys):
+    from gemma_mtp import demo
+
+    monkeypatch.setattr(demo, "demo_target", lambda: "/cache/gemma-3-270m.gguf")
+    settings = serve_args()
+    assert settings.load.model == "/cache/gemma-3-270m.gguf"
+    assert settings.load.model_draft == str(demo.demo_drafter())
+    assert settings.spec.p_min == demo.DEMO_P_MIN
+    assert settings.fallback_chat_template == str(demo.DEMO_CHAT_TEMPLATE)
+    assert "no -m/--model: using the demo target Gemma 3 270M" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -340,7 +358,7 @@ def test_serve_flags_use_llama_server_names_and_loopback_by_default():
         (["-m", "T", "-np", "0"], "-np/--parallel"),
         (["-m", "T", "--spec-type", "mtp"], "-md"),
         (["-m", "T", "--draft-max", "99"], "--spec-draft-n-max"),
-        (["-md", "D"], "-m/--model"),
+        (["-m", "T", "-t", "0"], "-t/--threads"),
     ],
 )
 def test_bad_serve_flags_name_the_flag(argv, flag):

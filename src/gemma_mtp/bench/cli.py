@@ -15,7 +15,7 @@ from typing import Any
 from ..cli.model_args import add_load_arguments, load_options_from_args
 from ..engine.options import LoadOptions
 from ..errors import UsageError
-from ..speculative.options import SPEC_CHOICES
+from ..speculative.options import SPEC_CHOICES, canonical_spec_type
 
 __all__ = ["add_bench_arguments", "bench_command", "parse_int_list"]
 
@@ -155,7 +155,7 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         from ..cli.common import demo_notice
         from ..demo import demo_drafter, demo_target
 
-        implicit = not drafts and args.spec_type in (None, "mtp", "draft-mtp")
+        implicit = not drafts and (args.spec_type is None or canonical_spec_type(args.spec_type) == "mtp")
         if implicit:
             drafts = (str(demo_drafter()),)  # before the target: a missing file fails without a download
         print(demo_notice(drafts[0] if drafts else None, implicit), file=sys.stderr)

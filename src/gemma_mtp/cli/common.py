@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from gemma_mtp.cli.args import RUN_FIELDS, SAMPLING_FIELDS, RunOptions
 from gemma_mtp.cli.model_args import load_options_from_args
-from gemma_mtp.cli.spec_args import spec_flags_from_args
+from gemma_mtp.cli.spec_args import SpecFlags, spec_flags_from_args
+from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.errors import GemmaMTPError, UsageError
 from gemma_mtp.sampling_params import SamplingParams
 
@@ -25,6 +26,7 @@ __all__ = [
     "resolve_spec",
     "demo_notice",
     "with_demo_pair",
+    "demo_defaults",
     "read_tokenizer",
     "load_engine",
     "load_summary",
@@ -71,21 +73,30 @@ def resolve_spec(options: RunOptions, engine: Engine) -> SpecOptions:
 
 
 def with_demo_pair(options: Options) -> Options:
-    """Without ``-m``: the embedded demo target, with the demo drafter unless ``-md`` or ``--spec-type``
-    says otherwise (so the spec type defaults to mtp, as with any drafter). A notice on stderr names
-    the pair; with ``-m``, the options are returned as they are (no implicit drafter). Also checks
-    that an explicit mtp/draft strategy has its drafter."""
-    load, spec = options.load, options.spec
+    """Without ``-m``: the embedded demo pair (`demo_defaults`); with ``-m``, the options as they are
+    (no implicit drafter). Also checks that an explicit mtp/draft strategy has its drafter."""
+    load, spec, template = demo_defaults(options.load, options.spec, quiet=options.quiet)
+    return dataclasses.replace(options, load=load, spec=spec, fallback_chat_template=template)
+
+
+def demo_defaults(
+    load: LoadOptions, spec: SpecFlags, *, quiet: bool = False
+) -> tuple[LoadOptions, SpecFlags, str | None]:
+    """What ``run``, ``chat`` and ``serve`` load without ``-m``: the embedded demo target, with the
+    demo drafter unless ``-md`` or ``--spec-type`` says otherwise (so the spec type defaults to mtp,
+    as with any drafter) and the demo drafter's own p_min, and the demo pair's chat template as
+    the fallback (the base model has none). A notice on stderr names the pair. Returns the load
+    options, the speculative flags and the fallback template (None with ``-m``)."""
     if load.model is not None:
         spec.check_drafter(load.model_draft)
-        return options
+        return load, spec, None
     from gemma_mtp import demo
 
     drafter = load.model_draft
     implicit_drafter = drafter is None and spec.type in (None, "mtp")
     if implicit_drafter:
         drafter = str(demo.demo_drafter())  # before the target: a missing file fails without a download
-    if not options.quiet:
+    if not quiet:
         print(demo_notice(drafter, implicit_drafter), file=sys.stderr)
     if (
         implicit_drafter and spec.p_min is None
@@ -93,8 +104,7 @@ def with_demo_pair(options: Options) -> Options:
         spec = dataclasses.replace(spec, p_min=demo.DEMO_P_MIN)
     spec.check_drafter(drafter)
     load = dataclasses.replace(load, model=str(demo.demo_target()), model_draft=drafter)
-    template = str(demo.DEMO_CHAT_TEMPLATE)  # the base model has none; --chat-template-file still wins
-    return dataclasses.replace(options, load=load, spec=spec, fallback_chat_template=template)
+    return load, spec, str(demo.DEMO_CHAT_TEMPLATE)
 
 
 def demo_notice(drafter: str | None, implicit_drafter: bool) -> str:

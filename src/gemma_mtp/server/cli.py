@@ -12,23 +12,14 @@ import os
 import sys
 from typing import Any
 
-from ..cli.model_args import (
-    add_ctx_size_argument,
-    add_device_arguments,
-    add_draft_argument,
-    add_gpu_layer_arguments,
-    add_model_argument,
-    add_quant_arguments,
-    add_threads_argument,
-)
-from ..errors import GemmaMTPError, UsageError
-from ..speculative.base import SPEC_TYPES, SpecOptions
+from ..cli.model_args import add_load_arguments, load_options_from_args
+from ..cli.spec_args import add_spec_arguments, spec_flags_from_args
+from ..errors import GemmaMTPError
 from .settings import ServerSettings
 
 __all__ = ["add_serve_arguments", "add_serve_options", "serve_command", "settings_from_args"]
 
 API_KEY_ENV = "GEMMA_MTP_API_KEY"
-_SPEC_ALIASES = ("draft-mtp",)
 
 
 def add_serve_arguments(subparsers: Any) -> argparse.ArgumentParser:
@@ -46,14 +37,12 @@ def add_serve_arguments(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     d = ServerSettings()
-    spec = SpecOptions()
-    model = parser.add_argument_group("models")
-    add_model_argument(model, d, help="HF model directory or .gguf")
-    add_draft_argument(model, d)
+    model = add_load_arguments(
+        parser,
+        model_help="HF model directory or .gguf (default: the demo pair, Gemma 3 270M + its trained drafter)",
+        ctx_help="context of each slot in tokens (default: %(default)s)",
+    )
     model.add_argument("--alias", default=d.alias, metavar="NAME", help="model name in the API")
-    add_device_arguments(model, d)
-    add_gpu_layer_arguments(model, d)
-    add_ctx_size_argument(model, d, help="context of each slot in tokens (default: %(default)s)")
     model.add_argument(
         "--chat-template-file",
         dest="chat_template_file",
@@ -61,8 +50,6 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="use this Jinja template (or a tokenizer_config.json) instead of the model's",
     )
-    add_threads_argument(model, help="CPU threads (default: torch's)")
-    add_quant_arguments(parser, d)
 
     server = parser.add_argument_group("server")
     server.add_argument(
@@ -103,81 +90,26 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     server.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="log every request")
 
-    group = parser.add_argument_group('speculative decoding (each request may override: "speculative")')
-    group.add_argument(
-        "--spec-type",
-        dest="spec_type",
-        choices=(*SPEC_TYPES, *_SPEC_ALIASES),
-        default=None,
-        help="default: mtp when a drafter is given, else none",
-    )
-    group.add_argument(
-        "--spec-draft-n-max",
-        "--draft-max",
-        "--draft",
-        dest="spec_draft_n_max",
-        type=int,
-        default=spec.n_max,
-        metavar="N",
-        help="most tokens drafted per round (default: %(default)s)",
-    )
-    group.add_argument(
-        "--spec-draft-n-min",
-        "--draft-min",
-        dest="spec_draft_n_min",
-        type=int,
-        default=spec.n_min,
-        metavar="N",
-        help="fewest tokens drafted per round (default: %(default)s)",
-    )
-    group.add_argument(
-        "--spec-draft-p-min",
-        "--draft-p-min",
-        dest="spec_draft_p_min",
-        type=float,
-        default=spec.p_min,
-        metavar="P",
-        help="stop drafting below this draft probability (default: %(default)s)",
-    )
-    group.add_argument(
-        "--spec-autotune",
-        action="store_true",
-        help="let an online controller pick each round's draft length (a request's own n_max turns it off)",
-    )
+    add_spec_arguments(parser, title='speculative decoding (each request may override: "speculative")')
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
-    kind = args.spec_type or ("mtp" if args.model_draft else "none")
-    spec = SpecOptions(
-        type=kind,
-        n_max=args.spec_draft_n_max,
-        n_min=args.spec_draft_n_min,
-        p_min=args.spec_draft_p_min,
-        autotune=args.spec_autotune,
-    )
-    if args.model is None:
-        raise UsageError("no model: pass -m/--model PATH (a Hugging Face model directory or a .gguf file)")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"-t/--threads must be >= 1, got {args.threads}")
+    """The flags as `ServerSettings`; without -m, the demo pair (as `run` uses it)."""
+    from ..cli.common import demo_defaults
+
+    load, spec, template = demo_defaults(load_options_from_args(args), spec_flags_from_args(args))
     return ServerSettings(
-        model=args.model,
-        model_draft=args.model_draft,
+        load=load,
+        spec=spec,
         host=args.host,
         port=args.port,
         parallel=args.parallel,
         max_queue=args.max_queue,
         api_key=args.api_key or None,
         alias=args.alias,
-        ctx_size=args.ctx_size,
         n_predict=args.n_predict,
-        spec=spec,
-        dtype=args.dtype,
-        device=args.device,
-        n_gpu_layers=args.n_gpu_layers,
-        n_gpu_layers_draft=args.n_gpu_layers_draft,
-        quantized=args.quantized,
-        quant_kernels=args.quant_kernels,
         chat_template_file=args.chat_template_file,
+        fallback_chat_template=template,
     )
 
 
@@ -194,10 +126,6 @@ def serve_command(args: argparse.Namespace) -> int:
         ) from None
     from .listen import bind_socket
 
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     # bound before anything loads: a busy port is one error line, not a model load and uvicorn's exit
     sock = bind_socket(settings.host, settings.port)
     verbose = bool(getattr(args, "verbose", False))
@@ -213,8 +141,8 @@ def serve_command(args: argparse.Namespace) -> int:
     def load(metrics):
         service = load_service(settings, metrics=metrics)
         print(
-            f"model loaded: {service.model_id} ({settings.parallel} slots, context {settings.ctx_size} each, "
-            f"speculative {settings.spec.type}); ready on {url}",
+            f"model loaded: {service.model_id} ({settings.parallel} slots, context {settings.load.ctx_size} "
+            f"each, speculative {service.default_spec.type}); ready on {url}",
             file=sys.stderr,
             flush=True,
         )
@@ -236,7 +164,7 @@ def serve_command(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     print(
-        f"gemma-mtp serve: loading {settings.model}; listening on {url} (/health is 503 until loaded)",
+        f"gemma-mtp serve: loading {settings.load.model}; listening on {url} (/health is 503 until loaded)",
         file=sys.stderr,
         flush=True,
     )

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UsageError
 from ..sampling import SamplingParams
-from ..speculative.base import MAX_DRAFT, SPEC_TYPES, SpecOptions
+from ..speculative.options import MAX_DRAFT, SPEC_CHOICES, SpecOptions, canonical_spec_type
 
 __all__ = [
     "ChatCompletionRequest",
@@ -51,7 +51,7 @@ class SpeculativeField(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     enabled: bool | None = None
-    type: Literal[(*SPEC_TYPES, "draft-mtp")] | None = None  # type: ignore[valid-type]
+    type: Literal[SPEC_CHOICES] | None = None  # type: ignore[valid-type]
     n_max: int | None = Field(default=None, ge=0, le=MAX_DRAFT)
     n_min: int | None = Field(default=None, ge=0, le=MAX_DRAFT)
     p_min: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -239,7 +239,7 @@ def spec_options(field: SpeculativeField | None, default: SpecOptions, available
         return default
     if field.enabled is False:
         return SpecOptions(type="none")
-    kind = {"draft-mtp": "mtp"}.get(field.type or default.type, field.type or default.type)
+    kind = canonical_spec_type(field.type or default.type)
     if kind == "none" and field.enabled:
         raise RequestError(
             "speculative.enabled: the server runs without speculation; name a speculative.type "

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 from ..chat import ChatTemplate
 from ..errors import GemmaMTPError, UsageError
-from ..speculative.base import SpecOptions
+from ..speculative.options import SpecOptions
 from ..tokenizer import Tokenizer, load_tokenizer
 from .metrics import Metrics
 from .settings import ServerSettings
@@ -46,32 +47,16 @@ def load_service(settings: ServerSettings, *, metrics: Metrics | None = None) ->
     """Load the target (and drafter), build a ``parallel``-row decoder and its worker (not started)."""
     from .. import api  # torch and the models: imported only when a server really loads
 
-    if settings.model is None:
+    if settings.load.model is None:
         raise UsageError("no model: pass -m/--model PATH (a Hugging Face model directory or a .gguf file)")
-    tokenizer = load_tokenizer(settings.model)
+    tokenizer = load_tokenizer(settings.load.model)
     template = _template(tokenizer, settings)
-    drafter = settings.model_draft if settings.spec.type in ("mtp", "draft") else None
-    loaded = api.load(
-        settings.model,
-        drafter,
-        dtype=settings.dtype,
-        device=settings.device,
-        n_gpu_layers=settings.n_gpu_layers,
-        n_gpu_layers_draft=settings.n_gpu_layers_draft,
-        ctx_size=settings.ctx_size,
-        quantized=settings.quantized,
-        kernels=settings.quant_kernels,
-    )
-    # `load` builds a one-row engine; the server needs `parallel` rows over the same weights.
-    engine = api.Engine(
-        loaded.target,
-        loaded.config,
-        ctx_size=settings.ctx_size,
-        stop_ids=loaded.stop_ids,
-        drafter=loaded.drafter,
-        max_batch=settings.parallel,
-    )
-    del loaded
+    # one Engine with a row per slot; a drafter only when the strategy drafts with one
+    load = dataclasses.replace(settings.load, max_batch=settings.parallel)
+    if not settings.spec.wants_drafter:
+        load = dataclasses.replace(load, model_draft=None)
+    engine = api.load(load.model, load.model_draft, options=load)
+    default_spec = settings.spec.resolve(engine.default_spec().type)
     metrics = metrics or Metrics()
     worker = Worker(engine.decoder, max_queue=settings.max_queue, metrics=metrics)
     return Service(
@@ -79,26 +64,32 @@ def load_service(settings: ServerSettings, *, metrics: Metrics | None = None) ->
         tokenizer=tokenizer,
         template=template,
         model_id=settings.model_id,
-        ctx_size=settings.ctx_size,
+        ctx_size=load.ctx_size,
         stop_ids=engine.stop_ids | tokenizer.stop_ids,
-        default_spec=settings.spec,
+        default_spec=default_spec,
         n_predict=settings.n_predict,
         metrics=metrics,
         info={
             "family": engine.config.family,
             "vocab_size": engine.config.vocab_size,
             "n_slots": settings.parallel,
-            "n_ctx_slot": settings.ctx_size,
-            "speculative": settings.spec.type,
+            "n_ctx_slot": load.ctx_size,
+            "speculative": default_spec.type,
+            "threads": engine.threads,
             "drafters": sorted(engine.decoder.drafters),
         },
     )
 
 
 def _template(tokenizer: Tokenizer, settings: ServerSettings) -> ChatTemplate | None:
-    if settings.chat_template_file is None and not tokenizer.chat_template:
-        return None
+    if settings.chat_template_file is None and settings.fallback_chat_template is None:
+        if not tokenizer.chat_template:
+            return None
     try:
-        return ChatTemplate.for_tokenizer(tokenizer, override_file=settings.chat_template_file)
+        return ChatTemplate.for_tokenizer(
+            tokenizer,
+            override_file=settings.chat_template_file,
+            fallback_file=settings.fallback_chat_template,
+        )
     except GemmaMTPError as exc:
         raise GemmaMTPError(f"chat template: {exc}") from exc
