@@ -17,7 +17,7 @@ from gemma_mtp.engine.batch import Slot  # noqa: E402
 from gemma_mtp.errors import UsageError  # noqa: E402
 from gemma_mtp.sampling import SamplingParams  # noqa: E402
 from gemma_mtp.server.cli import add_serve_arguments, settings_from_args  # noqa: E402
-from gemma_mtp.server.metrics import Metrics, copy_stats, stats_delta  # noqa: E402
+from gemma_mtp.server.metrics import Metrics  # noqa: E402
 from gemma_mtp.server.schemas import (  # noqa: E402
     ChatCompletionRequest,
     CompletionRequest,
@@ -177,9 +177,9 @@ def test_prometheus_text_has_help_type_and_per_position_counters():
 def test_stats_delta_counts_only_what_is_new():
     stats = SpecStats()
     stats.record(3, 1)
-    seen = copy_stats(stats)
+    seen = stats.counts()
     stats.record(4, 4)
-    delta = stats_delta(stats, seen)
+    delta = stats.since(seen)
     assert (delta.rounds, delta.drafted, delta.accepted) == (1, 4, 4)
     assert delta.accepted_by_position == [1, 1, 1, 1] and delta.drafted_by_position == [1, 1, 1, 1]
 

@@ -41,8 +41,6 @@ __all__ = [
     "Event",
     "QueueFull",
     "SchedulerMetrics",
-    "stats_delta",
-    "copy_stats",
 ]
 
 log = logging.getLogger(__name__)
@@ -248,8 +246,8 @@ class Scheduler:
     def _report_speculation(self, job: Job) -> None:
         stats = job.slot.stats
         if self.metrics is not None and stats.drafted != job._reported.drafted:
-            self.metrics.speculation(stats_delta(stats, job._reported))
-            job._reported = copy_stats(stats)
+            self.metrics.speculation(stats.since(job._reported))
+            job._reported = stats.counts()
 
     def _count(self, *, prompt: int = 0, generated: int = 0) -> None:
         if self.metrics is not None:
@@ -294,28 +292,3 @@ def _slot_state(row: int, job: Job | None) -> dict[str, Any]:
         "n_generated": len(slot.generated) if slot is not None else 0,
         "speculative": slot.spec.type if slot is not None else None,
     }
-
-
-def stats_delta(now: SpecStats, seen: SpecStats) -> SpecStats:
-    """What ``now`` counted since ``seen`` (an earlier copy of the same request's statistics)."""
-
-    def minus(a: list[int], b: list[int]) -> list[int]:
-        return [x - (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
-
-    return SpecStats(
-        rounds=now.rounds - seen.rounds,
-        drafted=now.drafted - seen.drafted,
-        accepted=now.accepted - seen.accepted,
-        accepted_by_position=minus(now.accepted_by_position, seen.accepted_by_position),
-        drafted_by_position=minus(now.drafted_by_position, seen.drafted_by_position),
-    )
-
-
-def copy_stats(stats: SpecStats) -> SpecStats:
-    return SpecStats(
-        rounds=stats.rounds,
-        drafted=stats.drafted,
-        accepted=stats.accepted,
-        accepted_by_position=list(stats.accepted_by_position),
-        drafted_by_position=list(stats.drafted_by_position),
-    )

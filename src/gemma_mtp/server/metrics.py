@@ -9,10 +9,9 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from ..engine.scheduler import copy_stats, stats_delta  # re-exported: they used to live here
 from ..speculative.stats import SpecStats
 
-__all__ = ["Metrics", "PREFIX", "stats_delta", "copy_stats"]
+__all__ = ["Metrics", "PREFIX"]
 
 PREFIX = "gemma_mtp:"
 

@@ -35,6 +35,30 @@ class SpecStats:
         for i in range(n_accepted):
             self.accepted_by_position[i] += 1
 
+    def counts(self) -> SpecStats:
+        """A copy of the counters (rounds, drafted, accepted, by position), for a later `since`."""
+        return SpecStats(
+            rounds=self.rounds,
+            drafted=self.drafted,
+            accepted=self.accepted,
+            accepted_by_position=list(self.accepted_by_position),
+            drafted_by_position=list(self.drafted_by_position),
+        )
+
+    def since(self, seen: SpecStats) -> SpecStats:
+        """What these counters added since ``seen`` (an earlier `counts()` of the same statistics)."""
+
+        def minus(a: list[int], b: list[int]) -> list[int]:
+            return [x - (b[i] if i < len(b) else 0) for i, x in enumerate(a)]
+
+        return SpecStats(
+            rounds=self.rounds - seen.rounds,
+            drafted=self.drafted - seen.drafted,
+            accepted=self.accepted - seen.accepted,
+            accepted_by_position=minus(self.accepted_by_position, seen.accepted_by_position),
+            drafted_by_position=minus(self.drafted_by_position, seen.drafted_by_position),
+        )
+
     def merge(self, other: SpecStats) -> None:
         self.rounds += other.rounds
         self.drafted += other.drafted
