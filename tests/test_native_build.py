@@ -176,3 +176,33 @@ def test_load_builds_the_kernels_before_any_forward(reference_models, monkeypatc
         assert calls == ["build-or-load"]  # the forward found the module already there
     finally:
         native.reset()
+
+
+def test_a_builder_killed_mid_build_leaves_no_lock_behind(tmp_path, monkeypatch):
+    """torch's own build lock is a file that outlives a killed process (every later load then waits
+    forever); ours is an flock, which the kernel drops with its holder."""
+    import signal
+    import time
+
+    cache = tmp_path / "cache"
+    sources = _checkout(tmp_path / "checkout")
+    monkeypatch.setenv("GEMMA_MTP_CACHE", str(cache))
+    ext = Extension(name="gemma_mtp_tiny_ext", sources=(sources / "tiny.cpp",), cflags=("-O1",))
+    ext.directory().mkdir(parents=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\nfrom pathlib import Path\nfrom gemma_mtp.native.build import _exclusive\n"
+            "with _exclusive(Path(sys.argv[1]), None):\n    print('held', flush=True)\n    time.sleep(600)\n",
+            str(ext.directory() / "build.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGKILL)
+    holder.wait(timeout=30)
+    start = time.monotonic()
+    assert ext.ensure() is True and ext.load().answer() == 42
+    assert time.monotonic() - start < 120  # no wait for a dead holder
