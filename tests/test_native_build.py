@@ -181,8 +181,8 @@ def test_load_builds_the_kernels_before_any_forward(reference_models, monkeypatc
 def test_a_builder_killed_mid_build_leaves_no_lock_behind(tmp_path, monkeypatch):
     """torch's own build lock is a file that outlives a killed process (every later load then waits
     forever); ours is an flock, which the kernel drops with its holder."""
+    import fcntl
     import signal
-    import time
 
     cache = tmp_path / "cache"
     sources = _checkout(tmp_path / "checkout")
@@ -203,6 +203,7 @@ def test_a_builder_killed_mid_build_leaves_no_lock_behind(tmp_path, monkeypatch)
     assert holder.stdout.readline().strip() == "held"
     holder.send_signal(signal.SIGKILL)
     holder.wait(timeout=30)
-    start = time.monotonic()
+    with open(ext.directory() / "build.lock", "a+") as handle:  # free at once: nothing waits on the dead
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(handle, fcntl.LOCK_UN)
     assert ext.ensure() is True and ext.load().answer() == 42
-    assert time.monotonic() - start < 120  # no wait for a dead holder

@@ -4,8 +4,9 @@ A build is keyed by everything that decides its binary: the source and header by
 version, the Python ABI, the machine, the compiler flags and the CPU's flags. The key names a
 directory under ``$GEMMA_MTP_CACHE/kernels`` (default ``~/.cache/gemma-mtp``) holding one finished
 library. Nothing outside the key is part of the result: the sources are copied into a private
-build directory before compiling, and a finished library is loaded straight from its file, with no
-build tool asked whether it is up to date. So every checkout and every virtual environment of the
+build directory, compiled there with the C++ compiler and torch's include and library paths (one
+compiler per core), and a finished library is loaded straight from its file, with no build tool
+asked whether it is up to date. So every checkout and every virtual environment of the
 same sources and torch shares one build, and loading an existing build never recompiles.
 
 Concurrent first use is safe: builders take an exclusive ``flock`` on the key's directory, the
@@ -22,7 +23,9 @@ import importlib.util
 import os
 import platform
 import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +38,9 @@ import torch
 __all__ = ["Extension", "BuildError", "cache_root", "cpu_flags"]
 
 Progress = Callable[[str], None]
+# How a library is compiled and linked (`Extension._compile`); part of the key, so that a change of
+# recipe never reuses a library made by an older one.
+RECIPE = "2: c++ per source in parallel, torch include/library paths, -std=c++20"
 
 
 class BuildError(RuntimeError):
@@ -71,6 +77,7 @@ class Extension:
         for path in sorted(self.sources + self.headers, key=lambda p: p.name):
             digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
         for part in (
+            RECIPE,
             self.name,
             torch.__version__,
             sys.implementation.cache_tag or "",
@@ -113,10 +120,8 @@ class Extension:
         return module
 
     def _compile(self, where: Path, progress: Progress | None) -> None:
-        from torch.utils.cpp_extension import load
-
-        if shutil.which("ninja") is None:  # the `ninja` wheel sits beside this interpreter
-            os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        """Compile the sources (in parallel, one compiler per core) and link them, with torch's
+        include and library paths, in a private directory; rename the library into place."""
         start = time.perf_counter()
         if progress:
             progress(f"compiling {len(self.sources)} C++ sources into {self.library()}")
@@ -125,23 +130,64 @@ class Extension:
             src.mkdir()
             for path in self.sources + self.headers:
                 shutil.copyfile(path, src / path.name)
-            try:
-                load(
-                    name=self.name,
-                    sources=[str(src / path.name) for path in self.sources],
-                    extra_cflags=list(self.cflags),
-                    extra_ldflags=list(self.ldflags),
-                    build_directory=tmp,
-                    verbose=False,
-                )
-            except (RuntimeError, OSError, ImportError) as exc:
-                raise BuildError(str(exc).strip()) from None
+            objects = [Path(tmp) / f"{path.stem}.o" for path in self.sources]
+            _run_all(
+                [
+                    [*_compiler(), *self._compile_flags(), "-c", str(src / path.name), "-o", str(obj)]
+                    for path, obj in zip(self.sources, objects, strict=True)
+                ]
+            )
             built = Path(tmp) / f"{self.name}.so"
-            if not built.is_file():
-                raise BuildError(f"the build finished without producing {built.name}")
+            _run_all([[*_compiler(), "-shared", *map(str, objects), *self._link_flags(), "-o", str(built)]])
             os.replace(built, self.library())  # atomic: readers see no library or a whole one
         if progress:
             progress(f"built in {time.perf_counter() - start:.0f} s")
+
+    def _compile_flags(self) -> list[str]:
+        from torch.utils.cpp_extension import include_paths
+
+        includes = [*include_paths(), sysconfig.get_paths()["include"]]
+        return [
+            f"-DTORCH_EXTENSION_NAME={self.name}",
+            "-DTORCH_API_INCLUDE_EXTENSION_H",
+            f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+            *(f"-isystem{path}" for path in includes),
+            "-fPIC",
+            "-std=c++20",
+            *self.cflags,
+        ]
+
+    def _link_flags(self) -> list[str]:
+        from torch.utils.cpp_extension import library_paths
+
+        libs = [f"-L{path}" for path in library_paths()]
+        return [*self.ldflags, *libs, "-lc10", "-ltorch_cpu", "-ltorch", "-ltorch_python"]
+
+
+def _compiler() -> list[str]:
+    return [os.environ.get("CXX", "c++")]
+
+
+def _run_all(commands: list[list[str]]) -> None:
+    """Run the commands, as many at once as there are cores; a failure raises with its output."""
+    pending, running, failures = list(commands), [], []
+    limit = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    while pending or running:
+        while pending and len(running) < limit:
+            command = pending.pop(0)
+            try:
+                proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            except OSError as exc:
+                raise BuildError(
+                    f"cannot run the C++ compiler {command[0]!r}: {exc.strerror or exc}"
+                ) from None
+            running.append((command, proc))
+        command, proc = running.pop(0)
+        output, _ = proc.communicate()
+        if proc.returncode != 0:
+            failures.append(f"$ {' '.join(command)}\n{output.strip()}")
+    if failures:
+        raise BuildError("\n".join(failures))
 
 
 @contextlib.contextmanager
