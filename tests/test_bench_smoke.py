@@ -41,8 +41,14 @@ def bench_out(reference_models, tmp_path_factory):
 def test_rows_are_valid_jsonl_with_provenance(bench_out):
     out, drafter = bench_out
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
-    overall = [(r["drafter"], r["n_max"]) for r in rows if r["category"] == "all"]
-    assert overall == [("none", 0), (drafter, 1), (drafter, 2), (drafter, "auto")]
+    overall = [(r["drafter"], r["n_max"], r["spec_type"]) for r in rows if r["category"] == "all"]
+    # no --spec-type: the assistant's own strategy, mtp, named in every row
+    assert overall == [
+        ("none", 0, "none"),
+        (drafter, 1, "mtp"),
+        (drafter, 2, "mtp"),
+        (drafter, "auto", "mtp"),
+    ]
     assert {r["category"] for r in rows} == {"all", "loop", "random"}
     for row in rows:
         for key in ("device", "dtype", "model_weights", "flags", "git_commit", "timestamp", "reps"):

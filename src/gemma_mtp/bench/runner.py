@@ -134,8 +134,13 @@ def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = N
     return summarize_runs(config, runs, groups, base)
 
 
+def _kind(config: BenchConfig, group: _Group) -> str:
+    """The strategy a drafter's rows use: --spec-type, else what the drafter is (mtp for an assistant)."""
+    return config.resolved_spec_type or group.engine.default_spec().type
+
+
 def _specs(config: BenchConfig, group: _Group) -> list[tuple[str, SpecOptions]]:
-    kind = config.resolved_spec_type or group.engine.default_spec().type
+    kind = _kind(config, group)
     specs = [(f"n={n}", SpecOptions(type=kind, n_max=n)) for n in config.n_max]
     if config.autotune:
         specs.append(("auto", SpecOptions(type=kind, n_max=3, autotune=True)))
@@ -198,6 +203,7 @@ def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base:
     rows = []
     keys = [PLAIN] + [(g.label, label) for g in groups for label in _labels(runs, g.label)]
     paths = {g.label: g.path for g in groups}
+    kinds = {g.label: _kind(config, g) for g in groups}
     weights = {label: weights_description(path) for label, path in paths.items() if path}
     for key in keys:
         gens = runs.generations[key]
@@ -210,7 +216,7 @@ def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base:
                 "drafter": key[0],
                 "drafter_path": paths.get(key[0]),
                 "drafter_weights": weights.get(key[0]),
-                "spec_type": "none" if key == PLAIN else config.resolved_spec_type,
+                "spec_type": "none" if key == PLAIN else kinds[key[0]],
                 "n_max": 0 if key == PLAIN else "auto" if label == "auto" else int(label[2:]),
                 "category": category,
                 **summarize(chosen, baseline[category]),
