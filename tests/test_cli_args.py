@@ -158,7 +158,8 @@ def test_run_defaults_come_from_the_dataclasses():
 
 def test_documented_defaults():
     args = parse_run()
-    assert (args.n_predict, args.ctx_size, args.spec_draft_n_max) == (128, 4096, 3)
+    assert (args.n_predict, args.ctx_size) == (128, 4096)
+    assert spec_flags_from_args(args).resolve("mtp").n_max == 3  # no flag: SpecOptions' default
     assert args.reasoning == "auto"
 
 

@@ -24,7 +24,7 @@ _SPEC = SpecOptions()  # the speculative defaults live in the engine's options, 
 @dataclass(frozen=True, kw_only=True)
 class SpecFlags:
     type: str | None = None  # None: the engine's default for what is loaded
-    n_max: int = _SPEC.n_max
+    n_max: int | None = None  # None: SpecOptions' default (or a --profile's)
     n_min: int = _SPEC.n_min
     p_min: float | None = None  # None: SpecOptions' default (the demo drafter has its own)
     autotune: bool = False
@@ -47,7 +47,7 @@ class SpecFlags:
         """The engine's options; ``default_type`` (`Engine.default_spec`) stands in for no --spec-type."""
         return SpecOptions(
             type=self.type or default_type,
-            n_max=self.n_max,
+            n_max=_SPEC.n_max if self.n_max is None else self.n_max,
             n_min=self.n_min,
             p_min=_SPEC.p_min if self.p_min is None else self.p_min,
             autotune=self.autotune,
@@ -74,7 +74,7 @@ def add_spec_arguments(
         type=int,
         default=defaults.n_max,
         metavar="N",
-        help="most tokens drafted per round (default: %(default)s)",
+        help=f"most tokens drafted per round (default: {_SPEC.n_max})",
     )
     spec.add_argument(
         "--spec-draft-n-min",
