@@ -44,6 +44,8 @@ class Slot:
     decode_ms: float = 0.0  # every round, the first included
     tuner: AutotuneSession | None = None  # --spec-autotune: chooses this row's draft length per round
     last_round_end: float | None = None  # perf_counter when this slot's previous round ended
+    last_round: tuple[int, int] = (0, 0)  # (drafted, accepted) of the latest round: its committed
+    # tokens are the accepted drafts first, then the target's own token
 
     @property
     def generated(self) -> list[int]:
@@ -189,7 +191,7 @@ class BatchDecoder:
                 p = probs_from_logits(logits[i, : n + 1], s.sampling)
                 k, nxt = accept_sampled(p, draft.q, draft.tokens, s.generator)
             s.stats.record(n, k)
-            outcomes[s.row] = (n, k)
+            outcomes[s.row] = s.last_round = (n, k)
             new_lengths[s.row] = starts[s.row] + k + 1
             self.hidden[s.row, 0] = hidden[i, k].to(self.hidden.device)
             s.has_hidden = True

@@ -48,7 +48,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Tokens:
+    """The ids one round committed for a job: the first ``n_from_draft`` are drafts the target
+    accepted, the rest (one, unless the round was cut at a stop or the budget) the target's own.
+    ``drafted``/``accepted``: the round's draft length and how many of them the acceptance rule
+    kept (what ``SpecStats`` counts; ``accepted`` can exceed ``n_from_draft`` when cut)."""
+
     ids: list[int]
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def n_from_draft(self) -> int:
+        return min(self.accepted, len(self.ids))
 
 
 @dataclass(frozen=True)
@@ -224,7 +235,8 @@ class Scheduler:
             ids = self._cut_at_stop(job, ids)
             generated += len(ids)
             if ids:
-                events.append((job, Tokens(ids)))
+                drafted, accepted = job.slot.last_round
+                events.append((job, Tokens(ids, drafted, accepted)))
             self._report_speculation(job)
             if job.slot.done:
                 events.append(self._finish(job, job.slot.stop_reason))

@@ -17,6 +17,8 @@ from ..errors import GemmaMTPError
 from .responses import ApiError, Envelope, chat_delta, chat_message, sse, timings, usage
 from .schemas import ChatCompletionRequest, CompletionRequest, RequestError, sampling_params, spec_options
 from .service import Service
+from .speculation import FIELD as SPECULATION_FIELD
+from .speculation import SpecTally
 from .text import StopCheck, TextOutput
 from .worker import Failed, Finished, Job, QueueFull, Tokens, WorkerStopped
 
@@ -102,6 +104,8 @@ class Generation:
         self._closed = False
         self._tool_calls = 0
         self._events: list[ChatEvent] = []
+        # streamed chunks say how their tokens were produced only when the request asks
+        self.tally = SpecTally() if request.stream and request.return_speculation else None
         self._queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -132,8 +136,9 @@ class Generation:
             raise ApiError(503, str(exc)) from None
 
     # -- events ---------------------------------------------------------------------------------
-    async def events(self) -> AsyncIterator[list[ChatEvent]]:
-        """Text events as rounds commit tokens; returns after ``Finished`` (then ``self.finished``)."""
+    async def events(self) -> AsyncIterator[list[tuple[ChatEvent, dict[str, int] | None]]]:
+        """Text events as rounds commit tokens, each with the ``x_speculation`` counts it reports
+        (None unless the request asked for them); returns after ``Finished`` (then ``self.finished``)."""
         while True:
             event = await self._queue.get()
             if isinstance(event, Failed):
@@ -142,20 +147,37 @@ class Generation:
                 raise event.error
             if isinstance(event, Finished):
                 self.finished = event
-                out = self.output.finish()
+                out = self._tagged(self.output.finish())
             elif self.output.stopped:
                 continue
             else:
-                # the end-of-generation token that stopped the row is not part of the answer
-                out = self.output.push([t for t in event.ids if t not in self.job.stop_ids])
+                out = self._push(event)
                 if self.output.stopped:  # the worker's StopCheck ended the job already; to be sure
                     self.service.worker.cancel(self.job)
-            self._events += out
+            self._events += [chat_event for chat_event, _ in out]
             if out:
                 yield out
             if self.finished is not None:
                 self.service.metrics.finished(self.finish_reason)
                 return
+
+    def _push(self, event: Tokens) -> list[tuple[ChatEvent, dict[str, int] | None]]:
+        # the end-of-generation token that stopped the row is not part of the answer
+        stop_ids = self.job.stop_ids
+        if self.tally is None:
+            return self._tagged(self.output.push([t for t in event.ids if t not in stop_ids]))
+        out = []  # token by token, so that each chunk's counts describe the text it carries
+        for token, _ in self.tally.tokens(event):
+            if token not in stop_ids and not self.output.stopped:
+                out += self._tagged(self.output.push([token]))
+        return out
+
+    def _tagged(self, events: list[ChatEvent]) -> list[tuple[ChatEvent, dict[str, int] | None]]:
+        """The first event carries the counts not yet reported; the others none."""
+        if not events:
+            return []
+        counts = self.tally.take() if self.tally is not None else None
+        return [(events[0], counts), *((event, None) for event in events[1:])]
 
     @property
     def finish_reason(self) -> str:
@@ -182,11 +204,16 @@ class Generation:
             if env.chat:
                 yield sse(env.delta({"role": "assistant", "content": ""}))
             async for events in self.events():
-                for event in events:
-                    yield sse(env.delta(chat_delta(event, self._tool_calls)))
+                for event, counts in events:
+                    chunk = env.delta(chat_delta(event, self._tool_calls))
+                    if counts is not None:
+                        chunk[SPECULATION_FIELD] = counts
+                    yield sse(chunk)
                     self._tool_calls += event.kind == "tool_call"
             final = env.delta({}, self.finish_reason)
             final["timings"] = timings(self.finished)
+            if self.tally is not None:
+                final[SPECULATION_FIELD] = self.tally.take()
             yield sse(final)
             if self.request.include_usage:
                 yield sse(env.chunk(None, usage=usage(self.finished)))

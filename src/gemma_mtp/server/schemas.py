@@ -5,7 +5,8 @@ OpenAI clients send many we do not use (``user``, ``metadata``, ``store``). Fiel
 the output and that we cannot honour (``n > 1``, ``logprobs``, penalties, JSON-schema output) are
 refused with a 400 naming them rather than silently ignored. llama.cpp's extensions ``top_k``,
 ``min_p``, ``ignore_eos`` and ``chat_template_kwargs`` are accepted, plus ``speculative``:
-``{"enabled": false}`` or ``{"type": "ngram", "n_max": 2, "n_min": 0, "p_min": 0.0}``.
+``{"enabled": false}`` or ``{"type": "ngram", "n_max": 2, "n_min": 0, "p_min": 0.0}``, and
+``return_speculation`` (streamed chunks then carry ``x_speculation``, see ``speculation.py``).
 ``tool_choice`` selects which tools reach the template (``"none"``: none; a named function: that
 one); nothing constrains decoding, so ``"required"`` cannot force the model to call a tool.
 """
@@ -76,6 +77,7 @@ class _Generation(_Strict):
     stop: str | list[str] | None = None
     ignore_eos: bool = False
     speculative: SpeculativeField | None = None
+    return_speculation: bool = False  # streamed chunks say how their tokens were made (speculation.py)
     # accepted for compatibility; values that would change the output are refused below
     n: int = 1
     presence_penalty: float | None = None
