@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .generate import Generation, chat_prompt, completion_prompt
 from .metrics import Metrics
+from .page import add_page
 from .responses import ApiError, error_body
 from .schemas import ChatCompletionRequest, CompletionRequest, RequestError, parse_request
 from .service import Service, load_service
@@ -105,6 +106,7 @@ def create_app(
     app.state.server = state
     _add_error_handlers(app, state)
     app.include_router(_public_routes(state))
+    add_page(app)
     app.include_router(_private_routes(state), dependencies=[Depends(_api_key_check(settings.api_key))])
     return app
 
