@@ -32,8 +32,9 @@ def bench_out(reference_models, tmp_path_factory):
     args = parser.parse_args(
         ["bench", "-m", str(target.path), "-md", str(assistant.path), "--n-max", "1,2", "--reps", "2"]
         + ["--prompts", str(prompts), "-n", "8", "--temp", "0", "--spec-autotune", "--device", "cpu"]
-        + ["--out", str(root / "out")]
+        + ["--out", str(root / "out"), "--p-min", "0,0.5", "--recommend", str(root / "out" / "profile.json")]
     )
+    (root / "out").mkdir()
     assert bench_command(args) == 0
     return root / "out", assistant.path.name
 
@@ -41,14 +42,10 @@ def bench_out(reference_models, tmp_path_factory):
 def test_rows_are_valid_jsonl_with_provenance(bench_out):
     out, drafter = bench_out
     rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
-    overall = [(r["drafter"], r["n_max"], r["spec_type"]) for r in rows if r["category"] == "all"]
-    # no --spec-type: the assistant's own strategy, mtp, named in every row
-    assert overall == [
-        ("none", 0, "none"),
-        (drafter, 1, "mtp"),
-        (drafter, 2, "mtp"),
-        (drafter, "auto", "mtp"),
-    ]
+    overall = [(r["drafter"], r["n_max"], r["p_min"], r["strategy"]) for r in rows if r["category"] == "all"]
+    # every n_max crossed with every p_min; no --spec-type: the assistant's own strategy, mtp
+    speculative = [(drafter, n, p, "mtp") for n in (1, 2) for p in (0.0, 0.5)]
+    assert overall == [("none", 0, None, "none"), *speculative, (drafter, "auto", 0.0, "mtp")]
     assert {r["category"] for r in rows} == {"all", "loop", "random"}
     for row in rows:
         for key in ("device", "dtype", "model_weights", "flags", "git_commit", "timestamp", "reps"):
@@ -56,7 +53,8 @@ def test_rows_are_valid_jsonl_with_provenance(bench_out):
         assert row["reps"] == 2 and row["tokens_per_s"] > 0
     speculative = [r for r in rows if r["n_max"] != 0 and r["category"] == "all"]
     assert all(r["lossless"] for r in speculative)
-    assert all(len(r["acceptance_by_position"]) >= 1 for r in speculative)
+    # a confidence threshold may stop the tiny random drafter from drafting at all; without one it drafts
+    assert all(len(r["acceptance_by_position"]) >= 1 for r in speculative if r["p_min"] == 0)
     assert sum(next(r for r in speculative if r["n_max"] == "auto")["autotune_chosen"]) > 0
 
 
@@ -143,3 +141,18 @@ def test_endpoint_mode_against_our_server(reference_models, tmp_path):
     assert overall["timing_source"] == "server" and overall["tokens_per_s"] > 0
     assert overall["drafted"] > 0 and overall["acceptance"] is not None
     assert len(overall["acceptance_by_position"]) == 2  # per-position counters from /metrics, n_max 2
+
+
+def test_recommend_writes_the_fastest_row_as_a_profile(bench_out):
+    from gemma_mtp.cli.profile import read_profile
+
+    out, _ = bench_out
+    rows = [json.loads(line) for line in (out / "rows.jsonl").read_text().splitlines()]
+    fixed = [r for r in rows if r["category"] == "all" and r["n_max"] != "auto"]
+    best = max(fixed, key=lambda r: r["tokens_per_s"])
+    profile = read_profile(out / "profile.json")
+    assert profile.tokens_per_s == best["tokens_per_s"]
+    assert (profile.n_max, profile.p_min) == (
+        (best["n_max"], best["p_min"]) if best["n_max"] else (None, None)
+    )
+    assert len(profile.evidence) == len(fixed)

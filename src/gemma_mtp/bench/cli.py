@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.model_args import add_load_arguments, load_options_from_args
+from ..demo import DEMO_P_MIN
 from ..engine.options import LoadOptions
 from ..errors import UsageError
 from ..speculative.options import SPEC_CHOICES, canonical_spec_type
 
-__all__ = ["add_bench_arguments", "bench_command", "parse_int_list"]
+__all__ = ["add_bench_arguments", "bench_command", "parse_int_list", "parse_float_list"]
 
 DESCRIPTION = """\
 Measure speculative decoding: for each drafter and draft length, acceptance by draft position,
@@ -38,6 +39,17 @@ def parse_int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
     if not values:
         raise argparse.ArgumentTypeError("give at least one draft length, e.g. 1,2,3,4")
+    return values
+
+
+def parse_float_list(text: str) -> tuple[float, ...]:
+    """`"0,0.6"` -> `(0.0, 0.6)`; argparse turns the error into a usage error."""
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value, e.g. 0,0.6")
     return values
 
 
@@ -82,7 +94,22 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         "with --endpoint: the server's own setting)",
     )
     spec.add_argument(
+        "--p-min",
+        "--spec-draft-p-min",
+        dest="p_min",
+        type=parse_float_list,
+        default=None,
+        metavar="P,P,...",
+        help="draft confidence thresholds to compare, crossed with every --n-max (default: 0; "
+        f"{DEMO_P_MIN} for the implied demo drafter)",
+    )
+    spec.add_argument(
         "--spec-autotune", dest="autotune", action="store_true", help="also run the draft-length autotuner"
+    )
+    spec.add_argument(
+        "--recommend",
+        metavar="FILE",
+        help="write the fastest configuration as a profile that run, chat and serve read with --profile",
     )
 
     run = p.add_argument_group("workload")
@@ -138,6 +165,12 @@ def bench_command(args: argparse.Namespace) -> int:
     else:
         rows = _run_local(args)
     _print_table(rows)
+    if getattr(args, "recommend", None):
+        from ..cli.profile import recommend, write_profile
+
+        profile = recommend(rows)
+        write_profile(args.recommend, profile)
+        _progress(f"wrote {args.recommend}: {profile.summary()}")
     if args.out:
         from .report import write_report
 
@@ -156,6 +189,8 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         from ..demo import demo_drafter, demo_target
 
         implicit = not drafts and (args.spec_type is None or canonical_spec_type(args.spec_type) == "mtp")
+        if implicit and args.p_min is None:  # the demo drafter's measured best, as run uses it
+            args.p_min = (DEMO_P_MIN,)
         if implicit:
             drafts = (str(demo_drafter()),)  # before the target: a missing file fails without a download
         print(demo_notice(drafts[0] if drafts else None, implicit), file=sys.stderr)
@@ -167,6 +202,7 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         drafts=drafts,
         spec_type=args.spec_type,
         n_max=n_max,
+        p_min=args.p_min if args.p_min is not None else _defaults(BenchConfig)["p_min"],
         autotune=args.autotune,
         reps=args.reps,
         prompts=args.prompts,

@@ -10,6 +10,7 @@ uses its own seeds (the same ones for every configuration). Autotune starts cold
 from __future__ import annotations
 
 import dataclasses
+import resource
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ class BenchConfig:
         None  # None: each drafter's own strategy (mtp for an assistant); ngram without -md
     )
     n_max: tuple[int, ...] = (1, 2, 3, 4)
+    p_min: tuple[float, ...] = (0.0,)  # --p-min: draft confidence thresholds, crossed with every n_max
     autotune: bool = False  # also run --spec-autotune (a row with n_max "auto")
     reps: int = 3
     prompts: str = "builtin"
@@ -59,6 +61,9 @@ class BenchConfig:
         for n in self.n_max:
             if not 1 <= n <= MAX_DRAFT:
                 raise UsageError(f"--n-max {n} is out of range; use 1..{MAX_DRAFT}")
+        for p in self.p_min:
+            if not 0.0 <= p <= 1.0:
+                raise UsageError(f"--p-min {p} must be between 0 and 1")
         kind = self.resolved_spec_type
         if self.load.model is None:
             raise UsageError("bench needs -m/--model (a target), or --endpoint URL for a server")
@@ -141,10 +146,18 @@ def _kind(config: BenchConfig, group: _Group) -> str:
 
 def _specs(config: BenchConfig, group: _Group) -> list[tuple[str, SpecOptions]]:
     kind = _kind(config, group)
-    specs = [(f"n={n}", SpecOptions(type=kind, n_max=n)) for n in config.n_max]
+    specs = [
+        (_label(n, p, config), SpecOptions(type=kind, n_max=n, p_min=p))
+        for n in config.n_max
+        for p in config.p_min
+    ]
     if config.autotune:
-        specs.append(("auto", SpecOptions(type=kind, n_max=3, autotune=True)))
+        specs.append(("auto", SpecOptions(type=kind, n_max=3, autotune=True, p_min=config.p_min[0])))
     return specs
+
+
+def _label(n_max: int, p_min: float, config: BenchConfig) -> str:
+    return f"n={n_max}" if len(config.p_min) == 1 else f"n={n_max} p={p_min:g}"
 
 
 def _measure(engine, spec, key, rep, prompts, ids, config, runs: _Runs) -> None:
@@ -188,6 +201,7 @@ def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) 
 def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base: Any) -> list[dict[str, Any]]:
     """One row per (drafter, configuration, category), category "all" first, plain decoding first."""
     common = {
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **environment(config.load.device if config.load.device != "auto" else str(base.target.device)),
         "mode": "local",
         "model": config.model,
@@ -204,6 +218,7 @@ def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base:
     keys = [PLAIN] + [(g.label, label) for g in groups for label in _labels(runs, g.label)]
     paths = {g.label: g.path for g in groups}
     kinds = {g.label: _kind(config, g) for g in groups}
+    options = {(g.label, label): spec for g in groups for label, spec in _specs(config, g)}
     weights = {label: weights_description(path) for label, path in paths.items() if path}
     for key in keys:
         gens = runs.generations[key]
@@ -216,8 +231,11 @@ def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base:
                 "drafter": key[0],
                 "drafter_path": paths.get(key[0]),
                 "drafter_weights": weights.get(key[0]),
+                "target": Path(config.model).name,
                 "spec_type": "none" if key == PLAIN else kinds[key[0]],
-                "n_max": 0 if key == PLAIN else "auto" if label == "auto" else int(label[2:]),
+                "strategy": "none" if key == PLAIN else kinds[key[0]],
+                "n_max": 0 if key == PLAIN else "auto" if label == "auto" else options[key].n_max,
+                "p_min": None if key == PLAIN else options[key].p_min,
                 "category": category,
                 **summarize(chosen, baseline[category]),
             }

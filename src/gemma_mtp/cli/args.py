@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from gemma_mtp.cli.model_args import add_load_arguments, add_quant_arguments, parse_quant_kernels
+from gemma_mtp.cli.profile import add_profile_argument
 from gemma_mtp.cli.spec_args import SpecFlags, add_spec_arguments
 from gemma_mtp.demo import DEMO_P_MIN
 from gemma_mtp.engine.options import LoadOptions
@@ -56,6 +57,7 @@ class RunOptions:
     fallback_chat_template: str | None = None
     reasoning: str = "auto"
     json: bool = False
+    profile: str | None = None  # --profile FILE: settings measured by bench --recommend
     quiet: bool = False
     verbose: bool = False
 
@@ -106,6 +108,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = RunOptions()
     _add_model_arguments(parser)
     add_spec_arguments(parser, p_min_help=_DEMO_P_MIN_HELP)
+    add_profile_argument(parser)
 
     prompt = parser.add_argument_group("prompt and output")
     source = prompt.add_mutually_exclusive_group()
@@ -139,6 +142,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ChatOptions()
     _add_model_arguments(parser)
     add_spec_arguments(parser, p_min_help=_DEMO_P_MIN_HELP)
+    add_profile_argument(parser)
     _add_n_predict(parser.add_argument_group("answers"), defaults)
     _add_template_arguments(parser, defaults, implies_chat=False)
     _add_log_arguments(parser)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from gemma_mtp.cli.args import RUN_FIELDS, SAMPLING_FIELDS, RunOptions
 from gemma_mtp.cli.model_args import load_options_from_args
+from gemma_mtp.cli.profile import apply_profile
 from gemma_mtp.cli.spec_args import SpecFlags, spec_flags_from_args
 from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.errors import GemmaMTPError, UsageError
@@ -75,7 +76,8 @@ def resolve_spec(options: RunOptions, engine: Engine) -> SpecOptions:
 def with_demo_pair(options: Options) -> Options:
     """Without ``-m``: the embedded demo pair (`demo_defaults`); with ``-m``, the options as they are
     (no implicit drafter). Also checks that an explicit mtp/draft strategy has its drafter."""
-    load, spec, template = demo_defaults(options.load, options.spec, quiet=options.quiet)
+    load, spec = apply_profile(options.load, options.spec, options.profile, quiet=options.quiet)
+    load, spec, template = demo_defaults(load, spec, quiet=options.quiet)
     return dataclasses.replace(options, load=load, spec=spec, fallback_chat_template=template)
 
 
@@ -87,10 +89,11 @@ def demo_defaults(
     as with any drafter) and the demo drafter's own p_min, and the demo pair's chat template as
     the fallback (the base model has none). A notice on stderr names the pair. Returns the load
     options, the speculative flags and the fallback template (None with ``-m``)."""
+    from gemma_mtp import demo
+
     if load.model is not None:
         spec.check_drafter(load.model_draft)
-        return load, spec, None
-    from gemma_mtp import demo
+        return load, spec, _demo_template_for(load.model)
 
     drafter = load.model_draft
     implicit_drafter = drafter is None and spec.type in (None, "mtp")
@@ -105,6 +108,15 @@ def demo_defaults(
     spec.check_drafter(drafter)
     load = dataclasses.replace(load, model=str(demo.demo_target()), model_draft=drafter)
     return load, spec, str(demo.DEMO_CHAT_TEMPLATE)
+
+
+def _demo_template_for(model: str) -> str | None:
+    """The demo chat template when ``model`` is the demo target given by path (e.g. by a profile)."""
+    from gemma_mtp import assets, demo
+
+    if Path(model).name != assets.GEMMA3_FILE:
+        return None
+    return str(demo.DEMO_CHAT_TEMPLATE) if Path(model).resolve() == demo.demo_target().resolve() else None
 
 
 def demo_notice(drafter: str | None, implicit_drafter: bool) -> str:

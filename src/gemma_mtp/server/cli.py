@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from ..cli.model_args import add_load_arguments, load_options_from_args
+from ..cli.profile import add_profile_argument
 from ..cli.spec_args import add_spec_arguments, spec_flags_from_args
 from ..errors import GemmaMTPError
 from .settings import ServerSettings
@@ -91,13 +92,16 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     server.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="log every request")
 
     add_spec_arguments(parser, title='speculative decoding (each request may override: "speculative")')
+    add_profile_argument(parser)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """The flags as `ServerSettings`; without -m, the demo pair (as `run` uses it)."""
     from ..cli.common import demo_defaults
+    from ..cli.profile import apply_profile
 
-    load, spec, template = demo_defaults(load_options_from_args(args), spec_flags_from_args(args))
+    load, spec = apply_profile(load_options_from_args(args), spec_flags_from_args(args), args.profile)
+    load, spec, template = demo_defaults(load, spec)
     return ServerSettings(
         load=load,
         spec=spec,

@@ -1,0 +1,164 @@
+"""Measured settings: ``gemma-mtp bench --recommend FILE`` writes a profile, ``--profile FILE`` in
+``run``, ``chat`` and ``serve`` applies it.
+
+A profile is the fastest configuration a local bench measured for one target on this machine (its
+drafter, strategy, n_max and p_min, with the tokens/s and speedup that made it win, and every row
+it was chosen from as the evidence). Applying it fills only what the flags leave open: an explicit
+``-m``, ``-md``, ``--spec-type``, ``--spec-draft-n-max`` or ``--spec-draft-p-min`` wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gemma_mtp.cli.spec_args import SpecFlags
+from gemma_mtp.engine.options import LoadOptions
+from gemma_mtp.errors import GemmaMTPError, UsageError
+
+__all__ = ["Profile", "recommend", "write_profile", "read_profile", "apply_profile", "add_profile_argument"]
+
+PROFILE_FORMAT = "gemma-mtp-profile/1"
+_EVIDENCE = ("drafter", "strategy", "n_max", "p_min", "temperature", "tokens_per_s", "speedup", "acceptance")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Profile:
+    target: str
+    drafter: str | None  # None: plain decoding or n-gram won
+    strategy: str  # none | mtp | ngram | draft
+    n_max: int | None
+    p_min: float | None
+    tokens_per_s: float
+    speedup: float | None
+    temperature: float | None = None
+    machine: dict[str, Any] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        how = "plain decoding" if self.strategy == "none" else f"{self.strategy} n_max {self.n_max}"
+        if self.strategy not in ("none", "ngram") and self.p_min:
+            how += f" p_min {self.p_min:g}"
+        if self.drafter:
+            how += f" with {Path(self.drafter).name}"
+        speed = f"{self.tokens_per_s:.1f} tok/s"
+        if self.speedup:
+            speed += f", {self.speedup:.2f}x plain"
+        return f"{how} ({speed} when measured)"
+
+
+def recommend(rows: list[dict[str, Any]]) -> Profile:
+    """The fastest configuration of a local bench's rows (overall category), plain decoding included."""
+    candidates = [r for r in rows if r.get("category") == "all" and r.get("mode") == "local"]
+    candidates = [r for r in candidates if r.get("n_max") != "auto"]  # a fixed setting to hand over
+    if not candidates:
+        raise UsageError("--recommend needs a local bench (with -m): there are no local rows to choose from")
+    best = max(candidates, key=lambda r: r["tokens_per_s"])
+    speculative = best["n_max"] != 0
+    return Profile(
+        target=str(best["model"]),
+        drafter=best.get("drafter_path") if speculative else None,
+        strategy=best["strategy"] if speculative else "none",
+        n_max=best["n_max"] if speculative else None,
+        p_min=best.get("p_min") if speculative else None,
+        tokens_per_s=best["tokens_per_s"],
+        speedup=best.get("speedup"),
+        temperature=best.get("temperature"),
+        machine={
+            k: best.get(k) for k in ("cpu", "device", "threads", "git_commit", "timestamp") if k in best
+        },
+        evidence=[{k: r.get(k) for k in _EVIDENCE} for r in candidates],
+    )
+
+
+def write_profile(path: str | Path, profile: Profile) -> Path:
+    """Write the profile as JSON (a temporary file in the same folder, then a rename)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise GemmaMTPError(f"--recommend {path}: the folder {path.parent} does not exist; create it first")
+    data = {"format": PROFILE_FORMAT, **dataclasses.asdict(profile)}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def read_profile(path: str | Path) -> Profile:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise GemmaMTPError(
+            f"--profile {path}: no such file; make one with gemma-mtp bench --recommend"
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GemmaMTPError(f"--profile {path}: not a readable profile ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+        raise GemmaMTPError(
+            f"--profile {path}: not a gemma-mtp profile (expected format {PROFILE_FORMAT!r}); "
+            "make one with gemma-mtp bench --recommend FILE"
+        )
+    names = {f.name for f in dataclasses.fields(Profile)}
+    try:
+        return Profile(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise GemmaMTPError(f"--profile {path}: incomplete profile ({exc})") from None
+
+
+def apply_profile(
+    load: LoadOptions, spec: SpecFlags, path: str | None, *, quiet: bool = False
+) -> tuple[LoadOptions, SpecFlags]:
+    """Fill what the flags leave open from the profile at ``path`` (None: nothing to apply)."""
+    if path is None:
+        return load, spec
+    profile = read_profile(path)
+    if load.model is not None and Path(load.model).name != Path(profile.target).name:
+        print(
+            f"warning: --profile {path} was measured for {Path(profile.target).name}, not "
+            f"{Path(load.model).name}: its settings may not suit this model",
+            file=sys.stderr,
+        )
+    model = load.model or profile.target
+    drafter = load.model_draft
+    if drafter is None and spec.type in (None, profile.strategy) and profile.drafter:
+        drafter = profile.drafter
+    kind = spec.type
+    if kind is None and not (load.model_draft and profile.strategy == "none"):  # an own -md still drafts
+        kind = profile.strategy
+    spec = dataclasses.replace(
+        spec,
+        type=kind,
+        n_max=spec.n_max if spec.n_max is not None else profile.n_max,
+        p_min=spec.p_min if spec.p_min is not None else profile.p_min,
+    )
+    if not quiet:
+        print(f"--profile {path}: {profile.summary()}", file=sys.stderr)
+    return dataclasses.replace(load, model=model, model_draft=drafter), spec
+
+
+def add_profile_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="settings measured by gemma-mtp bench --recommend FILE (explicit flags win)",
+    )
