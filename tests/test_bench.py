@@ -213,3 +213,37 @@ def test_endpoint_rows_make_a_report_without_a_plain_row(stub_server, tmp_path):
         "rows.jsonl",
         "tokens_per_s.png",
     ]
+
+
+def test_the_seeds_preset_renders_chat_prompts_with_thinking_off(monkeypatch):
+    """--preset seeds: 5 chat prompts x 200 tokens, temperature 0.3, 3 reps, through the model's
+    template with enable_thinking off (the Gemma 4 vocabulary and template from llama.cpp's sdist)."""
+    import argparse
+
+    from gemma_mtp.assets import llama_cpp_vocab
+    from gemma_mtp.bench import cli as bench_cli
+    from gemma_mtp.bench.prompts import SEEDS
+    from gemma_mtp.bench.runner import BenchConfig, _encode
+    from gemma_mtp.chat import ChatTemplate
+    from gemma_mtp.engine.options import LoadOptions
+    from gemma_mtp.tokenizer import load_tokenizer
+
+    parser = argparse.ArgumentParser()
+    bench_cli.add_bench_arguments(parser.add_subparsers())
+    args = parser.parse_args(["bench", "-m", "t.gguf", "--preset", "seeds"])
+    bench_cli._workload(args)
+    assert (args.prompts, args.n_predict, args.temperature, args.reps) == ("seeds", 200, 0.3, 3)
+    assert (args.chat, args.reasoning) == (True, "off")
+    explicit = parser.parse_args(["bench", "-m", "t.gguf", "--preset", "seeds", "-n", "50", "--reps", "1"])
+    bench_cli._workload(explicit)
+    assert (explicit.n_predict, explicit.reps, explicit.temperature) == (50, 1, 0.3)  # given flags win
+
+    vocab = str(llama_cpp_vocab("gemma-4"))
+    config = BenchConfig(load=LoadOptions(model=vocab), prompts="seeds", chat=True, reasoning="off")
+    ids = _encode(SEEDS, config)
+    tokenizer = load_tokenizer(vocab)
+    template = ChatTemplate.for_tokenizer(tokenizer)
+    off = template.render([{"role": "user", "content": SEEDS[0].prompt}], enable_thinking=False)
+    on = template.render([{"role": "user", "content": SEEDS[0].prompt}], enable_thinking=True)
+    assert off != on and ids[0] == tokenizer.encode(off)
+    assert len(ids) == 5 and {p.category for p in SEEDS} == {"code", "reasoning"}

@@ -17,6 +17,7 @@ from ..demo import DEMO_P_MIN
 from ..engine.options import LoadOptions
 from ..errors import UsageError
 from ..speculative.options import SPEC_CHOICES, canonical_spec_type
+from .prompts import PRESETS
 
 __all__ = ["add_bench_arguments", "bench_command", "parse_int_list", "parse_float_list"]
 
@@ -112,24 +113,48 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         help="write the fastest configuration as a profile that run, chat and serve read with --profile",
     )
 
-    run = p.add_argument_group("workload")
+    run = p.add_argument_group("workload (a --preset sets what these leave open)")
     run.add_argument(
-        "--prompts", default=d["prompts"], metavar="builtin|FILE", help="JSONL: category, prompt"
+        "--preset",
+        choices=tuple(PRESETS),
+        help="seeds: the seeds' protocol, 5 coding/reasoning chat prompts x 200 tokens, --temp 0.3, "
+        "thinking off, 3 reps",
+    )
+    run.add_argument(
+        "--prompts",
+        default=None,
+        metavar="builtin|seeds|FILE",
+        help=f"JSONL: category, prompt (default: {d['prompts']})",
     )
     run.add_argument(
         "-n",
         "--n-predict",
         dest="n_predict",
         type=int,
-        default=d["n_predict"],
+        default=None,
         metavar="N",
-        help="(default: %(default)s)",
+        help=f"(default: {d['n_predict']})",
     )
     run.add_argument(
-        "--reps", type=int, default=d["reps"], help="repetitions, distinct seeds (default: %(default)s)"
+        "--reps", type=int, default=None, help=f"repetitions, distinct seeds (default: {d['reps']})"
     )
     run.add_argument(
-        "--temp", dest="temperature", type=float, default=d["temperature"], help="(default: %(default)s)"
+        "--temp", dest="temperature", type=float, default=None, help=f"(default: {d['temperature']})"
+    )
+    run.add_argument(
+        "--chat",
+        "--jinja",
+        dest="chat",
+        action="store_true",
+        default=None,
+        help="send text prompts as one user message through the model's chat template",
+    )
+    run.add_argument(
+        "-rea",
+        "--reasoning",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="thinking in the chat template (enable_thinking); auto = the template's default",
     )
     run.add_argument("--top-k", dest="top_k", type=int, default=d["top_k"])
     run.add_argument("--top-p", dest="top_p", type=float, default=d["top_p"])
@@ -159,7 +184,19 @@ def _progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
+def _workload(args: argparse.Namespace) -> None:
+    """Fill the workload flags left open from --preset, then from BenchConfig's defaults."""
+    from .runner import BenchConfig
+
+    preset = PRESETS.get(args.preset or "", {})
+    defaults = _defaults(BenchConfig)
+    for name in ("prompts", "n_predict", "reps", "temperature", "chat", "reasoning"):
+        if getattr(args, name) is None:
+            setattr(args, name, preset.get(name, defaults[name]))
+
+
 def bench_command(args: argparse.Namespace) -> int:
+    _workload(args)
     if args.endpoints:
         rows = _run_endpoints(args)
     else:
@@ -186,7 +223,7 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = args.model
     if model is None:
         from ..cli.common import demo_notice
-        from ..demo import demo_drafter, demo_target
+        from ..demo import DEMO_CHAT_TEMPLATE, demo_drafter, demo_target
 
         implicit = not drafts and (args.spec_type is None or canonical_spec_type(args.spec_type) == "mtp")
         if implicit and args.p_min is None:  # the demo drafter's measured best, as run uses it
@@ -195,6 +232,9 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
             drafts = (str(demo_drafter()),)  # before the target: a missing file fails without a download
         print(demo_notice(drafts[0] if drafts else None, implicit), file=sys.stderr)
         model = str(demo_target())
+        fallback = str(DEMO_CHAT_TEMPLATE)  # the demo target is a base model without a template
+    else:
+        fallback = None
     n_max = args.n_max if args.n_max is not None else _defaults(BenchConfig)["n_max"]
     load = load_options_from_args(args, model=model, model_draft=None, ctx_size=LoadOptions().ctx_size)
     config = BenchConfig(
@@ -213,6 +253,9 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         min_p=args.min_p,
         seed=args.seed,
         ctx_size=args.ctx_size,
+        chat=args.chat,
+        reasoning=args.reasoning,
+        chat_template_fallback=fallback,
     )
     return run_bench(config, progress=_progress)
 

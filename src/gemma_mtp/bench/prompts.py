@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-__all__ = ["CATEGORIES", "BUILTIN", "BenchPrompt", "load_prompts"]
+__all__ = ["CATEGORIES", "BUILTIN", "SEEDS", "PRESETS", "BenchPrompt", "load_prompts"]
 
 CATEGORIES = ("code", "json", "prose", "reasoning", "multilingual")
 
@@ -83,10 +83,44 @@ BUILTIN: tuple[BenchPrompt, ...] = tuple(
 )
 
 
+# The protocol the seeds' users posted their MTP tables with: 5 mixed coding/reasoning requests sent
+# as chat messages, 200 tokens, temperature 0.3, thinking off, 3 reps with distinct seeds. The
+# requests are ours, written in the shape they describe.
+SEEDS: tuple[BenchPrompt, ...] = (
+    BenchPrompt("code", "Write a Python function that returns the n-th prime number, with a docstring."),
+    BenchPrompt("code", "Implement binary search over a sorted list in Python and explain its complexity."),
+    BenchPrompt("code", "Write a SQL query that lists the ten customers with the highest total order value."),
+    BenchPrompt(
+        "reasoning",
+        "A train leaves at 9:40 and arrives at 13:05 after two stops of 10 minutes each. How long was "
+        "it moving? Explain step by step.",
+    ),
+    BenchPrompt(
+        "reasoning",
+        "Three friends split a bill of 84 euros so that Ana pays twice what Ben pays and Ben pays 6 "
+        "euros more than Caro. How much does each pay?",
+    ),
+)
+# A preset sets the workload flags it names unless they are given; `chat` renders prompts through
+# the model's chat template, `reasoning` is its enable_thinking (llama.cpp's -rea).
+PRESETS: dict[str, dict[str, object]] = {
+    "seeds": {
+        "prompts": "seeds",
+        "n_predict": 200,
+        "temperature": 0.3,
+        "reps": 3,
+        "chat": True,
+        "reasoning": "off",
+    },
+}
+
+
 def load_prompts(source: str) -> list[BenchPrompt]:
-    """`builtin`, or a JSONL file of `{"category": ..., "prompt": text or [token ids]}`."""
+    """`builtin`, `seeds`, or a JSONL file of `{"category": ..., "prompt": text or [token ids]}`."""
     if source == "builtin":
         return list(BUILTIN)
+    if source == "seeds":
+        return list(SEEDS)
     path = Path(source)
     if not path.is_file():
         raise UsageError(f"--prompts {source}: no such file; give a JSONL file or 'builtin'")

@@ -50,6 +50,9 @@ class BenchConfig:
     min_p: float = _SAMPLING.min_p
     seed: int = 0
     ctx_size: int | None = None  # None: the longest prompt + n_predict + room for drafts
+    chat: bool = False  # render text prompts as one user message through the chat template
+    reasoning: str = "auto"  # the template's enable_thinking: on | off | auto (its own default)
+    chat_template_fallback: str | None = None  # the template when the model has none (the demo pair's)
 
     def __post_init__(self) -> None:
         if self.reps < 1:
@@ -120,7 +123,7 @@ def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = N
     """Run every configuration and return the JSONL rows (see `summarize_runs`)."""
     say = progress or (lambda message: None)
     prompts = load_prompts(config.prompts)
-    ids = _encode(prompts, config.model)
+    ids = _encode(prompts, config)
     base, groups = _load(config, max(map(len, ids)), say)
 
     say("warm-up")
@@ -167,13 +170,26 @@ def _measure(engine, spec, key, rep, prompts, ids, config, runs: _Runs) -> None:
         runs.add(key, rep, index, prompt, result)
 
 
-def _encode(prompts: Sequence[BenchPrompt], model: str) -> list[list[int]]:
-    tokenizer = None
-    if any(p.is_text for p in prompts):
-        from ..tokenizer import load_tokenizer
+def _encode(prompts: Sequence[BenchPrompt], config: BenchConfig) -> list[list[int]]:
+    """Token ids per prompt; text through the tokenizer, and with ``chat`` through the template."""
+    if not any(p.is_text for p in prompts):
+        return [list(p.prompt) for p in prompts]
+    from ..tokenizer import load_tokenizer
 
-        tokenizer = load_tokenizer(model)
-    return [tokenizer.encode(p.prompt) if p.is_text else list(p.prompt) for p in prompts]
+    tokenizer = load_tokenizer(config.model)
+    if not config.chat:
+        return [tokenizer.encode(p.prompt) if p.is_text else list(p.prompt) for p in prompts]
+    from ..chat import ChatTemplate
+
+    template = ChatTemplate.for_tokenizer(tokenizer, fallback_file=config.chat_template_fallback)
+    thinking = {"on": True, "off": False}.get(config.reasoning)
+
+    def render(text: str) -> list[int]:
+        return tokenizer.encode(
+            template.render([{"role": "user", "content": text}], enable_thinking=thinking)
+        )
+
+    return [render(p.prompt) if p.is_text else list(p.prompt) for p in prompts]
 
 
 def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) -> tuple[Any, list[_Group]]:
