@@ -180,6 +180,8 @@ test("markdown: blocks and inline elements; text leaves are verbatim slices of t
   const walk = (nodes) => nodes.forEach((n) => (n.type === "text" ? leaves.push(n) : walk(n.children || [])));
   walk(parse(source));
   for (const leaf of leaves) assert.equal(source.slice(leaf.start, leaf.start + leaf.text.length), leaf.text);
+  assert.equal(toHtml("snake_case_name and __dunder__"), "<p>snake_case_name and __dunder__</p>");
+  assert.equal(toHtml("_em_ and *em*"), "<p><em>em</em> and <em>em</em></p>");
   // a code block still streaming in (no closing fence) is a code block
   assert.ok(toHtml("```js\nlet x = 1;").includes("<pre><code"));
 });

@@ -92,7 +92,8 @@ function startsBlock(text) {
   return /^\s*(```|~~~)/.test(text) || /^#{1,6}\s/.test(text) || /^\s*>/.test(text) || listItem(text) !== null;
 }
 
-const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*(?=\S)([\s\S]*?\S)\*\*|(\*|_)(?=\S)([\s\S]*?\S)\4|\[([^\]\n]+)\]\(([^()\s]+)\)/g;
+// `code`, **strong**, *em*, _em_ (not inside a word, so snake_case stays text), [text](href)
+const INLINE = /(`+)([^`]|[^`][\s\S]*?[^`])\1(?!`)|\*\*(?=\S)([\s\S]*?\S)\*\*|\*(?=\S)([\s\S]*?\S)\*|(?<!\w)_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)|\[([^\]\n]+)\]\(([^()\s]+)\)/g;
 
 // Inline nodes of `text`, which starts at `start` in the source.
 export function inline(text, start) {
@@ -108,8 +109,8 @@ export function inline(text, start) {
       out.push({ type: "code_inline", children: [{ type: "text", text: m[2], start: base + m[1].length }] });
     } else if (m[3] !== undefined) {
       out.push({ type: "strong", children: inline(m[3], base + 2) });
-    } else if (m[4]) {
-      out.push({ type: "em", children: inline(m[5], base + 1) });
+    } else if (m[4] !== undefined || m[5] !== undefined) {
+      out.push({ type: "em", children: inline(m[4] ?? m[5], base + 1) });
     } else {
       const href = safeHref(m[7]);
       const children = inline(m[6], base + 1);
