@@ -38,7 +38,9 @@ def _assistant(reference_models, target: str, ordered: bool):
 @pytest.mark.parametrize(("target", "ordered"), PAIRS)
 def test_drafter_gguf_gives_the_hf_assistant_outputs(reference_models, tmp_path, target, ordered, layout):
     reference = _assistant(reference_models, target, ordered)
-    path = convert_hf_to_gguf(reference.path, tmp_path / f"drafter.{layout}.gguf", layout=layout)
+    path = convert_hf_to_gguf(
+        reference.path, tmp_path / f"drafter.{layout}.gguf", layout=layout, keep_centroids=True
+    )
     hf_model, hf_config, _ = load_hf_model(reference.path, dtype="float32")
     gguf_model, gguf_config, _ = load_gguf_model(path, dtype="float32")
     assert gguf_config == hf_config
@@ -50,7 +52,9 @@ def test_drafter_gguf_gives_the_hf_assistant_outputs(reference_models, tmp_path,
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_each_layout_names_its_architecture_keys_and_heads(reference_models, tmp_path, layout):
     reference = _assistant(reference_models, "e2b", True)
-    path = convert_hf_to_gguf(reference.path, tmp_path / f"drafter.{layout}.gguf", layout=layout)
+    path = convert_hf_to_gguf(
+        reference.path, tmp_path / f"drafter.{layout}.gguf", layout=layout, keep_centroids=True
+    )
     spec, reader = DRAFTER_LAYOUTS[layout], gguf.GGUFReader(path)
     fields = {name: field.contents() for name, field in reader.fields.items()}
     tensors = {t.name: t for t in reader.tensors}
@@ -67,9 +71,8 @@ def test_each_layout_names_its_architecture_keys_and_heads(reference_models, tmp
         assert fields[f"{spec.arch}.nextn_predict_layers"] == n_layers
     if layout == "legacy":
         assert fields[f"{spec.arch}.requires_target_arch"] == "gemma4"
-    if layout != "mainline":
-        assert fields[f"{spec.arch}.{spec.ordered_key}"] is True
-        assert fields[f"{spec.arch}.{spec.centroid_count_key}"] == reference.model.config.num_centroids
+    assert fields[f"{spec.arch}.{spec.ordered_key}"] is True
+    assert fields[f"{spec.arch}.{spec.centroid_count_key}"] == reference.model.config.num_centroids
 
 
 def _snapshot(path):
@@ -82,11 +85,11 @@ def _snapshot(path):
 def test_layout_round_trip_is_byte_identical(reference_models, tmp_path, ordered):
     reference = _assistant(reference_models, "e2b", ordered)
     start = convert_hf_to_gguf(
-        reference.path, tmp_path / "a.mainline.gguf", layout="mainline", out_type="Q8_0"
+        reference.path, tmp_path / "a.mainline.gguf", layout="mainline", out_type="Q8_0", keep_centroids=True
     )
     legacy = convert_drafter_layout(start, tmp_path / "b.legacy.gguf", "legacy")
     ik = convert_drafter_layout(legacy, tmp_path / "c.ik.gguf", "ik")
-    back = convert_drafter_layout(ik, tmp_path / "d.mainline.gguf", "mainline")
+    back = convert_drafter_layout(ik, tmp_path / "d.mainline.gguf", "mainline", keep_centroids=True)
     _, tensors_a, meta_a = _snapshot(start)
     _, tensors_d, meta_d = _snapshot(back)
     assert tensors_d == tensors_a

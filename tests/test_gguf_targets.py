@@ -73,8 +73,9 @@ def test_q8_0_gguf_equals_hf_model_with_q8_0_rounded_matrices(reference_models, 
     reference, path = _converted(reference_models, tmp_path, name, "Q8_0")
     hf_model, _, _ = load_hf_model(reference.path, dtype="float32")
     with torch.no_grad():
-        for _, param in hf_model.named_parameters():
-            if param.dim() >= 2:
+        for param_name, param in hf_model.named_parameters():
+            # the MoE router stays F32, as llama.cpp's converter keeps it
+            if param.dim() >= 2 and not param_name.endswith("router.proj.weight"):
                 param.copy_(_q8_round_trip(param).reshape(param.shape))
     gguf_model, config, report = load_gguf_model(path, dtype="float32")
     for (name_a, a), (name_b, b) in zip(

@@ -195,7 +195,9 @@ def test_requantizing_needs_allow_requantize(quantized, tmp_path):
 @pytest.fixture(scope="module")
 def drafter_f32(reference_models, tmp_path_factory):
     reference = reference_models.assistant("e2b", ordered=True)
-    return convert_hf_to_gguf(reference.path, tmp_path_factory.mktemp("drafter") / "drafter.gguf")
+    return convert_hf_to_gguf(
+        reference.path, tmp_path_factory.mktemp("drafter") / "drafter.gguf", keep_centroids=True
+    )
 
 
 @pytest.mark.parametrize("low_bit", ["Q2_K", "IQ2_XS", "Q3_K_M", "IQ1_S"])

@@ -137,7 +137,7 @@ def test_kernels_override_puts_q8_0_in_int8_rows(reference_models, tmp_path):
 @pytest.mark.parametrize("ordered", [False, True])
 def test_quantized_drafter_loads_and_runs(reference_models, tmp_path, ordered):
     reference = reference_models.assistant("e2b", ordered=ordered)
-    path = convert_hf_to_gguf(reference.path, tmp_path / "drafter.gguf", out_type="Q8_0")
+    path = convert_hf_to_gguf(reference.path, tmp_path / "drafter.gguf", out_type="Q8_0", keep_centroids=True)
     model, config, report = load_gguf_model(path)
     assert isinstance(model.pre_projection, QuantLinear)
     # a dense head is the tied kernel; a centroid head reads its candidates' rows of the blocks

@@ -151,12 +151,15 @@ def config_from_dict(data: dict[str, Any], *, source: str = "config.json") -> Te
         raise ModelFormatError(f"{source}: model_type {model_type!r} needs a text_config")
     if is_assistant:
         body = _text_config(text, family=family, source=source, all_shared=True, defaults=data)
+        ordered = bool(data.get("use_ordered_embeddings", False))
+        # a dense head has no clusters: its (unused) sizes are the defaults, whatever a file says
+        head = data if ordered else {}
         return AssistantConfig(
             text=body,
             backbone_hidden_size=int(data.get("backbone_hidden_size", 1536)),
-            use_ordered_embeddings=bool(data.get("use_ordered_embeddings", False)),
-            num_centroids=int(data.get("num_centroids", 2048)),
-            centroid_top_k=int(data.get("centroid_intermediate_top_k", 32)),
+            use_ordered_embeddings=ordered,
+            num_centroids=int(head.get("num_centroids", 2048)),
+            centroid_top_k=int(head.get("centroid_intermediate_top_k", 32)),
             raw=data,
         )
     return _text_config(text, family=family, source=source, all_shared=False, defaults=data)
@@ -256,7 +259,8 @@ def _text_config(
                 kv_heads=int(over.get("num_key_value_heads", kv_heads)),
                 owns_kv=owns,
                 kv_source=source_idx,
-                k_eq_v=k_eq_v and kind == FULL,
+                # an assistant owns no K/V projection: sharing one means nothing there
+                k_eq_v=k_eq_v and kind == FULL and not all_shared,
                 double_wide_mlp=double_wide and not owns,
             )
         )

@@ -52,8 +52,8 @@ class K:
     EXPERT_COUNT = "expert_count"
     EXPERT_USED_COUNT = "expert_used_count"
     EXPERT_FF_LENGTH = "expert_feed_forward_length"
-    # legacy drafters carry it; we write it in every drafter layout (a drafter has no attn_v to say
-    # it). Targets: a full layer with attn_k and no attn_v says it.
+    # legacy drafters carry it; we never write it (a drafter owns no K/V projection, so it means
+    # nothing there). Targets: a full layer with attn_k and no attn_v says it.
     K_EQ_V = "attention.k_eq_v"
 
     # absolute keys
@@ -79,7 +79,8 @@ class DrafterLayout:
     backbone_key: str  # the target's hidden width
     centroid_count_key: str  # the centroid tensor's rows win when it is present
     centroid_top_k_key: str
-    ordered_key: str | None  # None: the presence of the centroid tensors says it
+    ordered_key: str  # absent: the presence of the centroid tensors says it
+    head_keys_when_dense: bool  # a dense drafter still states its head (ordered = false)
     nextn_key: bool  # writes nextn_predict_layers (= block count)
     requires_target_arch: str | None  # legacy: "gemma4"
     rope_freqs: bool  # carries rope_freqs.weight (the engine that reads it needs it)
@@ -91,11 +92,14 @@ DRAFTER_LAYOUTS = {
         name="mainline",
         arch="gemma4-assistant",
         backbone_key="embedding_length_out",
-        # mainline has no centroid keys (its converter drops the centroid head); we write ik's
-        # spellings so that the head survives a round trip (llama.cpp ignores unknown keys)
+        # mainline has no centroid keys (llama.cpp's converter drops the centroid head, and its
+        # loader refuses a file with the centroid tensors). On centroid drafters only we write ik's
+        # spellings, so the file says it had the head (llama.cpp ignores unknown keys); dense
+        # drafters get no head keys at all, as llama.cpp's converter writes them.
         centroid_count_key="centroid_count",
         centroid_top_k_key="centroid_top_k",
-        ordered_key=None,
+        ordered_key="use_ordered_embeddings",
+        head_keys_when_dense=False,
         nextn_key=True,
         requires_target_arch=None,
         rope_freqs=True,
@@ -107,6 +111,7 @@ DRAFTER_LAYOUTS = {
         centroid_count_key="n_centroids",
         centroid_top_k_key="centroid_top_k",
         ordered_key="use_ordered_embeddings",
+        head_keys_when_dense=True,
         nextn_key=False,
         requires_target_arch="gemma4",
         rope_freqs=True,
@@ -118,6 +123,7 @@ DRAFTER_LAYOUTS = {
         centroid_count_key="centroid_count",
         centroid_top_k_key="centroid_top_k",
         ordered_key="use_ordered_embeddings",
+        head_keys_when_dense=True,
         nextn_key=False,
         requires_target_arch=None,
         rope_freqs=False,
@@ -130,7 +136,7 @@ LAYOUT_ONLY_KEYS = frozenset(
     {"nextn_predict_layers", "requires_target_arch", K.K_EQ_V}
     | {layout.backbone_key for layout in DRAFTER_LAYOUTS.values()}
     | {layout.centroid_count_key for layout in DRAFTER_LAYOUTS.values()}
-    | {layout.ordered_key for layout in DRAFTER_LAYOUTS.values() if layout.ordered_key}
+    | {layout.ordered_key for layout in DRAFTER_LAYOUTS.values()}
     | {layout.centroid_top_k_key for layout in DRAFTER_LAYOUTS.values()}
 )
 

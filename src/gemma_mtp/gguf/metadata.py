@@ -25,10 +25,11 @@ from .keys import (
     TARGET_ARCHS,
     K,
 )
+from .mistagged import backbone_width, mistagged_layout, mistagged_message
 from .names import DRAFTER_HEADS, ROPE_FREQS, ROPE_FREQS_ROTATED
 from .reader import GGUFFile, tensor_shape, tensor_values
 
-__all__ = ["config_from_gguf", "describe_supported"]
+__all__ = ["config_from_gguf", "describe_supported", "drafter_head"]
 
 # llama.cpp's Gemma 3 defaults for what old files do not carry
 GEMMA3_SWA_PERIOD = 6
@@ -41,15 +42,21 @@ def describe_supported() -> str:
     return ", ".join(archs)
 
 
-def config_from_gguf(gf: GGUFFile) -> tuple[TextConfig | AssistantConfig, str | None, list[str]]:
-    """(config, drafter layout name or None for a target, notices)."""
+def config_from_gguf(
+    gf: GGUFFile, *, mistagged_ok: bool = False
+) -> tuple[TextConfig | AssistantConfig, str | None, list[str]]:
+    """(config, drafter layout name or None for a target, notices). A drafter tagged as a gemma4
+    target is refused with what it is and the fix, unless `mistagged_ok` (convert rewrites it)."""
     notices: list[str] = []
-    if gf.arch in TARGET_ARCHS:
+    mistagged = mistagged_layout(gf)
+    if mistagged is not None and not mistagged_ok:
+        raise ModelFormatError(mistagged_message(gf, mistagged))
+    if gf.arch in TARGET_ARCHS and mistagged is None:
         family = TARGET_ARCHS[gf.arch]
         text = _gemma3_text(gf) if family == "gemma3" else _gemma4_text(gf, notices, assistant=False)
         return config_from_dict(text, source=str(gf.path)), None, notices
-    if gf.arch in LAYOUT_BY_ARCH:
-        layout = LAYOUT_BY_ARCH[gf.arch]
+    if gf.arch in LAYOUT_BY_ARCH or mistagged is not None:
+        layout = DRAFTER_LAYOUTS[mistagged] if mistagged is not None else LAYOUT_BY_ARCH[gf.arch]
         text = _gemma4_text(gf, notices, assistant=True)
         data = {"model_type": "gemma4_assistant", "text_config": text, **_drafter_head(gf, layout, notices)}
         return config_from_dict(data, source=str(gf.path)), layout.name, notices
@@ -253,26 +260,58 @@ def _gemma4_text(gf: GGUFFile, notices: list[str], *, assistant: bool) -> dict[s
     return text
 
 
+def drafter_head(gf: GGUFFile, layout: Any) -> tuple[str, str | None]:
+    """(`centroid` or `full`, a notice or None): which LM head this drafter file drafts with.
+    A file whose keys say the checkpoint had a centroid head that the file lacks (our mainline
+    default; llama.cpp's converter drops it and says nothing), and any mainline file without one,
+    get a notice that drafting pays the full vocabulary head and how to put the centroids back."""
+    centroids = DRAFTER_HEADS[layout.name]["masked_embedding.centroids.weight"]
+    if centroids in gf.tensors:
+        return "centroid", None
+    vocab = _rows(gf, "token_embd.weight")
+    fix = (
+        f"gemma-mtp convert {gf.path.name} OUT.gguf --centroids-from HF_ASSISTANT_DIR puts the centroids back"
+    )
+    if gf.arch_value(layout.ordered_key):
+        return "full", (
+            f"{gf.path}: the drafter's checkpoint has a centroid head that this file lacks "
+            f"(no {centroids}): each draft step computes all {vocab} vocabulary logits; {fix}"
+        )
+    if layout.name == "mainline":
+        return "full", (
+            f"{gf.path}: dense drafter head: each draft step computes all {vocab} vocabulary logits "
+            f"(llama.cpp's converter drops the centroid head of the E2B/E4B assistants; if this is "
+            f"one of those, {fix})"
+        )
+    return "full", None
+
+
 def _drafter_head(gf: GGUFFile, layout: Any, notices: list[str]) -> dict[str, Any]:
     centroids = DRAFTER_HEADS[layout.name]["masked_embedding.centroids.weight"]
     has_centroids = centroids in gf.tensors
-    ordered = bool(gf.arch_value(layout.ordered_key, has_centroids)) if layout.ordered_key else has_centroids
-    if ordered and not has_centroids:
+    flag = gf.arch_value(layout.ordered_key)
+    if flag is not None and not flag and has_centroids:
         raise ModelFormatError(
-            f"{gf.path}: the drafter uses ordered embeddings but has no {centroids} tensor; "
-            "convert it again with gemma-mtp convert (which keeps the centroid tensors)"
+            f"{gf.path}: {gf.arch}.{layout.ordered_key} is false but the file has {centroids}; "
+            "the file is inconsistent"
         )
+    _, notice = drafter_head(gf, layout)
+    if notice:
+        notices.append(notice)
     n_centroids = (
         _rows(gf, centroids) if has_centroids else int(gf.arch_value(layout.centroid_count_key, 2048))
     )
     top_k = gf.arch_value(layout.centroid_top_k_key)
-    if top_k is None and ordered:
+    if top_k is None and has_centroids:
         notices.append(
             f"no {gf.arch}.{layout.centroid_top_k_key}: the centroid head keeps the top {DEFAULT_CENTROID_TOP_K} clusters"
         )
+    backbone = backbone_width(gf, layout.name)
+    if backbone is None:
+        raise ModelFormatError(f"{gf.path}: missing metadata key {gf.arch}.{layout.backbone_key}")
     return {
-        "backbone_hidden_size": int(_need(gf, layout.backbone_key)),
-        "use_ordered_embeddings": ordered,
+        "backbone_hidden_size": backbone,
+        "use_ordered_embeddings": has_centroids,
         "num_centroids": n_centroids,
         "centroid_intermediate_top_k": int(top_k if top_k is not None else DEFAULT_CENTROID_TOP_K),
     }

@@ -159,15 +159,20 @@ def _special_ids(text: TextConfig) -> list[Entry]:
 
 
 def metadata_entries(
-    config: TextConfig | AssistantConfig, *, layout: str = "mainline", out_type: str = "F32"
+    config: TextConfig | AssistantConfig,
+    *,
+    layout: str = "mainline",
+    out_type: str = "F32",
+    had_centroids: bool = False,
 ) -> tuple[str, list[Entry]]:
-    """(general.architecture, metadata entries) for a target or a drafter in `layout`."""
+    """(general.architecture, metadata entries) for a target or a drafter in `layout`
+    (`had_centroids`: see `drafter_entries`)."""
     _, file_type = OUT_TYPES[out_type]
     if isinstance(config, AssistantConfig):
         spec = DRAFTER_LAYOUTS[layout]
         arch, text = spec.arch, config.text
         entries = _common(text, arch) + _gemma4(text, arch, n_shared=text.num_layers)
-        entries += drafter_entries(config, arch, layout)
+        entries += drafter_entries(config, arch, layout, had_centroids=had_centroids)
     else:
         text = config
         arch = "gemma3" if config.family == "gemma3" else "gemma4"
@@ -182,30 +187,43 @@ def metadata_entries(
     return arch, entries
 
 
-def drafter_entries(config: AssistantConfig, arch: str, layout: str) -> list[Entry]:
+def drafter_entries(
+    config: AssistantConfig, arch: str, layout: str, *, had_centroids: bool = False
+) -> list[Entry]:
+    """The drafter's own keys in `layout`. `had_centroids`: the checkpoint has a centroid head that
+    this file leaves out (mainline by default); the head keys then say so, for our loader's notice."""
     spec, a = DRAFTER_LAYOUTS[layout], f"{arch}."
     entries = [_u32(a + spec.backbone_key, config.backbone_hidden_size)]
     if spec.nextn_key:
         entries.append(_u32(a + "nextn_predict_layers", config.text.num_layers))
-    entries.append(_u32(a + spec.centroid_count_key, config.num_centroids))
-    entries.append(_u32(a + spec.centroid_top_k_key, config.centroid_top_k))
-    if spec.ordered_key:
-        entries.append(Entry(a + spec.ordered_key, config.use_ordered_embeddings, GGUFValueType.BOOL))
-    k_eq_v = any(s.k_eq_v for s in config.text.layers)
-    entries.append(Entry(a + K.K_EQ_V, k_eq_v, GGUFValueType.BOOL))
+    ordered = config.use_ordered_embeddings or had_centroids
+    if ordered:
+        entries.append(_u32(a + spec.centroid_count_key, config.num_centroids))
+        entries.append(_u32(a + spec.centroid_top_k_key, config.centroid_top_k))
+    if ordered or spec.head_keys_when_dense:
+        entries.append(Entry(a + spec.ordered_key, ordered, GGUFValueType.BOOL))
     if spec.requires_target_arch:
         entries.append(Entry(a + "requires_target_arch", spec.requires_target_arch, GGUFValueType.STRING))
     return entries
 
 
-def encode_tensor(values: np.ndarray, out_type: str) -> tuple[np.ndarray, GGMLQuantizationType]:
-    """Float32 values -> (data, type) as llama.cpp's converter stores them: vectors stay F32,
-    integer tables keep their type, matrices take `out_type` (F16 where a row does not fit its blocks)."""
+# llama.cpp's converter keeps these matrices in F32 whatever --outtype says (`ModelBase.prepare_tensors`:
+# the MoE router), as its quantizer does; and every tensor whose name does not end in `.weight`.
+F32_MATRICES = ("ffn_gate_inp.weight",)
+
+
+def encode_tensor(
+    values: np.ndarray, out_type: str, name: str = ""
+) -> tuple[np.ndarray, GGMLQuantizationType]:
+    """Float32 values -> (data, type) as llama.cpp's converter stores them: vectors, the MoE router
+    and tensors not named `*.weight` stay F32, integer tables keep their type, matrices take
+    `out_type` (F16 where a row does not fit its blocks)."""
     if values.dtype.kind in "iu":
         return values.astype(np.int32), GGMLQuantizationType.I32
     values = values.astype(np.float32, copy=False)
     qtype, _ = OUT_TYPES[out_type]
-    if values.ndim <= 1 or qtype == GGMLQuantizationType.F32:
+    keep_f32 = bool(name) and (name.endswith(F32_MATRICES) or not name.endswith(".weight"))
+    if values.ndim <= 1 or qtype == GGMLQuantizationType.F32 or keep_f32:
         return values, GGMLQuantizationType.F32
     try:
         return quantize(values, qtype), qtype

@@ -57,11 +57,16 @@ def _print_json(data: Any) -> None:
 
 def convert_command(args: argparse.Namespace) -> int:
     src, out = Path(args.src), Path(args.out)
+    notices: list[str] = []
     if model_format(src) == HF_DIR:  # a GGUF file, or one error saying what src is
+        if args.centroids_from:
+            raise UsageError("--centroids-from applies to a drafter .gguf; a checkpoint keeps its own head")
         kwargs = {"out_type": args.outtype.upper()} if args.outtype else {}
         from .convert import convert_hf_to_gguf  # torch (safetensors reading): only when converting
 
-        path = convert_hf_to_gguf(src, out, layout=args.layout, **kwargs)
+        path = convert_hf_to_gguf(
+            src, out, layout=args.layout, keep_centroids=args.keep_centroids, notices=notices, **kwargs
+        )
     else:
         if args.outtype:
             raise UsageError(
@@ -69,7 +74,16 @@ def convert_command(args: argparse.Namespace) -> int:
             )
         from .convert import convert_drafter_layout
 
-        path = convert_drafter_layout(src, out, args.layout)
+        path = convert_drafter_layout(
+            src,
+            out,
+            args.layout,
+            keep_centroids=args.keep_centroids,
+            centroids_from=args.centroids_from,
+            notices=notices,
+        )
+    for notice in notices:
+        print(f"notice: {notice}", file=sys.stderr, flush=True)
     gf = open_gguf(path)
     _out(f"wrote {path} ({gf.arch}, {len(gf.tensors)} tensors, {_size(path.stat().st_size)})")
     return 0
@@ -267,6 +281,10 @@ def add_gguf_commands(subparsers: Any) -> None:
                    help="drafter layout (default %(default)s)")  # fmt: skip
     p.add_argument("--outtype", "--out-type", type=str.lower, choices=[t.lower() for t in OUT_TYPES],
                    help=f"matrix type for HF conversion (default {_CONVERT_DEFAULTS['out_type'].lower()})")  # fmt: skip
+    p.add_argument("--keep-centroids", action="store_true",
+                   help="keep a drafter's centroid head in mainline output (llama.cpp cannot load such a file)")  # fmt: skip
+    p.add_argument("--centroids-from", metavar="HF_DIR",
+                   help="put the centroid head back into a drafter .gguf from its HF assistant checkpoint")  # fmt: skip
 
     p = _add(subparsers, "quantize", "requantize a GGUF (llama-quantize's mixes)",
              "Quantize a GGUF file as llama-quantize does (per-tensor mixes for the K-quant types).")  # fmt: skip

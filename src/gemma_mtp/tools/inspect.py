@@ -17,7 +17,19 @@ from ..gguf.reader import GGUFFile, open_gguf, tensor_shape
 from .paths import gguf_input
 from .sanitize import find_leaks
 
-__all__ = ["inspect_gguf", "hyperparameters"]
+__all__ = ["inspect_gguf", "hyperparameters", "head_description"]
+
+
+def head_description(config: AssistantConfig) -> str:
+    """Which LM head a drafter drafts with, in words (what inspect and pair show)."""
+    vocab = config.vocab_size
+    if config.use_ordered_embeddings:
+        rows = config.centroid_top_k * (vocab // config.num_centroids)
+        return (
+            f"centroid head: {config.num_centroids} centroid logits, then the top {config.centroid_top_k} "
+            f"clusters' {rows} tokens (of {vocab})"
+        )
+    return f"full head: all {vocab} vocabulary logits per draft step"
 
 
 def _file_type_name(value: Any) -> str | None:
@@ -62,10 +74,11 @@ def hyperparameters(config: TextConfig | AssistantConfig) -> dict[str, Any]:
     if isinstance(config, AssistantConfig):
         out.update(
             backbone_hidden_size=config.backbone_hidden_size,
+            head=head_description(config),
             use_ordered_embeddings=config.use_ordered_embeddings,
-            num_centroids=config.num_centroids,
-            centroid_top_k=config.centroid_top_k,
         )
+        if config.use_ordered_embeddings:  # a dense head has no cluster sizes to show
+            out.update(num_centroids=config.num_centroids, centroid_top_k=config.centroid_top_k)
     return {k: v for k, v in out.items() if v is not None}
 
 

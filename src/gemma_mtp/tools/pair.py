@@ -17,7 +17,10 @@ from ..gguf.keys import K
 from ..gguf.metadata import config_from_gguf
 from ..gguf.reader import GGUFFile, open_gguf
 from ..pairing import Check, failed_checks, pair_checks
+from .inspect import head_description
 from .paths import gguf_input
+
+REQUIRES_TARGET_ARCH = "requires_target_arch"
 
 __all__ = ["pair_gguf", "PairReport", "Check"]
 
@@ -52,8 +55,14 @@ def _tokenizer_note(target: GGUFFile, draft: GGUFFile) -> tuple[Check, str | Non
 def _notes(
     tf: GGUFFile, df: GGUFFile, target: TextConfig, draft: AssistantConfig, layout: str | None
 ) -> tuple[list[Check], list[str]]:
-    notes = [Check("drafter layout", None, f"{df.arch} ({layout} layout)")]
-    required = df.arch_value("requires_target_arch")
+    notes = [
+        Check("drafter layout", None, f"{df.arch} ({layout} layout)"),
+        Check("drafter head", None, head_description(draft)),
+    ]
+    # early conversions spell it with and without the architecture prefix
+    required = df.arch_value(REQUIRES_TARGET_ARCH)
+    if required is None:
+        required = df.value(REQUIRES_TARGET_ARCH)
     if required is not None:
         same = required == tf.arch
         notes.append(

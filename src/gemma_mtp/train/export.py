@@ -67,5 +67,6 @@ def save_hf(
 
 
 def save_gguf(hf_dir: str | Path, out_path: str | Path, *, out_type: str = "Q8_0") -> Path:
-    """The HF checkpoint as a mainline-layout drafter GGUF (the centroid tensors kept)."""
-    return convert_hf_to_gguf(hf_dir, out_path, layout="mainline", out_type=out_type)
+    """The HF checkpoint as a mainline-layout drafter GGUF (the centroid tensors kept: gemma-mtp
+    drafts with the cheap head; llama.cpp cannot load such a file, see tools.convert)."""
+    return convert_hf_to_gguf(hf_dir, out_path, layout="mainline", out_type=out_type, keep_centroids=True)
