@@ -232,11 +232,11 @@ def test_the_seeds_preset_renders_chat_prompts_with_thinking_off(monkeypatch):
     bench_cli.add_bench_arguments(parser.add_subparsers())
     args = parser.parse_args(["bench", "-m", "t.gguf", "--preset", "seeds"])
     bench_cli._workload(args)
-    assert (args.prompts, args.n_predict, args.temperature, args.reps) == ("seeds", 200, 0.3, 3)
+    assert (args.prompts, args.n_predict, args.temperature, args.reps) == ("seeds", 200, (0.3,), 3)
     assert (args.chat, args.reasoning) == (True, "off")
     explicit = parser.parse_args(["bench", "-m", "t.gguf", "--preset", "seeds", "-n", "50", "--reps", "1"])
     bench_cli._workload(explicit)
-    assert (explicit.n_predict, explicit.reps, explicit.temperature) == (50, 1, 0.3)  # given flags win
+    assert (explicit.n_predict, explicit.reps, explicit.temperature) == (50, 1, (0.3,))  # given flags win
 
     vocab = str(llama_cpp_vocab("gemma-4"))
     config = BenchConfig(load=LoadOptions(model=vocab), prompts="seeds", chat=True, reasoning="off")

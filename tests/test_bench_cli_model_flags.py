@@ -107,8 +107,9 @@ def test_bench_shares_runs_model_loading_flags():
     argv += ["--quantized", "--quant-kernels", "Q6_K=float"]
     run = build_parser().parse_args(["run", *argv])
     bench = build_parser().parse_args(["bench", *argv])
-    for name in ("model", "device", "dtype", "ctx_size", "threads", "quantized", "quant_kernels"):
+    for name in ("device", "dtype", "ctx_size", "threads", "quantized", "quant_kernels"):
         assert getattr(bench, name) == getattr(run, name), name
+    assert bench.models == [run.model]  # bench takes several: -m A B
     assert build_parser().parse_args(["bench", "-md", "a", "--spec-draft-model", "b"]).drafts == ["a", "b"]
 
 

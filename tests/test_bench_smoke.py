@@ -156,3 +156,31 @@ def test_recommend_writes_the_fastest_row_as_a_profile(bench_out):
         (best["n_max"], best["p_min"]) if best["n_max"] else (None, None)
     )
     assert len(profile.evidence) == len(fixed)
+
+
+def test_targets_and_temperatures_are_axes_with_their_own_plain_baselines(reference_models, tmp_path):
+    """-m A B and --temp 0,0.5: every (target, temperature) has its plain row and its drafter rows."""
+    import shutil
+
+    target = reference_models.target("e2b").path
+    other = tmp_path / "other"
+    shutil.copytree(target, other)
+    assistant = reference_models.assistant("e2b", ordered=True).path
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"category": "loop", "prompt": [2, 5, 9, 13, 5, 9, 13]}\n')
+    parser = argparse.ArgumentParser()
+    add_bench_arguments(parser.add_subparsers())
+    args = parser.parse_args(
+        ["bench", "-m", str(target), str(other), "-md", str(assistant), "--n-max", "1", "--reps", "1"]
+        + ["--prompts", str(prompts), "-n", "4", "--temp", "0,0.5", "--device", "cpu"]
+        + ["--out", str(tmp_path / "out")]
+    )
+    (tmp_path / "out").mkdir()
+    assert bench_command(args) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out" / "rows.jsonl").read_text().splitlines()]
+    overall = {(r["target"], r["temperature"], r["strategy"]) for r in rows if r["category"] == "all"}
+    assert overall == {
+        (t, temp, s) for t in (target.name, "other") for temp in (0.0, 0.5) for s in ("none", "mtp")
+    }
+    greedy = [r for r in rows if r["temperature"] == 0.0 and r["strategy"] == "mtp"]
+    assert greedy and all(r["lossless"] for r in greedy)

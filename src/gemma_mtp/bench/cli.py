@@ -72,6 +72,7 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         "trained drafter; repeat -md to compare several drafters)",
         ctx_help="context size in tokens (default: the longest prompt + -n + room for drafts)",
         drafts_repeatable=True,
+        models_repeatable=True,
         group_title="models (local mode)",
         ctx_default=None,
     )
@@ -139,7 +140,12 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         "--reps", type=int, default=None, help=f"repetitions, distinct seeds (default: {d['reps']})"
     )
     run.add_argument(
-        "--temp", dest="temperature", type=float, default=None, help=f"(default: {d['temperature']})"
+        "--temp",
+        dest="temperature",
+        type=parse_float_list,
+        default=None,
+        metavar="T,T,...",
+        help=f"temperatures to compare, each with its own plain baseline (default: {d['temperature']})",
     )
     run.add_argument(
         "--chat",
@@ -193,6 +199,8 @@ def _workload(args: argparse.Namespace) -> None:
     for name in ("prompts", "n_predict", "reps", "temperature", "chat", "reasoning"):
         if getattr(args, name) is None:
             setattr(args, name, preset.get(name, defaults[name]))
+    if not isinstance(args.temperature, tuple):
+        args.temperature = (args.temperature,)
 
 
 def bench_command(args: argparse.Namespace) -> int:
@@ -220,7 +228,8 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .runner import BenchConfig, run_bench
 
     drafts = tuple(args.drafts)
-    model = args.model
+    models = tuple(args.models or ())
+    model = models[0] if models else None
     if model is None:
         from ..cli.common import demo_notice
         from ..demo import DEMO_CHAT_TEMPLATE, demo_drafter, demo_target
@@ -247,7 +256,9 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         reps=args.reps,
         prompts=args.prompts,
         n_predict=args.n_predict,
-        temperature=args.temperature,
+        temperature=args.temperature[0],
+        temperatures=args.temperature if len(args.temperature) > 1 else (),
+        targets=models if len(models) > 1 else (),
         top_k=args.top_k,
         top_p=args.top_p,
         min_p=args.min_p,
@@ -263,8 +274,10 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
 def _run_endpoints(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .endpoint import EndpointConfig, run_endpoint_bench
 
-    if args.model or args.drafts:
+    if args.models or args.drafts:
         raise UsageError("--endpoint measures a running server; drop -m/-md (the server loads the models)")
+    if len(args.temperature) > 1:
+        raise UsageError("--endpoint takes one --temp; run it once per temperature")
     config = EndpointConfig(
         endpoints=tuple(args.endpoints),
         model=args.endpoint_model,
@@ -272,7 +285,7 @@ def _run_endpoints(args: argparse.Namespace) -> list[dict[str, Any]]:
         reps=args.reps,
         prompts=args.prompts,
         n_predict=args.n_predict,
-        temperature=args.temperature,
+        temperature=args.temperature[0],
         seed=args.seed,
         api_key=args.api_key,
     )

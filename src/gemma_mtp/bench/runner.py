@@ -10,6 +10,7 @@ uses its own seeds (the same ones for every configuration). Autotune starts cold
 from __future__ import annotations
 
 import dataclasses
+import gc
 import resource
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,6 +54,8 @@ class BenchConfig:
     chat: bool = False  # render text prompts as one user message through the chat template
     reasoning: str = "auto"  # the template's enable_thinking: on | off | auto (its own default)
     chat_template_fallback: str | None = None  # the template when the model has none (the demo pair's)
+    targets: tuple[str, ...] = ()  # more targets (-m A B ...): each benched in turn; () = load.model
+    temperatures: tuple[float, ...] = ()  # --temp 0,0.3: each its own runs; () = temperature
 
     def __post_init__(self) -> None:
         if self.reps < 1:
@@ -120,13 +123,27 @@ PLAIN = ("none", "plain")
 
 
 def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
-    """Run every configuration and return the JSONL rows (see `summarize_runs`)."""
-    say = progress or (lambda message: None)
-    prompts = load_prompts(config.prompts)
-    ids = _encode(prompts, config)
-    base, groups = _load(config, max(map(len, ids)), say)
+    """Run every configuration for every target and temperature; the JSONL rows (`summarize_runs`).
 
-    say("warm-up")
+    Targets go one at a time (each loaded once, its drafters beside it, then released); inside a
+    target, each temperature is a full set of reps with its own plain-decoding baseline."""
+    say = progress or (lambda message: None)
+    rows: list[dict[str, Any]] = []
+    for target in config.targets or (config.model,):
+        one = dataclasses.replace(config, load=dataclasses.replace(config.load, model=target))
+        prompts = load_prompts(one.prompts)
+        ids = _encode(prompts, one)
+        base, groups = _load(one, max(map(len, ids)), say)
+        for temperature in config.temperatures or (config.temperature,):
+            at = dataclasses.replace(one, temperature=temperature)
+            rows += _run_loaded(at, base, groups, prompts, ids, say)
+        del base, groups
+        gc.collect()
+    return rows
+
+
+def _run_loaded(config: BenchConfig, base, groups, prompts, ids, say) -> list[dict[str, Any]]:
+    say(f"warm-up ({Path(config.model).name}, temperature {config.temperature:g})")
     for group in groups:
         for _, spec in [("plain", SpecOptions()), _specs(config, group)[0]]:
             group.engine.generate(ids[0], n_predict=8, sampling=config.sampling(config.seed), spec=spec)

@@ -40,8 +40,14 @@ DRAFT_HELP = "drafter (MTP assistant or draft model)"
 _Group = argparse.ArgumentParser | argparse._ArgumentGroup
 
 
-def add_model_argument(group: _Group, defaults: Any, *, help: str) -> None:
-    group.add_argument("-m", "--model", default=defaults.model, metavar="PATH", help=help)
+def add_model_argument(group: _Group, defaults: Any, *, help: str, repeatable: bool = False) -> None:
+    """``-m/--model``; ``repeatable`` (bench): one or more paths, collected in ``models``."""
+    if repeatable:
+        group.add_argument(
+            "-m", "--model", dest="models", nargs="+", action="extend", metavar="PATH", help=help
+        )
+    else:
+        group.add_argument("-m", "--model", default=defaults.model, metavar="PATH", help=help)
 
 
 def add_draft_argument(
@@ -108,6 +114,7 @@ def add_load_arguments(
     model_help: str,
     ctx_help: str = "context size in tokens (default: %(default)s)",
     drafts_repeatable: bool = False,
+    models_repeatable: bool = False,
     group_title: str = "models",
     ctx_default: int | None = LoadOptions().ctx_size,
 ) -> argparse._ArgumentGroup:
@@ -115,7 +122,7 @@ def add_load_arguments(
     quantized-weight flags, with `LoadOptions`' defaults; returns the group for the caller's extras."""
     defaults = LoadOptions()
     group = parser.add_argument_group(group_title)
-    add_model_argument(group, defaults, help=model_help)
+    add_model_argument(group, defaults, help=model_help, repeatable=models_repeatable)
     if drafts_repeatable:
         add_draft_argument(group, _Drafts(), repeatable=True)
     else:
