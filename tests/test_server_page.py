@@ -196,3 +196,13 @@ def test_a_round_cut_short_counts_only_the_drafts_it_committed():
     assert tally.take() == dict.fromkeys(KEYS, 0)
     assert [d for _, d in tally.tokens(Tokens([9]))] == [False]  # a plain round
     assert tally.take()["rounds"] == 0
+
+
+def test_streamed_completions_carry_the_field_too(server):
+    body = {"model": MODEL, "prompt": "hello world", "max_tokens": 10, "ignore_eos": True, "stream": True}
+    body |= {"temperature": 0, "return_speculation": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers=AUTH, timeout=60) as r:
+        chunks = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    sums = totals(chunks)
+    assert sums["draft"] + sums["target"] == chunks[-1]["usage"]["completion_tokens"] == 10
+    assert sums["drafted"] == next(c["timings"]["draft_n"] for c in chunks if "timings" in c)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -246,5 +245,21 @@ def test_a_lost_connection_says_so_and_offers_retry(page):
         page.unroute("**/v1/chat/completions")
 
 
-def test_the_debian_browser_is_the_one_driven():
-    assert shutil.which("chromium") in (CHROMIUM, None) or Path(CHROMIUM).exists()
+def test_stop_ends_the_answer_and_frees_the_slot(page, server):
+    page.click("#clear")
+    page.fill("#max-tokens", "200")
+    page.fill("#input", "Count from one to one hundred.")
+    page.click("#send")
+    page.locator(".msg.assistant .content .tok").first.wait_for()  # the answer has begun
+    page.click("#stop")
+    page.locator(".msg.assistant[data-finish='stopped']").wait_for()
+    assert page.locator("#error").is_hidden()
+    assert page.locator("#send").is_enabled() and page.locator("#stop").is_disabled()
+    deadline = time.monotonic() + 30
+    while True:  # the server sees the client go and frees the slot
+        slots = httpx.get(f"{server}/slots", headers={"Authorization": f"Bearer {KEY}"}).json()
+        if slots["running"] == 0:
+            break
+        assert time.monotonic() < deadline, slots
+        time.sleep(0.1)
+    page.fill("#max-tokens", "24")
