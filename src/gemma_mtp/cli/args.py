@@ -47,6 +47,7 @@ class RunOptions:
     load: LoadOptions = field(default_factory=LoadOptions)
     spec: SpecFlags = field(default_factory=SpecFlags)
     prompt: str | None = None
+    escape: bool = False  # -e/--escape: \\n etc. in -p become characters (llama.cpp's default is on)
     file: str | None = None
     prompt_ids: list[int] | None = None
     n_predict: int = 128  # -1: until end of sequence or a full context
@@ -123,6 +124,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.prompt_ids,
         metavar="ID,ID,...",
         help="prompt as raw token ids, e.g. 2,105,2364 (needs no tokenizer)",
+    )
+    prompt.add_argument(
+        "-e",
+        "--escape",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.escape,
+        help="process escape sequences in -p (\\n, \\r, \\t, \\', \\\", \\\\, \\xNN) as llama.cpp does "
+        "(default: off; llama.cpp's default is on)",
     )
     _add_n_predict(prompt, defaults)
     prompt.add_argument(

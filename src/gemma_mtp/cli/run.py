@@ -25,6 +25,7 @@ from gemma_mtp.cli.common import (
     summary_line,
     with_demo_pair,
 )
+from gemma_mtp.cli.escapes import process_escapes
 from gemma_mtp.engine.results import Result
 from gemma_mtp.errors import ContextOverflowError, GemmaMTPError, UsageError
 
@@ -94,7 +95,7 @@ def _prompt_text(options: RunOptions) -> str | None:
             )
         return None
     if options.prompt is not None:
-        return options.prompt
+        return process_escapes(options.prompt) if options.escape else options.prompt
     if options.file is not None:
         return read_prompt_file(options.file)
     raise UsageError("no prompt: pass -p/--prompt TEXT, -f/--file PATH or --prompt-ids ID,ID,...")

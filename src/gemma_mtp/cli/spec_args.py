@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from gemma_mtp.errors import UsageError
-from gemma_mtp.speculative.options import SPEC_CHOICES, SpecOptions, canonical_spec_type
+from gemma_mtp.speculative.options import SPEC_CHOICES, SPEC_UNSUPPORTED, SpecOptions, canonical_spec_type
 
 __all__ = ["SpecFlags", "add_spec_arguments", "spec_flags_from_args"]
 
@@ -62,7 +62,8 @@ def add_spec_arguments(
     spec.add_argument(
         "--spec-type",
         dest="spec_type",
-        choices=SPEC_CHOICES,
+        # llama.cpp's names we lack are accepted here so that SpecFlags names what to use instead
+        choices=(*SPEC_CHOICES, *SPEC_UNSUPPORTED),
         default=defaults.type,
         help="default: what the drafter is (mtp for an assistant, draft for a draft model), else none",
     )

@@ -7,10 +7,31 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 
-__all__ = ["SPEC_TYPES", "SPEC_ALIASES", "SPEC_CHOICES", "MAX_DRAFT", "canonical_spec_type", "SpecOptions"]
+__all__ = [
+    "SPEC_TYPES",
+    "SPEC_ALIASES",
+    "SPEC_UNSUPPORTED",
+    "SPEC_CHOICES",
+    "MAX_DRAFT",
+    "canonical_spec_type",
+    "SpecOptions",
+]
 
 SPEC_TYPES = ("none", "mtp", "ngram", "draft")
-SPEC_ALIASES = {"draft-mtp": "mtp"}  # llama.cpp's name for MTP drafting
+# llama.cpp's names (`common/speculative.cpp`) for the strategies we have, with the same meaning:
+# draft-simple drafts with a small target model; ngram-simple looks the last n-gram up in the
+# context and drafts what followed it (our prompt lookup).
+SPEC_ALIASES = {"draft-mtp": "mtp", "draft-simple": "draft", "ngram-simple": "ngram"}
+# llama.cpp's names for strategies we do not have -> what to use instead.
+SPEC_UNSUPPORTED = {
+    "draft-eagle3": "mtp (an MTP assistant) or draft (a small target model)",
+    "draft-dflash": "mtp (an MTP assistant) or draft (a small target model)",
+    "draft-dspark": "mtp (an MTP assistant) or draft (a small target model)",
+    "ngram-map-k": "ngram (prompt lookup, llama.cpp's ngram-simple)",
+    "ngram-map-k4v": "ngram (prompt lookup, llama.cpp's ngram-simple)",
+    "ngram-mod": "ngram (prompt lookup, llama.cpp's ngram-simple)",
+    "ngram-cache": "ngram (prompt lookup, llama.cpp's ngram-simple)",
+}
 SPEC_CHOICES = (*SPEC_TYPES, *SPEC_ALIASES)  # what --spec-type and a request's "type" accept
 # The draft-length ceiling: the KV cache's rollback headroom (sliding rings keep window + MAX_DRAFT
 # + 1 slots); every cache, decoder and flag check takes it from here.
@@ -18,7 +39,10 @@ MAX_DRAFT = 16
 
 
 def canonical_spec_type(name: str) -> str:
-    """``draft-mtp`` -> ``mtp``; every other name as it is."""
+    """llama.cpp's names -> ours (``draft-mtp`` -> ``mtp``, ``draft-simple`` -> ``draft``,
+    ``ngram-simple`` -> ``ngram``); its strategies we lack are a UsageError naming what to use."""
+    if name in SPEC_UNSUPPORTED:
+        raise UsageError(f"--spec-type {name} is not supported by gemma-mtp; use {SPEC_UNSUPPORTED[name]}")
     return SPEC_ALIASES.get(name, name)
 
 
