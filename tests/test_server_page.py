@@ -206,3 +206,31 @@ def test_streamed_completions_carry_the_field_too(server):
     sums = totals(chunks)
     assert sums["draft"] + sums["target"] == chunks[-1]["usage"]["completion_tokens"] == 10
     assert sums["drafted"] == next(c["timings"]["draft_n"] for c in chunks if "timings" in c)
+
+
+def test_token_by_token_parsing_gives_the_same_reasoning_content_and_tool_calls(scripted):
+    server_model.say(
+        scripted,
+        '<|channel>thought\nweigh it<channel|>Let me look.<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}'
+        "<tool_call|>",
+    )
+
+    def parts(chunks: list[dict]) -> dict:
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        calls = [call["function"] for d in deltas for call in d.get("tool_calls") or []]
+        return {
+            "reasoning": "".join(d.get("reasoning_content") or "" for d in deltas),
+            "content": "".join(d.get("content") or "" for d in deltas),
+            "calls": calls,
+            "finish": [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1],
+        }
+
+    body = {"messages": MESSAGES, "max_tokens": 80}
+    plain = parts(stream_chunks(scripted, body))
+    marked = stream_chunks(scripted, {**body, "return_speculation": True})
+    assert parts(marked) == plain
+    assert plain["reasoning"] == "weigh it" and plain["content"] == "Let me look."
+    assert plain["calls"][0]["name"] == "get_weather" and plain["finish"] == "tool_calls"
+    final = next(c for c in marked if c["choices"] and c["choices"][0]["finish_reason"])
+    sums = totals(marked)
+    assert sums["draft"] + sums["target"] == final["timings"]["predicted_n"]
