@@ -247,3 +247,23 @@ def test_the_seeds_preset_renders_chat_prompts_with_thinking_off(monkeypatch):
     on = template.render([{"role": "user", "content": SEEDS[0].prompt}], enable_thinking=True)
     assert off != on and ids[0] == tokenizer.encode(off)
     assert len(ids) == 5 and {p.category for p in SEEDS} == {"code", "reasoning"}
+
+
+def test_tokens_per_forward_and_time_to_first_token_on_a_hand_made_case():
+    """Every target forward commits one token plus the drafts it accepted: forwards = tokens - accepted."""
+    from gemma_mtp.bench.stats import Generation, summarize
+
+    gens = [
+        Generation(
+            category="c", rep=0, n_decoded=9, decode_ms=100.0, drafted=6, accepted=4, rounds=3, ttft_ms=10.0
+        ),
+        Generation(category="c", rep=0, n_decoded=4, decode_ms=50.0, ttft_ms=30.0),
+        Generation(
+            category="c", rep=1, n_decoded=9, decode_ms=100.0, drafted=6, accepted=2, rounds=3, ttft_ms=20.0
+        ),
+    ]
+    out = summarize(gens)
+    # rep 0: 15 tokens over 11 forwards; rep 1: 10 tokens over 8 forwards
+    assert out["tokens_per_forward"] == pytest.approx((15 / 11 + 10 / 8) / 2)
+    assert out["tokens_per_forward_std"] == pytest.approx(abs(15 / 11 - 10 / 8) / 2**0.5)
+    assert out["ttft_ms"] == pytest.approx((20.0 + 20.0) / 2)  # per rep the median: 20 and 20

@@ -32,6 +32,7 @@ class Generation:
     accepted_by_position: tuple[int, ...] = ()
     drafted_by_position: tuple[int, ...] = ()
     autotune_chosen: tuple[int, ...] = ()  # rounds per n chosen, with --spec-autotune
+    ttft_ms: float | None = None  # time to the first token: prefill and the round that sampled it
 
     @classmethod
     def from_result(cls, result: Any, *, category: str, rep: int) -> Generation:
@@ -49,6 +50,7 @@ class Generation:
             accepted_by_position=tuple(spec.get("accepted_by_position", ())),
             drafted_by_position=tuple(spec.get("drafted_by_position", ())),
             autotune_chosen=tuple((spec.get("autotune") or {}).get("chosen", ())),
+            ttft_ms=float(d["timings"]["prompt_ms"]) if "prompt_ms" in d.get("timings", {}) else None,
         )
 
 
@@ -65,9 +67,19 @@ class Totals:
     drafted: int = 0
     accepted: int = 0
     rounds: int = 0
+    n_generations: int = 0
     accepted_by_position: list[int] = field(default_factory=list)
     drafted_by_position: list[int] = field(default_factory=list)
     autotune_chosen: list[int] = field(default_factory=list)
+    ttft_ms: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_forward(self) -> float | None:
+        """Tokens committed per target forward (the first token's included): every forward commits
+        one token plus the drafts it accepted, so forwards = tokens - accepted."""
+        tokens = self.n_decoded + self.n_generations
+        forwards = tokens - self.accepted
+        return tokens / forwards if forwards > 0 else None
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -99,6 +111,9 @@ def totals(generations: Iterable[Generation]) -> Totals:
         t.drafted += g.drafted
         t.accepted += g.accepted
         t.rounds += g.rounds
+        t.n_generations += 1
+        if g.ttft_ms is not None:
+            t.ttft_ms.append(g.ttft_ms)
         _add(t.accepted_by_position, g.accepted_by_position)
         _add(t.drafted_by_position, g.drafted_by_position)
         _add(t.autotune_chosen, g.autotune_chosen)
@@ -138,6 +153,8 @@ def summarize(
         put("speedup", (_ratio(t.tokens_per_s, base.get(rep)) for rep, t in reps.items()))
     put("acceptance", (t.acceptance for t in reps.values()))
     put("mean_accepted_length", (t.mean_accepted_length for t in reps.values()))
+    put("tokens_per_forward", (t.tokens_per_forward for t in reps.values()))
+    put("ttft_ms", (statistics.median(t.ttft_ms) if t.ttft_ms else None for t in reps.values()))
     width = max((len(t.drafted_by_position) for t in reps.values()), default=0)
     by_position = [mean_std(_at(t.acceptance_by_position, i) for t in reps.values()) for i in range(width)]
     out["acceptance_by_position"] = [m for m, _ in by_position]
