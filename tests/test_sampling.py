@@ -209,7 +209,8 @@ def test_sample_frequencies_match_probs():
     counts = torch.bincount(ids, minlength=probs.numel()).double()
     support = probs > 0
     assert counts[~support].sum() == 0
-    expected_counts = probs.double()[support] * n_draws
+    kept = probs.double()[support]
+    expected_counts = kept / kept.sum() * n_draws  # float32 probabilities sum to 1 within ~1e-7
     try:
         from scipy.stats import chisquare
     except ImportError:
@@ -218,3 +219,32 @@ def test_sample_frequencies_match_probs():
         assert ((counts[support] - expected_counts).abs() <= 5 * sigma).all()
     else:
         assert chisquare(counts[support].numpy(), expected_counts.numpy()).pvalue > 1e-4
+
+
+@pytest.mark.parametrize("top_k", [1, 7, 40, 999])
+def test_top_k_without_a_full_sort_equals_the_full_stable_sort_ties_included(top_k):
+    """`probs_from_logits` takes the top k of a stable descending sort without sorting the whole
+    vocabulary; on integer logits (ties everywhere, at the k-th value too) it keeps exactly the
+    tokens the full sort keeps, with the same probabilities."""
+    import math
+
+    from gemma_mtp.sampling import probs_from_logits
+
+    def full_sort(logits, params):
+        values, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+        keep = torch.ones_like(values, dtype=torch.bool)
+        keep[..., params.top_k :] = False
+        p = torch.softmax(values.masked_fill(~keep, -math.inf), dim=-1)
+        before = torch.nn.functional.pad(torch.cumsum(p, dim=-1)[..., :-1], (1, 0))
+        keep &= before < params.top_p
+        keep[..., 0] = True
+        keep &= torch.exp(values - values[..., :1]) >= params.min_p
+        scaled = (values / params.temperature).masked_fill(~keep, -math.inf)
+        return torch.zeros_like(scaled).scatter_(-1, order, torch.softmax(scaled, -1))
+
+    generator = torch.Generator().manual_seed(top_k)
+    logits = torch.randint(-6, 6, (4, 1000), generator=generator).float()
+    params = SamplingParams(temperature=0.7, top_k=top_k, top_p=0.9, min_p=0.01)
+    got, want = probs_from_logits(logits, params), full_sort(logits, params)
+    assert torch.equal(got > 0, want > 0)
+    assert torch.allclose(got, want, rtol=0, atol=1e-7)

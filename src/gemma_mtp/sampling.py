@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from gemma_mtp.sampling_params import SamplingParams
+from gemma_mtp.threads import single_thread
 
 __all__ = ["SamplingParams", "probs_from_logits", "sample", "make_generator"]
 
@@ -24,17 +25,26 @@ def probs_from_logits(logits: Tensor, params: SamplingParams) -> Tensor:
 
     Greedy params give the one-hot of ``torch.argmax`` (ties go to the lowest index). Ties in the
     sorted filters are also broken toward the lowest index (stable sort), so results do not depend
-    on the device.
+    on the device. On the CPU it runs on the calling thread: a few passes over one vocabulary are
+    memory-bound, and with two threads on a loaded 2-core machine they took 32 ms instead of 1.4.
     """
+    if logits.is_cpu:
+        with single_thread():
+            return _probs(logits, params)
+    return _probs(logits, params)
+
+
+def _probs(logits: Tensor, params: SamplingParams) -> Tensor:
     logits = logits.float()
     if params.greedy:
         top = logits.argmax(dim=-1, keepdim=True)
         return torch.zeros_like(logits).scatter_(-1, top, 1.0)
 
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # [..., V]
+    if 0 < params.top_k < logits.shape[-1]:
+        sorted_logits, order = _top_k_sorted(logits, params.top_k)  # [..., k]
+    else:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # [..., V]
     keep = torch.ones_like(sorted_logits, dtype=torch.bool)
-    if 0 < params.top_k < keep.shape[-1]:
-        keep[..., params.top_k :] = False
     if params.top_p < 1.0:
         p = torch.softmax(sorted_logits.masked_fill(~keep, -math.inf), dim=-1)
         cum = torch.cumsum(p, dim=-1)
@@ -48,7 +58,24 @@ def probs_from_logits(logits: Tensor, params: SamplingParams) -> Tensor:
 
     scaled = (sorted_logits / params.temperature).masked_fill(~keep, -math.inf)
     sorted_probs = torch.softmax(scaled, dim=-1)
-    return torch.zeros_like(sorted_probs).scatter_(-1, order, sorted_probs)
+    return torch.zeros_like(logits).scatter_(-1, order, sorted_probs)
+
+
+def _top_k_sorted(logits: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The first ``k`` entries of a stable descending sort of ``logits [..., V]`` (values, indices),
+    without sorting all V: every entry at or above the k-th largest value is a candidate (ties at the
+    boundary included), candidates are taken in index order and stable-sorted among themselves, which
+    puts exactly the full sort's first k first (a 262,144-word sort cost ~20 ms a token here)."""
+    flat = logits.reshape(-1, logits.shape[-1])
+    kth = torch.topk(flat, k, dim=-1, sorted=False).values.min(dim=-1).values
+    values, indices = [], []
+    for row, threshold in zip(flat, kth, strict=True):
+        candidates = torch.nonzero(row >= threshold).squeeze(-1)  # ascending indices
+        top, at = torch.sort(row[candidates], descending=True, stable=True)
+        values.append(top[:k])
+        indices.append(candidates[at[:k]])
+    lead = logits.shape[:-1]
+    return torch.stack(values).reshape(*lead, k), torch.stack(indices).reshape(*lead, k)
 
 
 def sample(probs: Tensor, generator: torch.Generator | None = None, *, greedy: bool = False) -> Tensor:
