@@ -23,7 +23,9 @@ class LoadOptions:
     n_gpu_layers: int | None = None  # None: every layer on the GPU when the device is one
     n_gpu_layers_draft: int | None = None
     ctx_size: int = 4096  # tokens per sequence
-    threads: int | None = None  # CPU threads; None: leave torch's setting (the CLI passes -t, default: physical cores)
+    threads: int | None = (
+        None  # CPU threads; None: leave torch's setting (the CLI passes -t, default: physical cores)
+    )
     quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
     quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
     max_batch: int = 1  # sequences decoded together (the server's slots)
