@@ -36,6 +36,8 @@ class LlamaServer:
         self.port = _free_port()
         self.cmd = [str(llama / "bin" / "llama-server"), "-m", str(model), "--host", "127.0.0.1"]
         self.cmd += ["--port", str(self.port), "-c", "256", "-t", "2", "-np", "1", "--no-webui"]
+        # an F32 KV cache: llama.cpp's default f16 cache alone moves tiny models' log-probs by ~1e-2
+        self.cmd += ["-ctk", "f32", "-ctv", "f32"]
         if drafter is not None:
             self.cmd += ["-md", str(drafter), "--spec-type", "draft-mtp", "--spec-draft-n-max", str(n_max)]
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{self.port}.log"

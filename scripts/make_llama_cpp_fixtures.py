@@ -32,13 +32,7 @@ from llama_cpp_server import LlamaServer, llama_cpp_dir
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "fixtures" / "llama_cpp"
 
-# name -> (builder in tests/hf_reference.py, its seed); the CI tests rebuild these from the seed
-TARGETS = {
-    "e2b": ("build_e2b_like", 0),
-    "moe": ("build_moe_like", 1),
-    "dense31b": ("build_dense31b_like", 2),
-    "unified": ("build_unified_like", 3),
-}
+TARGET_NAMES = ("e2b", "moe", "dense31b", "unified")  # tests/llama_cpp_checkpoints.py BUILDERS
 ASSISTANT_SEED = 5
 # (target, ordered): the assistants converted; llama.cpp's converter drops a centroid head
 ASSISTANTS = [("e2b", False), ("e2b", True), ("moe", False), ("dense31b", False), ("unified", False)]
@@ -50,21 +44,24 @@ TOP_K = 5
 
 
 def _tests_module(name: str):
-    """A module of tests/ (hf_reference, fixture_tokenizer), loaded by path: the CI tests use the
-    same code to rebuild the checkpoints, and scripts are not on the tests' import path."""
+    """A module of tests/ (hf_reference, llama_cpp_checkpoints), loaded by path: the CI tests use
+    the same code to rebuild the checkpoints, and scripts are not on the tests' import path."""
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # llama_cpp_checkpoints imports hf_reference
     spec.loader.exec_module(module)
     return module
 
 
 def build_checkpoints(work: Path) -> dict[str, Path]:
     ref = _tests_module("hf_reference")
-    write_tokenizer = _tests_module("fixture_tokenizer").write_tokenizer
+    checkpoints = _tests_module("llama_cpp_checkpoints")
     dirs: dict[str, Path] = {}
     built = {}
-    for name, (builder, seed) in TARGETS.items():
-        built[name] = getattr(ref, builder)(work / name, seed=seed)
+    for name, (builder, seed) in checkpoints.BUILDERS.items():
+        built[name] = builder(work / name, seed=seed)
         dirs[name] = built[name].path
     for target, ordered in ASSISTANTS:
         name = f"{target}_assistant_{'centroids' if ordered else 'dense'}"
@@ -73,7 +70,7 @@ def build_checkpoints(work: Path) -> dict[str, Path]:
         )
         dirs[name] = reference.path
     for path in dirs.values():
-        write_tokenizer(path, ref.VOCAB)
+        checkpoints.write_tokenizer(path, ref.VOCAB)
     return dirs
 
 
@@ -153,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 for qtype in QUANTS:
                     out = args.out / f"{name}.{qtype.lower()}.gguf"
                     files[out.name] = {"command": quantize(llama, src, out, qtype), "checkpoint": name}
-            for name in [t for t in TARGETS if t not in refused]:
+            for name in [t for t in TARGET_NAMES if t not in refused]:
                 kinds = ("f32", *[q.lower() for q in QUANTS]) if name in QUANTIZED else ("f32",)
                 for kind in kinds:
                     target = args.out / f"{name}.{kind}.gguf"
@@ -172,7 +169,12 @@ def main(argv: list[str] | None = None) -> int:
             "made_by": "scripts/make_llama_cpp_fixtures.py",
             "llama_cpp": (llama / "COMMIT").read_text().strip() if (llama / "COMMIT").is_file() else None,
             "source": "llama-cpp-python 0.3.36 sdist, vendor/llama.cpp",
-            "checkpoints": {"builders": TARGETS, "assistant_seed": ASSISTANT_SEED, "assistants": ASSISTANTS},
+            "checkpoints": {
+                "builders": "tests/llama_cpp_checkpoints.py BUILDERS",
+                "targets": list(TARGET_NAMES),
+                "assistant_seed": ASSISTANT_SEED,
+                "assistants": ASSISTANTS,
+            },
             "files": files,
             "refused_by_llama_cpp_converter": refused,
         }
