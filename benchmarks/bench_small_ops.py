@@ -25,6 +25,8 @@ from gguf.quants import quantize
 
 from gemma_mtp import native
 from gemma_mtp.ops import linear as ops_linear
+from gemma_mtp.sampling import make_generator, probs_from_logits, sample
+from gemma_mtp.sampling_params import SamplingParams
 
 
 def _busy() -> None:
@@ -51,6 +53,11 @@ def _cases(rows: int, width: int, out: int):
         "float32 matmul (F.linear)": lambda: torch.nn.functional.linear(x, w),
         "float32 matmul (ops.linear)": lambda: ops_linear(x, w),  # ours: one thread when small
     }
+    logits = torch.randn(1, 262_144)
+    params, generator = SamplingParams(temperature=0.3), make_generator(0)
+    cases["sample a token, 262,144 words, temp 0.3"] = lambda: sample(
+        probs_from_logits(logits, params), generator
+    )
     ops = native.module()
     if ops is not None:
         blocks = torch.from_numpy(quantize(w.numpy().astype(np.float32), GGMLQuantizationType.Q8_0))
