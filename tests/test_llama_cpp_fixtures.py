@@ -228,3 +228,15 @@ def test_quantized_argmax_is_llama_cpps_where_its_margin_is_clear(name, row):
 def test_llama_cpps_draft_mtp_output_is_its_plain_output(name):
     plain = [row["tokens"] for row in OUTPUTS[name]["plain"]]
     assert [row["tokens"] for row in OUTPUTS[name]["draft-mtp"]] == plain
+
+
+def test_the_committed_interop_run_loaded_every_mainline_file_in_llama_cpp():
+    """scripts/check_llama_cpp_interop.py's last run (its rows are in the manifest)."""
+    rows = MANIFEST["interop"]["rows"]
+    usable = [r for r in rows if "--" not in (r["drafter"] or "")]
+    assert usable and all(r["loads"] for r in usable)
+    assert all(r["equals_transformers"] for r in usable if r["type"] == "F32")
+    assert all(r["equals_llama_plain"] for r in usable if r["drafter"])
+    refused = {r["drafter"]: r["refusal"] for r in rows if "--" in (r["drafter"] or "")}
+    assert "vector::_M_range_check" in refused["assistant centroids --keep-centroids"]
+    assert "unknown model architecture" in refused["assistant dense --layout legacy"]
