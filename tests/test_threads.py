@@ -46,3 +46,22 @@ def test_set_threads_and_single_thread_restore():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
     torch.set_num_threads(1)
+
+
+def test_importing_gemma_mtp_first_makes_openmp_waits_passive_unless_the_user_chose():
+    import subprocess
+    import sys
+
+    code = "import os, gemma_mtp, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "PASSIVE"
+    mine = subprocess.run(
+        [sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True
+    )
+    assert mine.stdout.strip() == "ACTIVE"
+    late = "import os, torch, gemma_mtp; print(os.environ.get('OMP_WAIT_POLICY'))"  # torch first: untouched
+    assert (
+        subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True).stdout.strip()
+        == "None"
+    )

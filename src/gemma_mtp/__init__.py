@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
+from gemma_mtp import threads as _threads
 from gemma_mtp.errors import GemmaMTPError
 from gemma_mtp.lazy import lazy_getattr
 
@@ -17,6 +18,8 @@ if TYPE_CHECKING:
     from gemma_mtp.sampling import SamplingParams
 
 __all__ = ["load", "Engine", "Result", "SamplingParams", "GemmaMTPError", "__version__"]
+
+_threads.passive_openmp_waits()  # before torch (and its OpenMP runtime) loads; see threads.py
 
 try:
     __version__ = version("gemma-mtp")
