@@ -48,20 +48,27 @@ def test_set_threads_and_single_thread_restore():
     torch.set_num_threads(1)
 
 
-def test_importing_gemma_mtp_first_makes_openmp_waits_passive_unless_the_user_chose():
+def test_openmp_waits_are_passive_on_a_busy_machine_unless_the_user_chose():
     import subprocess
     import sys
 
-    code = "import os, gemma_mtp, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "PASSIVE"
-    mine = subprocess.run(
-        [sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"}, capture_output=True, text=True
-    )
-    assert mine.stdout.strip() == "ACTIVE"
-    late = "import os, torch, gemma_mtp; print(os.environ.get('OMP_WAIT_POLICY'))"  # torch first: untouched
-    assert (
-        subprocess.run([sys.executable, "-c", late], env=env, capture_output=True, text=True).stdout.strip()
-        == "None"
-    )
+    def policy(load: float, *, first: str = "gemma_mtp", env: dict | None = None) -> str:
+        second = "torch" if first == "gemma_mtp" else "gemma_mtp"
+        code = (
+            f"import os; os.getloadavg = lambda: ({load}, 0.0, 0.0)\n"
+            f"import {first}, {second}; print(os.environ.get('OMP_WAIT_POLICY'))"
+        )
+        base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**base, **(env or {})},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    assert policy(50.0) == "PASSIVE"  # busy: spinning waits would fight the other processes
+    assert policy(0.0) == "None"  # idle: the runtime's spinning default is faster
+    assert policy(50.0, env={"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"  # the user's choice wins
+    assert policy(50.0, first="torch") == "None"  # torch already loaded: too late, left alone

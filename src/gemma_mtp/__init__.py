@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["load", "Engine", "Result", "SamplingParams", "GemmaMTPError", "__version__"]
 
-_threads.passive_openmp_waits()  # before torch (and its OpenMP runtime) loads; see threads.py
+_threads.openmp_wait_policy()  # before torch (and its OpenMP runtime) loads; see threads.py
 
 try:
     __version__ = version("gemma-mtp")

@@ -14,20 +14,29 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["physical_cores", "set_threads", "single_thread", "passive_openmp_waits"]
+__all__ = ["physical_cores", "set_threads", "single_thread", "openmp_wait_policy"]
 
 
-def passive_openmp_waits() -> None:
-    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set it, before torch's OpenMP runtime starts.
+def openmp_wait_policy() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` when the machine is busy as we start (1-minute load average at
+    least half the physical cores) and the user set no policy; before torch's OpenMP runtime starts.
 
     With the runtime's default (spin, then sleep) and two threads on a 2-core machine where another
     process is busy, every parallel region of a decode step spun against the other process: the 270M
-    decoded at 0.9-2.6 tok/s with ``-t 2`` and 11.2 with ``-t 1``; with passive waits ``-t 2`` gave
-    11.1-12.2 (2026-12-03, `gemma-mtp run -n 48 --temp 0`). Only effective when gemma_mtp is
-    imported before torch (the CLI always is); a program that imports torch first keeps its own.
+    decoded at 0.9-6.4 tok/s with ``-t 2`` against 11-33 with passive waits. On an idle machine the
+    spinning default is faster (median 53.9 vs 48.6 tok/s over 5 alternating runs each), so it stays
+    there (2026-12-03, `gemma-mtp run -n 128 --temp 0 --spec-type none -t 2`). Only effective when
+    gemma_mtp is imported before torch (the CLI always is); a program that imports torch first keeps
+    its own setting.
     """
-    if "torch" not in sys.modules:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "torch" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
+        return
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return
+    if load >= physical_cores() / 2:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def physical_cores() -> int:
