@@ -145,6 +145,17 @@ def test_request_speculation_overrides_the_server_default(field, expected):
     assert spec_options(field, SERVER_DEFAULT, {"mtp", "ngram"}) == expected
 
 
+def test_llama_cpp_strategy_names_in_a_request_map_or_say_what_to_use():
+    """The request's speculative.type takes llama.cpp's names as the CLI does, with its message."""
+    drafted = spec_options(SpeculativeField(type="ngram-simple"), SERVER_DEFAULT, {"mtp", "ngram"})
+    assert drafted.type == "ngram"
+    with pytest.raises(RequestError, match="ngram-cache is not supported by gemma-mtp; use ngram") as err:
+        spec_options(SpeculativeField(type="ngram-cache"), SERVER_DEFAULT, {"mtp", "ngram"})
+    assert err.value.param == "speculative.type"
+    with pytest.raises(RequestError, match="'eagle' is not one of none, mtp"):
+        spec_options(SpeculativeField(type="eagle"), SERVER_DEFAULT, {"mtp", "ngram"})
+
+
 def test_a_drafter_the_server_did_not_load_is_a_400():
     with pytest.raises(RequestError, match="-md"):
         spec_options(SpeculativeField(type="draft"), SERVER_DEFAULT, {"mtp", "ngram"})

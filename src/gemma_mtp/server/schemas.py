@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UsageError
 from ..sampling import SamplingParams
-from ..speculative.options import MAX_DRAFT, SPEC_CHOICES, SpecOptions, canonical_spec_type
+from ..speculative.options import MAX_DRAFT, SPEC_CHOICES, SPEC_TYPES, SpecOptions, canonical_spec_type
 
 __all__ = [
     "ChatCompletionRequest",
@@ -52,7 +52,7 @@ class SpeculativeField(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
 
     enabled: bool | None = None
-    type: Literal[SPEC_CHOICES] | None = None  # type: ignore[valid-type]
+    type: str | None = None  # SPEC_CHOICES, or a llama.cpp name: checked in `spec_options` (one message)
     n_max: int | None = Field(default=None, ge=0, le=MAX_DRAFT)
     n_min: int | None = Field(default=None, ge=0, le=MAX_DRAFT)
     p_min: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -241,7 +241,16 @@ def spec_options(field: SpeculativeField | None, default: SpecOptions, available
         return default
     if field.enabled is False:
         return SpecOptions(type="none")
-    kind = canonical_spec_type(field.type or default.type)
+    try:
+        kind = canonical_spec_type(field.type or default.type)
+    except UsageError as exc:  # a llama.cpp strategy we lack: the CLI's "not supported, use X"
+        raise RequestError(
+            f"speculative.type: {str(exc).removeprefix('--spec-type ')}", param="speculative.type"
+        ) from None
+    if kind not in SPEC_TYPES:
+        raise RequestError(
+            f"speculative.type {kind!r} is not one of {', '.join(SPEC_CHOICES)}", param="speculative.type"
+        )
     if kind == "none" and field.enabled:
         raise RequestError(
             "speculative.enabled: the server runs without speculation; name a speculative.type "
