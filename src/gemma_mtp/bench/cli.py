@@ -32,26 +32,22 @@ def _defaults(cls) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
 
-def parse_int_list(text: str) -> tuple[int, ...]:
-    """`"1,2,3"` -> `(1, 2, 3)`; argparse turns the error into a usage error."""
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one draft length, e.g. 1,2,3,4")
-    return values
+def _list_of(kind: type, what: str, example: str):
+    def parse(text: str) -> tuple:
+        """`"1,2,3"` -> `(1, 2, 3)`; argparse turns the error into a usage error."""
+        try:
+            values = tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"give at least one value, e.g. {example}")
+        return values
+
+    return parse
 
 
-def parse_float_list(text: str) -> tuple[float, ...]:
-    """`"0,0.6"` -> `(0.0, 0.6)`; argparse turns the error into a usage error."""
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one value, e.g. 0,0.6")
-    return values
+parse_int_list = _list_of(int, "integers", "1,2,3,4")
+parse_float_list = _list_of(float, "numbers", "0,0.6")
 
 
 def add_bench_arguments(subparsers) -> argparse.ArgumentParser:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 from gemma_mtp.cli.spec_args import SpecFlags
 from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.errors import GemmaMTPError, UsageError
+from gemma_mtp.gguf.atomic import atomic_write
 
 __all__ = ["Profile", "recommend", "write_profile", "read_profile", "apply_profile", "add_profile_argument"]
 
@@ -79,28 +78,12 @@ def recommend(rows: list[dict[str, Any]]) -> Profile:
 
 
 def write_profile(path: str | Path, profile: Profile) -> Path:
-    """Write the profile as JSON (a temporary file in the same folder, then a rename)."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise GemmaMTPError(f"--recommend {path}: the folder {path.parent} does not exist; create it first")
+    """Write the profile as JSON through `gguf.atomic.atomic_write` (a temporary file beside it, then
+    a rename; the umask's mode; a missing folder is an error naming it)."""
     data = {"format": PROFILE_FORMAT, **dataclasses.asdict(profile)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    return Path(path)
 
 
 def read_profile(path: str | Path) -> Profile:
