@@ -7,7 +7,7 @@
 #   JOBS=4 scripts/build_llama_cpp.sh
 #
 # Result, under ${GEMMA_MTP_CACHE:-~/.cache/gemma-mtp}/llama.cpp/<version>/:
-#   bin/llama-server llama-cli llama-bench llama-speculative-simple llama-quantize
+#   bin/llama-server llama-cli llama-bench llama-speculative-simple llama-quantize llama-imatrix
 #   convert_hf_to_gguf.py conversion/ gguf-py/   (the converter and its gguf package, unmodified)
 #   COMMIT                                       (llama.cpp build number/commit from the tree)
 # Idempotent: a finished build (marked by .done) is found and reused.
@@ -17,7 +17,7 @@ VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
 CACHE="${GEMMA_MTP_CACHE:-$HOME/.cache/gemma-mtp}"
 DEST="$CACHE/llama.cpp/$VERSION"
 JOBS="${JOBS:-$(nproc)}"
-TARGETS=(llama-server llama-cli llama-bench llama-speculative-simple llama-quantize)
+TARGETS=(llama-server llama-cli llama-bench llama-speculative-simple llama-quantize llama-imatrix)
 PYTHON="${PYTHON:-python3}"
 
 if [[ -f "$DEST/.done" ]]; then
