@@ -19,7 +19,13 @@ from ..errors import UsageError
 from ..speculative.options import SPEC_CHOICES, canonical_spec_type
 from .prompts import PRESETS
 
-__all__ = ["add_bench_arguments", "bench_command", "parse_int_list", "parse_float_list"]
+__all__ = [
+    "add_bench_arguments",
+    "bench_command",
+    "parse_int_list",
+    "parse_float_list",
+    "parse_spec_list",
+]
 
 DESCRIPTION = """\
 Measure speculative decoding: for each drafter and draft length, acceptance by draft position,
@@ -47,6 +53,24 @@ def _list_of(kind: type, what: str, example: str):
 
 
 parse_int_list = _list_of(int, "integers", "1,2,3,4")
+
+
+def parse_spec_list(text: str) -> tuple[str, ...]:
+    """`"mtp,ngram-simple"` -> `("mtp", "ngram")`: llama.cpp's names accepted, its strategies we lack
+    refused naming what to use."""
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one strategy, e.g. mtp,ngram,none")
+    for name in names:
+        if name not in SPEC_CHOICES:
+            try:
+                canonical_spec_type(name)
+            except UsageError as exc:
+                raise argparse.ArgumentTypeError(str(exc).removeprefix("--spec-type ")) from None
+            raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(SPEC_CHOICES)}")
+    return tuple(dict.fromkeys(canonical_spec_type(n) for n in names))
+
+
 parse_float_list = _list_of(float, "numbers", "0,0.6")
 
 
@@ -77,9 +101,12 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
     spec.add_argument(
         "--spec-type",
         dest="spec_type",
-        choices=tuple(c for c in SPEC_CHOICES if c != "none"),
+        type=parse_spec_list,
         default=d["spec_type"],
-        help="default: each drafter's own (mtp for an assistant, draft for a draft model); ngram without -md",
+        metavar="TYPE,TYPE,...",
+        help=f"strategies to compare, crossed with every other axis ({', '.join(SPEC_CHOICES)}; "
+        "none = plain decoding only, always measured as the baseline); default: each drafter's own "
+        "(mtp for an assistant, draft for a draft model), ngram without -md",
     )
     spec.add_argument(
         "--n-max",
@@ -230,7 +257,7 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         from ..cli.common import demo_notice
         from ..demo import DEMO_CHAT_TEMPLATE, demo_drafter, demo_target
 
-        implicit = not drafts and (args.spec_type is None or canonical_spec_type(args.spec_type) == "mtp")
+        implicit = not drafts and (args.spec_type is None or "mtp" in args.spec_type)
         if implicit and args.p_min is None:  # the demo drafter's measured best, as run uses it
             args.p_min = (DEMO_P_MIN,)
         if implicit:

@@ -20,7 +20,7 @@ from typing import Any
 from ..engine.options import LoadOptions
 from ..errors import UsageError
 from ..sampling_params import SamplingParams
-from ..speculative.options import MAX_DRAFT, SpecOptions, canonical_spec_type
+from ..speculative.options import MAX_DRAFT, SPEC_TYPES, SpecOptions, canonical_spec_type
 from .prompts import BenchPrompt, load_prompts
 from .provenance import environment, weights_description
 from .stats import Generation, summarize
@@ -36,9 +36,10 @@ class BenchConfig:
 
     load: LoadOptions  # the target (its model_draft is unused: drafters are `drafts`)
     drafts: tuple[str, ...] = ()
-    spec_type: str | None = (
-        None  # None: each drafter's own strategy (mtp for an assistant); ngram without -md
-    )
+    # --spec-type mtp,ngram,draft,none: the strategies benched, each crossed with every other axis;
+    # None (or ()): each drafter's own strategy (mtp for an assistant), ngram without -md. A name or
+    # a tuple of names (llama.cpp's aliases accepted); plain decoding ("none") is always the baseline.
+    spec_type: tuple[str, ...] | str | None = None
     n_max: tuple[int, ...] = (1, 2, 3, 4)
     p_min: tuple[float, ...] = (0.0,)  # --p-min: draft confidence thresholds, crossed with every n_max
     autotune: bool = False  # also run --spec-autotune (a row with n_max "auto")
@@ -58,6 +59,9 @@ class BenchConfig:
     temperatures: tuple[float, ...] = ()  # --temp 0,0.3: each its own runs; () = temperature
 
     def __post_init__(self) -> None:
+        names = (self.spec_type,) if isinstance(self.spec_type, str) else tuple(self.spec_type or ())
+        kinds = tuple(dict.fromkeys(canonical_spec_type(k) for k in names))
+        object.__setattr__(self, "spec_type", kinds or None)
         if self.reps < 1:
             raise UsageError(f"--reps must be >= 1, got {self.reps}")
         if self.n_predict < 2:
@@ -70,24 +74,32 @@ class BenchConfig:
         for p in self.p_min:
             if not 0.0 <= p <= 1.0:
                 raise UsageError(f"--p-min {p} must be between 0 and 1")
-        kind = self.resolved_spec_type
         if self.load.model is None:
             raise UsageError("bench needs -m/--model (a target), or --endpoint URL for a server")
-        if kind is None:
+        for kind in self.spec_type or ():
+            if kind not in SPEC_TYPES:
+                raise UsageError(f"--spec-type {kind!r} is not one of {', '.join(SPEC_TYPES)}")
+        if self.spec_type is None:
             return
-        if kind in ("mtp", "draft") and not self.drafts:
-            raise UsageError(f"--spec-type {kind} needs at least one drafter: pass -md/--model-draft")
-        if kind == "ngram" and self.drafts:
-            raise UsageError("--spec-type ngram uses no drafter model; drop -md or pick mtp/draft")
-        if kind not in ("mtp", "draft", "ngram"):
-            raise UsageError(f"--spec-type {kind!r}: bench compares drafting strategies mtp, draft or ngram")
+        needs_drafter = [k for k in self.spec_type if k in ("mtp", "draft")]
+        if needs_drafter and not self.drafts:
+            raise UsageError(
+                f"--spec-type {needs_drafter[0]} needs at least one drafter: pass -md/--model-draft"
+            )
+        if self.drafts and not needs_drafter:
+            listed = ",".join(self.spec_type)
+            raise UsageError(
+                f"--spec-type {listed} uses no drafter model; drop -md or add mtp/draft to the list"
+            )
 
     @property
-    def resolved_spec_type(self) -> str | None:
-        """The strategy every row drafts with; None: each drafter's own (`Engine.default_spec`)."""
+    def strategies(self) -> tuple[str, ...]:
+        """The strategies benched besides plain decoding; "drafter" stands for each drafter's own
+        (`Engine.default_spec`: mtp for an assistant, draft for a draft model)."""
         if self.spec_type is None:
-            return None if self.drafts else "ngram"
-        return canonical_spec_type(self.spec_type)
+            return ("drafter",) if self.drafts else ("ngram",)
+        drafting = tuple(k for k in self.spec_type if k != "none")
+        return drafting
 
     @property
     def model(self) -> str:
@@ -106,6 +118,7 @@ class _Group:
     label: str
     path: str | None
     engine: Any
+    kind: str  # the strategy its rows draft with: mtp, draft or ngram
 
 
 @dataclass
@@ -144,9 +157,9 @@ def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = N
 
 def _run_loaded(config: BenchConfig, base, groups, prompts, ids, say) -> list[dict[str, Any]]:
     say(f"warm-up ({Path(config.model).name}, temperature {config.temperature:g})")
-    for group in groups:
-        for _, spec in [("plain", SpecOptions()), _specs(config, group)[0]]:
-            group.engine.generate(ids[0], n_predict=8, sampling=config.sampling(config.seed), spec=spec)
+    warm = [(base, SpecOptions())] + [(g.engine, _specs(config, g)[0][1]) for g in groups]
+    for engine, spec in warm:
+        engine.generate(ids[0], n_predict=8, sampling=config.sampling(config.seed), spec=spec)
     runs = _Runs()
     for rep in range(config.reps):
         say(f"rep {rep + 1}/{config.reps}: plain decoding")
@@ -159,13 +172,8 @@ def _run_loaded(config: BenchConfig, base, groups, prompts, ids, say) -> list[di
     return summarize_runs(config, runs, groups, base)
 
 
-def _kind(config: BenchConfig, group: _Group) -> str:
-    """The strategy a drafter's rows use: --spec-type, else what the drafter is (mtp for an assistant)."""
-    return config.resolved_spec_type or group.engine.default_spec().type
-
-
 def _specs(config: BenchConfig, group: _Group) -> list[tuple[str, SpecOptions]]:
-    kind = _kind(config, group)
+    kind = group.kind
     specs = [
         (_label(n, p, config), SpecOptions(type=kind, n_max=n, p_min=p))
         for n in config.n_max
@@ -216,19 +224,41 @@ def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) 
     options = dataclasses.replace(config.load, model_draft=None, ctx_size=ctx)
     say(f"loading {config.model}")
     base = load(options=options)
-    if not config.drafts:
-        return base, [_Group("ngram", None, base)]
-    groups, seen = [], set()
+    drafters, seen = [], set()
     for path in config.drafts:
         say(f"loading {path}")
         # the same load rules as run and serve (dtype and quantization follow the target); the
         # target itself is shared, not loaded again
         engine = load(options=options, model_draft=path, reuse_target=base)
         label = Path(path).name
-        label = label if label not in seen else f"{label}#{len(groups) + 1}"
+        label = label if label not in seen else f"{label}#{len(drafters) + 1}"
         seen.add(label)
-        groups.append(_Group(label, path, engine))
-    return base, groups
+        drafters.append(_Group(label, path, engine, engine.default_spec().type))
+    return base, _arrange(config, base, drafters)
+
+
+def _arrange(config: BenchConfig, base: Any, drafters: list[_Group]) -> list[_Group]:
+    """The groups in --spec-type's order: each drafter under its own strategy, ngram on the target."""
+    groups: list[_Group] = []
+    for kind in config.strategies:
+        if kind == "ngram":
+            groups.append(_Group("ngram", None, base, "ngram"))
+            continue
+        mine = [d for d in drafters if kind in ("drafter", d.kind)]
+        if not mine:
+            what = ", ".join(f"{d.label} is {_WHAT[d.kind]}" for d in drafters)
+            raise UsageError(f"--spec-type {kind}: no -md drafter drafts that way ({what})")
+        groups += mine
+    unused = [d for d in drafters if d not in groups]
+    if unused:
+        raise UsageError(
+            f"-md {unused[0].path} is {_WHAT[unused[0].kind]} ({unused[0].kind}), not in --spec-type "
+            f"{','.join(config.spec_type or ())}; add {unused[0].kind} or drop the file"
+        )
+    return groups
+
+
+_WHAT = {"mtp": "an MTP assistant", "draft": "a draft model", "ngram": "n-gram lookup", "none": "no drafter"}
 
 
 def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base: Any) -> list[dict[str, Any]]:
@@ -250,7 +280,7 @@ def summarize_runs(config: BenchConfig, runs: _Runs, groups: list[_Group], base:
     rows = []
     keys = [PLAIN] + [(g.label, label) for g in groups for label in _labels(runs, g.label)]
     paths = {g.label: g.path for g in groups}
-    kinds = {g.label: _kind(config, g) for g in groups}
+    kinds = {g.label: g.kind for g in groups}
     options = {(g.label, label): spec for g in groups for label, spec in _specs(config, g)}
     weights = {label: weights_description(path) for label, path in paths.items() if path}
     for key in keys:
