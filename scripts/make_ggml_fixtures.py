@@ -1,16 +1,20 @@
 """Make tests/fixtures/ggml once: float inputs and ggml's own quantized bytes for them.
 
 ggml's reference quantizer is the ground truth for our numpy encoders (gemma_mtp/gguf/codecs.py).
-This script calls `ggml_quantize_chunk` (no importance matrix) from a libggml-base.so built by
-llama-cpp-python, so the tests can prove bit-exactness without building llama.cpp in CI:
+This script calls `ggml_quantize_chunk` from a libggml-base.so built by llama-cpp-python (or by
+scripts/build_llama_cpp.sh), so the tests can prove bit-exactness without building llama.cpp in CI:
 
     pip install llama-cpp-python==0.3.36          # builds llama.cpp from source (~15 min on 2 cores)
     python scripts/make_ggml_fixtures.py \
         --lib .../site-packages/llama_cpp/lib/libggml-base.so --out tests/fixtures/ggml
 
-Writes `inputs.npz` (float32 arrays, one per case), `<TYPE>.npz` (ggml's bytes per case) and
-`manifest.json` (the library, llama.cpp commit, sizes and sha256 of every file). The library is
-never committed; rerun only when ggml's block formats change (general.quantization_version).
+Writes `inputs.npz` (float32 arrays, one per case), `<TYPE>.npz` (ggml's bytes per case, no
+importance matrix), `importance.npz` (a fixed random importance vector per case, one weight per
+column, a few of them zero) and `<TYPE>.imatrix.npz` (ggml's bytes with those weights as
+`quant_weights`), `imatrix_ref.gguf` (a small importance matrix written by ggml's own
+`gguf_write_to_file`, as llama-imatrix's save_imatrix lays it out) and `manifest.json` (the
+library, llama.cpp commit, sizes and sha256 of every file). The library is never committed; rerun
+only when ggml's block formats change (general.quantization_version).
 
 With `--quantize-source`, it also runs llama-quantize itself (`llama_model_quantize` through the
 llama_cpp package of `--llama-python`) on a deterministic tiny Gemma 4 GGUF for every file type
@@ -37,8 +41,11 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 T = GGMLQuantizationType
-TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K)
+TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
+# the types whose ggml_quantize_chunk reads quant_weights (Q8_0 ignores them)
+WEIGHTED_TYPES = (T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K)
 SEED = 20240607
+IMPORTANCE_SEED = 20250115
 
 
 def make_inputs(seed: int = SEED) -> dict[str, np.ndarray]:
@@ -73,14 +80,84 @@ def make_inputs(seed: int = SEED) -> dict[str, np.ndarray]:
     }
 
 
-def ggml_quantize(lib: ctypes.CDLL, qtype: GGMLQuantizationType, x: np.ndarray) -> np.ndarray:
+def make_importance(inputs: dict[str, np.ndarray], seed: int = IMPORTANCE_SEED) -> dict[str, np.ndarray]:
+    """One importance vector per case (what llama-quantize passes: mean squared activation per
+    column), spanning orders of magnitude, with a few exact zeros (columns never activated)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, x in inputs.items():
+        n = x.shape[1]
+        imp = (rng.lognormal(0.0, 1.5, n) * 1e-2).astype(np.float32)
+        imp[rng.random(n) < 0.03] = 0.0
+        out[name] = imp
+    return out
+
+
+def ggml_quantize(
+    lib: ctypes.CDLL, qtype: GGMLQuantizationType, x: np.ndarray, importance: np.ndarray | None = None
+) -> np.ndarray:
     rows, n_per_row = x.shape
     block, type_size = GGML_QUANT_SIZES[qtype]
     out = np.zeros((rows, n_per_row // block * type_size), dtype=np.uint8)
     src = np.ascontiguousarray(x, dtype=np.float32)
-    written = lib.ggml_quantize_chunk(int(qtype), src.ctypes.data, out.ctypes.data, 0, rows, n_per_row, None)
+    qw = None if importance is None else np.ascontiguousarray(importance, dtype=np.float32)
+    qw_ptr = None if qw is None else qw.ctypes.data
+    written = lib.ggml_quantize_chunk(
+        int(qtype), src.ctypes.data, out.ctypes.data, 0, rows, n_per_row, qw_ptr
+    )
     assert written == out.nbytes, (qtype.name, written, out.nbytes)
     return out
+
+
+class _GGMLInitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p), ("no_alloc", ctypes.c_bool)]
+
+
+def write_reference_imatrix(lib: ctypes.CDLL, path: Path) -> None:
+    """A small imatrix (a dense entry, a 4-expert entry with an unused expert, two datasets)
+    written by ggml's gguf writer in save_imatrix's order: general.type, imatrix.datasets,
+    imatrix.chunk_count, imatrix.chunk_size; per sorted name `<name>.in_sum2` [n_per_row, n_mat]
+    then `<name>.counts` [1, n_mat]."""
+    vp, cp = ctypes.c_void_p, ctypes.c_char_p
+    for name, res, argtypes in (
+        ("ggml_init", vp, [_GGMLInitParams]),
+        ("ggml_free", None, [vp]),
+        ("ggml_new_tensor_2d", vp, [vp, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]),
+        ("ggml_set_name", vp, [vp, cp]),
+        ("ggml_get_data", vp, [vp]),
+        ("gguf_init_empty", vp, []),
+        ("gguf_free", None, [vp]),
+        ("gguf_set_val_str", None, [vp, cp, cp]),
+        ("gguf_set_val_u32", None, [vp, cp, ctypes.c_uint32]),
+        ("gguf_set_arr_str", None, [vp, cp, ctypes.POINTER(cp), ctypes.c_size_t]),
+        ("gguf_add_tensor", None, [vp, vp]),
+        ("gguf_write_to_file", ctypes.c_bool, [vp, cp, ctypes.c_bool]),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = res, argtypes
+    rng = np.random.default_rng(IMPORTANCE_SEED + 1)
+    entries = {  # name -> (sums [n_mat, n_per_row], counts [n_mat])
+        "blk.0.attn_q.weight": (rng.random((1, 256)) * 100, [512.0]),
+        "blk.0.ffn_down_exps.weight": (rng.random((4, 128)) * 10, [96.0, 0.0, 300.0, 17.0]),
+        "blk.1.ffn_up.weight": (rng.random((1, 512)) * 3, [1024.0]),
+    }
+    ctx = lib.ggml_init(_GGMLInitParams(1 << 20, None, False))
+    gctx = lib.gguf_init_empty()
+    lib.gguf_set_val_str(gctx, b"general.type", b"imatrix")
+    datasets = (cp * 2)(b"wiki.train.raw", b"code.txt")
+    lib.gguf_set_arr_str(gctx, b"imatrix.datasets", datasets, 2)
+    lib.gguf_set_val_u32(gctx, b"imatrix.chunk_count", 3)
+    lib.gguf_set_val_u32(gctx, b"imatrix.chunk_size", 512)
+    for name in sorted(entries):
+        sums, counts = np.asarray(entries[name][0], np.float32), np.asarray(entries[name][1], np.float32)
+        for suffix, values, ne0 in ((".in_sum2", sums, sums.shape[1]), (".counts", counts, 1)):
+            t = lib.ggml_new_tensor_2d(ctx, int(T.F32), ne0, counts.size)
+            lib.ggml_set_name(t, (name + suffix).encode())
+            ctypes.memmove(lib.ggml_get_data(t), values.tobytes(), values.nbytes)
+            lib.gguf_add_tensor(gctx, t)
+    assert lib.gguf_write_to_file(gctx, str(path).encode(), False)
+    lib.gguf_free(gctx)
+    lib.ggml_free(ctx)
 
 
 # llama_ftype values of the `gemma-mtp quantize` types (llama.h)
@@ -125,6 +202,11 @@ def main() -> None:
     parser.add_argument("--lib", required=True, type=Path, help="path to libggml-base.so")
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/ggml"))
     parser.add_argument("--llama-cpp-commit", default="0c1e570", help="recorded in the manifest")
+    parser.add_argument(
+        "--lib-built-by",
+        default="scripts/build_llama_cpp.sh (vendor/llama.cpp of llama-cpp-python 0.3.36)",
+        help="how --lib was built, recorded in the manifest",
+    )
     parser.add_argument("--quantize-source", type=Path, help="GGUF to run llama-quantize on (see above)")
     parser.add_argument("--llama-python", default="python", help="a python with llama_cpp installed")
     args = parser.parse_args()
@@ -149,20 +231,37 @@ def main() -> None:
         outputs = {name: ggml_quantize(lib, qtype, x) for name, x in inputs.items()}
         np.savez_compressed(args.out / f"{qtype.name}.npz", **outputs)
         files[f"{qtype.name}.npz"] = None
+    importance = make_importance(inputs)
+    np.savez_compressed(args.out / "importance.npz", **importance)
+    files["importance.npz"] = None
+    for qtype in WEIGHTED_TYPES:
+        outputs = {name: ggml_quantize(lib, qtype, x, importance[name]) for name, x in inputs.items()}
+        np.savez_compressed(args.out / f"{qtype.name}.imatrix.npz", **outputs)
+        files[f"{qtype.name}.imatrix.npz"] = None
+    write_reference_imatrix(lib, args.out / "imatrix_ref.gguf")
+    files["imatrix_ref.gguf"] = None
     if args.quantize_source:
         digests = llama_quantize_digests(args.quantize_source, args.llama_python)
         payload = {"source_sha256": _sha256(args.quantize_source), "file_types": digests}
         (args.out / "llama_quantize.json").write_text(json.dumps(payload, indent=1) + "\n")
         files["llama_quantize.json"] = None
+    elif (args.out / "llama_quantize.json").exists():  # kept from an earlier run
+        files["llama_quantize.json"] = None
     manifest = {
         "made_by": "scripts/make_ggml_fixtures.py",
-        "function": "ggml_quantize_chunk(type, src, dst, 0, nrows, n_per_row, imatrix=NULL)",
+        "function": "ggml_quantize_chunk(type, src, dst, 0, nrows, n_per_row, imatrix): NULL for "
+        "<TYPE>.npz, importance.npz[case] for <TYPE>.imatrix.npz",
+        "imatrix_ref": "imatrix_ref.gguf: gguf_init_empty / gguf_set_* / gguf_add_tensor / "
+        "gguf_write_to_file, keys and tensors as tools/imatrix/imatrix.cpp save_imatrix",
         "library": args.lib.name,
+        "library_built_by": args.lib_built_by,
         "ggml_version": lib.ggml_version().decode(),
         "llama_cpp_python": "0.3.36",
         "llama_cpp_commit": args.llama_cpp_commit,
         "machine": f"{platform.system()} {platform.machine()}",
         "seed": SEED,
+        "importance_seed": IMPORTANCE_SEED,
+        "weighted_types": [t.name for t in WEIGHTED_TYPES],
         "requires_imatrix": requires_imatrix,
         "cases": {name: list(x.shape) for name, x in inputs.items()},
         "sha256": {name: _sha256(args.out / name) for name in files},
