@@ -105,15 +105,15 @@ def test_widths_that_are_not_whole_super_blocks(native):
     want = rounded(x) @ reference(data, Q.Q8_0).double().T
     assert torch.allclose(weight.linear(x).double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     assert gguf_kernel_ok(Q.Q5_0, 640) and not gguf_kernel_ok(Q.Q4_K, 640)
-    assert not gguf_kernel_ok(Q.Q2_K, 512)
+    assert not gguf_kernel_ok(Q.TQ2_0, 512)
 
 
 def test_bad_inputs_are_refused_with_the_reason(native):
     data, weight = weight_of(Q.Q8_0)
     with pytest.raises(RuntimeError, match="rows of 544 bytes"):
         native.gguf_mm(torch.randn(1, K + 32), [weight.data], [int(Q.Q8_0)])
-    with pytest.raises(RuntimeError, match="unsupported GGUF type 10"):
-        native.gguf_mm(torch.randn(1, K), [weight.data], [int(Q.Q2_K)])
+    with pytest.raises(RuntimeError, match="unsupported GGUF type 35"):
+        native.gguf_mm(torch.randn(1, K), [weight.data], [int(Q.TQ2_0)])
     with pytest.raises(RuntimeError, match="out of range"):
         native.gguf_rows(weight.data, int(Q.Q8_0), torch.tensor([N]), K)
     with pytest.raises(ValueError, match="bytes per row"):

@@ -16,15 +16,23 @@
 namespace native {
 
 // Activations rounded per block of 32 inputs: int8 codes with scale max|x| / 127 (round to
-// nearest even), and scale * sum(codes) for the zero terms, as llama.cpp does for its dot products.
+// nearest even), and scale * sum(codes) for the zero terms, as llama.cpp does for its dot products;
+// also the integer sums per 16 codes, for weights with a zero per 16 (Q2_K).
 struct QuantizedActs {
   int64_t M = 0, K = 0, nb = 0;
-  std::vector<int8_t> q;  // [M, K]
-  std::vector<float> d;   // [M, K/32]
-  std::vector<float> s;   // [M, K/32]
+  std::vector<int8_t> q;    // [M, K]
+  std::vector<float> d;     // [M, K/32]
+  std::vector<float> s;     // [M, K/32]
+  std::vector<int16_t> bs;  // [M, K/16]
 
   QuantizedActs(const float* x, int64_t rows, int64_t width)
-      : M(rows), K(width), nb(width / 32), q(rows * width), d(rows * (width / 32)), s(rows * (width / 32)) {
+      : M(rows),
+        K(width),
+        nb(width / 32),
+        q(rows * width),
+        d(rows * (width / 32)),
+        s(rows * (width / 32)),
+        bs(rows * (width / 16)) {
     for (int64_t m = 0; m < M; ++m) {
       for (int64_t b = 0; b < nb; ++b) {
         const float* xb = x + m * K + b * 32;
@@ -32,15 +40,17 @@ struct QuantizedActs {
         for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
         const float dd = amax / 127.f;
         const float id = dd > 0.f ? 1.f / dd : 0.f;
-        int sum = 0;
+        int sum[2] = {0, 0};
         int8_t* qb = q.data() + m * K + b * 32;
         for (int i = 0; i < 32; ++i) {
           const int v = static_cast<int>(std::nearbyint(xb[i] * id));
           qb[i] = static_cast<int8_t>(v);
-          sum += v;
+          sum[i / 16] += v;
         }
         d[m * nb + b] = dd;
-        s[m * nb + b] = dd * static_cast<float>(sum);
+        s[m * nb + b] = dd * static_cast<float>(sum[0] + sum[1]);
+        bs[(m * nb + b) * 2] = static_cast<int16_t>(sum[0]);
+        bs[(m * nb + b) * 2 + 1] = static_cast<int16_t>(sum[1]);
       }
     }
   }

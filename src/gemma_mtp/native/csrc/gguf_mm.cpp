@@ -2,12 +2,15 @@
 // bytes (usually a view of the memory-mapped file), so a model takes its file's size in memory and a
 // forward reads as many weight bytes as llama.cpp's does.
 //
-// Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (blocks of 32) and Q4_K, Q5_K, Q6_K (super-blocks of 256),
-// with the byte layouts of ggml's block_q* structs. Every block is decoded into 32-wide sub-blocks
-//   w[i] = d * s[i / 16] * c[i] + m
-// with int8 codes c (the type's offset already subtracted for the symmetric types), small integer
-// scales s (1 except Q6_K's per-16 scales), a float scale d and, for Q4_1 / Q5_1 / Q4_K / Q5_K, a
-// float zero m. This is exactly what `gguf.quants.dequantize` computes.
+// Types: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL (blocks of 32) and Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+// IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M (super-blocks of 256), with the byte
+// layouts of ggml's block_* structs. Every block is decoded into 32-wide sub-blocks (`Sub`,
+// gguf_blocks.h)
+//   w[i] = d * s[i / 16] * c[i] + m * ms[i / 16]
+// with int8 codes c (the type's offset already subtracted for the symmetric types; the signed grid
+// values for the i-quants), small integer scales s per 16, a float scale d and, for Q4_1 / Q5_1 /
+// Q4_K / Q5_K / Q2_K, a float zero m (ms: Q2_K's mins per 16, else 1). This is exactly what
+// `gguf.quants.dequantize` computes; the low-bit decoders are in gguf_lowbit.h.
 //
 // Activations are those of q8_mm.cpp: each row rounded to int8 per 32 inputs with scale
 // max|x| / 127 (llama.cpp does the same for its Q8_0-type dot products); a sub-block's sum of
@@ -18,61 +21,15 @@
 #include <ATen/Parallel.h>
 
 #include "common.h"
-#include <c10/util/Half.h>
+#include "gguf_blocks.h"
+#include "gguf_lowbit.h"
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX2__) || defined(__F16C__)
-#include <immintrin.h>
-#endif
-#if defined(__AVX2__) && defined(__FMA__)
-#define GG_AVX2 1
-#else
-#define GG_AVX2 0
-#endif
-
 namespace gguf_blocks {
-
-// ggml type ids
-enum : int { Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q4_K = 12, Q5_K = 13, Q6_K = 14 };
-
-struct Layout {
-  int64_t elems;  // weights per block
-  int64_t bytes;  // bytes per block
-};
-
-inline Layout layout_of(int64_t type) {
-  switch (type) {
-    case Q4_0: return {32, 18};
-    case Q4_1: return {32, 20};
-    case Q5_0: return {32, 22};
-    case Q5_1: return {32, 24};
-    case Q8_0: return {32, 34};
-    case Q4_K: return {256, 144};
-    case Q5_K: return {256, 176};
-    case Q6_K: return {256, 210};
-    default: return {0, 0};
-  }
-}
-
-inline float f16(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-#if defined(__F16C__)
-  return _cvtsh_ss(h);
-#else
-  return c10::detail::fp16_ieee_to_fp32_value(h);
-#endif
-}
-
-inline uint32_t u32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
 
 // Q4_K / Q5_K: the 6-bit scale and min of sub-block j from the 12 packed bytes.
 inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
@@ -85,17 +42,10 @@ inline void scale_min_k4(int j, const uint8_t* q, int& sc, int& m) {
   }
 }
 
-// One 32-wide sub-block, decoded (the scalar reference every path is tested against).
-struct Sub {
-  int8_t c[32];
-  int16_t s[2];
-  float d;
-  float m;
-};
-
 // Sub-block j (0 for the 32-wide types, 0..7 for the K types) of the block at `b`.
 inline void decode_sub(int64_t type, const uint8_t* b, int j, Sub& o) {
   o.s[0] = o.s[1] = 1;
+  o.ms[0] = o.ms[1] = 1;
   o.m = 0.f;
   switch (type) {
     case Q8_0:
@@ -160,14 +110,15 @@ inline void decode_sub(int64_t type, const uint8_t* b, int j, Sub& o) {
       return;
     }
     default:
-      TORCH_CHECK(false, "gguf_mm: unsupported GGUF type ", type);
+      decode_sub_lowbit(type, b, j, o);
   }
 }
 
 struct Acts {
-  const int8_t* q;  // [M, K]
-  const float* d;   // [M, K/32]
-  const float* s;   // [M, K/32]: d * sum of the codes
+  const int8_t* q;    // [M, K]
+  const float* d;     // [M, K/32]
+  const float* s;     // [M, K/32]: d * sum of the codes
+  const int16_t* bs;  // [M, K/16]: sums of the codes per 16 (for Q2_K's per-16 mins)
   int64_t K;
 };
 
@@ -191,7 +142,10 @@ void rows_scalar(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, i
           for (int i = 0; i < 16; ++i) lo += int32_t(sub.c[i]) * x[i];
           for (int i = 16; i < 32; ++i) hi += int32_t(sub.c[i]) * x[i];
           const int32_t isum = lo * sub.s[0] + hi * sub.s[1];
-          acc[m] += float(isum) * (sub.d * a.d[m * nb + b]) + sub.m * a.s[m * nb + b];
+          // = sub.m * a.s[m * nb + b] bit for bit when ms = {1, 1}
+          const int16_t* bs = a.bs + m * 2 * nb + 2 * b;
+          const float zero = sub.m * (a.d[m * nb + b] * float(sub.ms[0] * bs[0] + sub.ms[1] * bs[1]));
+          acc[m] += float(isum) * (sub.d * a.d[m * nb + b]) + zero;
         }
       }
     }
@@ -201,31 +155,6 @@ void rows_scalar(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, i
 
 #if GG_AVX2
 using native::hsum;
-
-// 16 bytes -> 32 nibbles: the low nibbles in bytes 0..15, the high ones in bytes 16..31.
-inline __m256i nibbles16(const uint8_t* p) {
-  const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i m = _mm_set1_epi8(0x0F);
-  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(x, 4), m), _mm_and_si128(x, m));
-}
-
-// 32 bits -> byte i = 0x10 where bit i is set, else 0.
-inline __m256i bit4_from_bits(uint32_t bits) {
-  const __m256i pick = _mm256_set_epi64x(0x0303030303030303LL, 0x0202020202020202LL, 0x0101010101010101LL, 0LL);
-  const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ULL));
-  const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32(int(bits)), pick), bit);
-  return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(0x10));
-}
-
-// A block decoded for the vector loop: per sub-block the codes, the int16 scales (one per 16
-// lanes of maddubs' output: low 128 bits = inputs 0..15), the float scale and the zero.
-struct VBlock {
-  __m256i c[8];
-  __m256i s[8];
-  float d[8];
-  float m[8];
-  int n;
-};
 
 template <int T>
 inline void decode_vec(const uint8_t* b, VBlock& o) {
@@ -282,7 +211,7 @@ inline void decode_vec(const uint8_t* b, VBlock& o) {
       }
       o.c[j] = c;
     }
-  } else {  // Q6_K
+  } else if constexpr (T == Q6_K) {
     o.n = 8;
     const float d = f16(b + 208);
     const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
@@ -306,17 +235,20 @@ inline void decode_vec(const uint8_t* b, VBlock& o) {
         o.m[j] = 0.f;
       }
     }
+  } else {
+    decode_vec_lowbit<T>(b, o);
   }
 }
 
 // Codes that are never negative go straight into maddubs' unsigned operand.
 template <int T>
 constexpr bool unsigned_codes() {
-  return T == Q4_0 || T == Q4_1 || T == Q5_0 || T == Q5_1 || T == Q4_K || T == Q5_K;
+  return T == Q4_0 || T == Q4_1 || T == Q5_0 || T == Q5_1 || T == Q4_K || T == Q5_K || T == Q2_K;
 }
+// A zero per 32 (applied with the activations' per-32 sums); Q2_K's zeros are per 16.
 template <int T>
 constexpr bool has_zero() {
-  return unsigned_codes<T>();
+  return unsigned_codes<T>() && T != Q2_K;
 }
 
 // Sub-block b of every row accumulates into acc[b % 2][m]: two independent chains of FMAs, so
@@ -337,14 +269,7 @@ inline void dot_sub(const __m256i c, const __m256i ac, const __m256i s, float d,
 template <int T, int MB>
 void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out, int64_t ldo,
                const int64_t* idx) {
-  constexpr Layout L = T == Q4_0   ? Layout{32, 18}
-                       : T == Q4_1 ? Layout{32, 20}
-                       : T == Q5_0 ? Layout{32, 22}
-                       : T == Q5_1 ? Layout{32, 24}
-                       : T == Q8_0 ? Layout{32, 34}
-                       : T == Q4_K ? Layout{256, 144}
-                       : T == Q5_K ? Layout{256, 176}
-                                   : Layout{256, 210};
+  constexpr Layout L = layout_of(T);
   constexpr int subs = L.elems / 32;
   constexpr bool uc = unsigned_codes<T>(), wz = has_zero<T>();
   const int64_t nblk = a.K / L.elems, nb = a.K / 32;
@@ -354,10 +279,10 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
     dot_sub<MB>(c, uc ? c : _mm256_sign_epi8(c, c), blk.s[j], blk.d[j], blk.m[j], uc, wz, a, b, nb, acc, zacc);
   };
   for (int64_t n = n0; n < n1; ++n) {
-    __m256 even[MB], odd[MB];
+    __m256 even[MB], odd[MB], zero16[MB];
     float zacc[MB];
     for (int m = 0; m < MB; ++m) {
-      even[m] = odd[m] = _mm256_setzero_ps();
+      even[m] = odd[m] = zero16[m] = _mm256_setzero_ps();
       zacc[m] = 0.f;
     }
     const uint8_t* row = w + (idx ? idx[n] : n) * pitch;
@@ -380,9 +305,21 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
           sub(j, bi * subs + j, even, zacc);
           sub(j + 1, bi * subs + j + 1, odd, zacc);
         }
+        if constexpr (T == Q2_K) {  // the 16 mins: lane j = its two per-16 sums for sub-block j
+          const __m256 dm = _mm256_set1_ps(blk.dm);
+          for (int m = 0; m < MB; ++m) {
+            const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bs + m * 2 * nb + bi * 16));
+            const __m256 ad = _mm256_mul_ps(_mm256_loadu_ps(a.d + m * nb + bi * 8), dm);
+            zero16[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(blk.ms, bs)), ad, zero16[m]);
+          }
+        }
       }
     }
-    for (int m = 0; m < MB; ++m) out[m * ldo + n] = hsum(_mm256_add_ps(even[m], odd[m])) + zacc[m];
+    for (int m = 0; m < MB; ++m) {
+      float y = hsum(_mm256_add_ps(even[m], odd[m])) + zacc[m];
+      if constexpr (T == Q2_K) y += hsum(zero16[m]);
+      out[m * ldo + n] = y;
+    }
   }
 }
 
@@ -397,7 +334,18 @@ void rows_vec(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int6
     case Q8_0: return rows_avx2<Q8_0, MB>(w, pitch, a, n0, n1, out, ldo, idx);
     case Q4_K: return rows_avx2<Q4_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
     case Q5_K: return rows_avx2<Q5_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
-    default: return rows_avx2<Q6_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q6_K: return rows_avx2<Q6_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q2_K: return rows_avx2<Q2_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case Q3_K: return rows_avx2<Q3_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ4_NL: return rows_avx2<IQ4_NL, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ4_XS: return rows_avx2<IQ4_XS, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ3_XXS: return rows_avx2<IQ3_XXS, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ3_S: return rows_avx2<IQ3_S, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ2_XXS: return rows_avx2<IQ2_XXS, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ2_XS: return rows_avx2<IQ2_XS, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ2_S: return rows_avx2<IQ2_S, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    case IQ1_S: return rows_avx2<IQ1_S, MB>(w, pitch, a, n0, n1, out, ldo, idx);
+    default: return rows_avx2<IQ1_M, MB>(w, pitch, a, n0, n1, out, ldo, idx);
   }
 }
 #endif
@@ -453,6 +401,7 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
   const int64_t nb = acts.nb;
   const int8_t* xq = acts.q.data();
   const float *xd = acts.d.data(), *xs = acts.s.data();
+  const int16_t* xbs = acts.bs.data();
   float* o = out.data_ptr<float>();
   const int64_t row_bytes = std::max<int64_t>(1, K);  // ~ bytes of weights per row (int8 granularity)
   // tiles of weight rows small enough to stay in L2 while every group of 4 activation rows passes
@@ -466,7 +415,7 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
         const int64_t t1 = std::min(hi, t0 + tile);
         for (int64_t m0 = 0; m0 < M; m0 += 4) {
           const int64_t mb = std::min<int64_t>(4, M - m0);
-          const Acts a{xq + m0 * K, xd + m0 * nb, xs + m0 * nb, K};
+          const Acts a{xq + m0 * K, xd + m0 * nb, xs + m0 * nb, xbs + m0 * 2 * nb, K};
           float* om = o + m0 * N + p.start;
           const int64_t r0 = t0 - p.start, r1 = t1 - p.start;
           switch (mb) {
@@ -497,6 +446,7 @@ torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tenso
   const Layout L = layout_of(type);
   const uint8_t* base = w.data_ptr<uint8_t>();
   const int64_t pitch = w.stride(0), nblk = K / L.elems, subs = L.elems / 32;
+  const bool zero = has_zero_term(type);  // adding a zero of 0 would turn -0 into +0
   at::parallel_for(0, n, std::max<int64_t>(1, (int64_t(1) << 16) / K), [&](int64_t r0, int64_t r1) {
     Sub s;
     for (int64_t r = r0; r < r1; ++r) {
@@ -505,7 +455,10 @@ torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tenso
         for (int j = 0; j < subs; ++j) {
           decode_sub(type, base + ip[r] * pitch + bi * L.bytes, j, s);
           float* y = orow + (bi * subs + j) * 32;
-          for (int i = 0; i < 32; ++i) y[i] = s.d * float(s.s[i / 16]) * float(s.c[i]) + s.m;
+          for (int i = 0; i < 32; ++i) {
+            const float v = s.d * float(s.s[i / 16]) * float(s.c[i]);
+            y[i] = zero ? v + s.m * float(s.ms[i / 16]) : v;
+          }
         }
       }
     }
@@ -534,10 +487,11 @@ torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64
   const int64_t nb = acts.nb;
   const int8_t* xq = acts.q.data();
   const float *xd = acts.d.data(), *xs = acts.s.data();
+  const int16_t* xbs = acts.bs.data();
   float* o = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 18) / K);
   for (int64_t m = 0; m < M; ++m) {
-    const Acts a{xq + m * K, xd + m * nb, xs + m * nb, K};
+    const Acts a{xq + m * K, xd + m * nb, xs + m * nb, xbs + m * 2 * nb, K};
     at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
       rows_any<1>(vectorized, type, parts[0].w, parts[0].pitch, a, r0, r1, o + m * n, 0, ip + m * n);
     });
