@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from gemma_mtp import __version__
 from gemma_mtp.bench.cli import add_bench_arguments, bench_command
+from gemma_mtp.calibrate.cli import add_imatrix_arguments, imatrix_command
 from gemma_mtp.cli.args import add_chat_arguments, add_run_arguments
 from gemma_mtp.cli.chat import chat_command
 from gemma_mtp.cli.kernels import add_build_kernels_arguments, build_kernels_command
@@ -29,6 +30,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench": bench_command,
     "train-drafter": train_command,
     "build-kernels": build_kernels_command,
+    "imatrix": imatrix_command,
     **GGUF_COMMANDS,
 }
 
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_arguments(commands)
     add_bench_arguments(commands)
     add_train_arguments(commands)
+    add_imatrix_arguments(commands)
     add_build_kernels_arguments(commands)
     for name in PLANNED_COMMANDS:
         commands.add_parser(name, help="(not available in this version yet)", allow_abbrev=False)

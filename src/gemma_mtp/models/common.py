@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import observe
 from ..cache import SharedKV
 from ..config import RopeSpec
 from ..ops import ROW_ATTENTION_MAX_T, apply_rope, attention, head_norm_rope, linear, rms_norm, softcap
@@ -36,6 +37,8 @@ class Linear(nn.Linear):
     projections must not wait at a cross-thread barrier when another process holds a core."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if observe.OBSERVER is not None:
+            observe.OBSERVER(self, x, None)
         return linear(x, self.weight, self.bias)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import observe
 from ..config import TextConfig
 from .common import ACTIVATIONS, Linear, RMSNorm
 
@@ -45,7 +46,12 @@ class Experts(nn.Module):
         out = torch.zeros_like(x)
         for expert in torch.unique(ids).tolist():
             token, slot = torch.where(ids == expert)
+            if observe.OBSERVER is not None:
+                observe.OBSERVER(self.gate_up_proj, x[token], expert)
             gate, up = nn.functional.linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
-            y = nn.functional.linear(self.act(gate) * up, self.down_proj[expert])
+            hidden = self.act(gate) * up
+            if observe.OBSERVER is not None:
+                observe.OBSERVER(self.down_proj, hidden, expert)
+            y = nn.functional.linear(hidden, self.down_proj[expert])
             out.index_add_(0, token, (y * weights[token, slot, None]).to(out.dtype))
         return out

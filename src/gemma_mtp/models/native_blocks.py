@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .. import observe
 from ..config import FULL
 from ..ops import ROW_ATTENTION_MAX_T, native_for
 from .common import RMSNorm
@@ -122,8 +123,9 @@ def native_attention(layer: nn.Module) -> NativeAttention | None:
 
 
 def ops_for(x: torch.Tensor):
-    """The native module when x qualifies (float32 CPU inference), else None."""
-    return native_for(x) if not x.requires_grad else None
+    """The native module when x qualifies (float32 CPU inference), else None; None as well while
+    the products are observed (`gemma_mtp.observe`: the modules' path, the same numbers)."""
+    return native_for(x) if not x.requires_grad and observe.OBSERVER is None else None
 
 
 def run_attention(ops, spec: NativeAttention, attn: nn.Module, x, cos, sin, plan, cache, shared):

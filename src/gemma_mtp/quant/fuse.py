@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import observe
 from .blocks import GGUFBlockWeight, GGUFMultiWeight
 from .modules import QuantLinear, quant_linear
 from .q8 import Q8BlockWeight
@@ -30,6 +31,8 @@ class FusedLinear(nn.Module):
         self.sizes = sizes
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if observe.OBSERVER is not None:
+            observe.OBSERVER(self, x, None)
         return quant_linear(self.weight, x).split(self.sizes, dim=-1)
 
 

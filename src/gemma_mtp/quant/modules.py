@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from torch import nn
 
-from .. import native
+from .. import native, observe
 from .blocks import BLOCK_TYPES, GGUFBlockWeight, as_tensor
 from .codes import decode_codes
 from .int4 import Int4GroupWeight
@@ -91,6 +91,8 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = qweight.in_features, qweight.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if observe.OBSERVER is not None:
+            observe.OBSERVER(self, x, None)
         return quant_linear(self.qweight, x)
 
     @property
