@@ -208,9 +208,11 @@ def test_endpoint_rows_make_a_report_without_a_plain_row(stub_server, tmp_path):
     config = EndpointConfig(endpoints=(stub_server,), n_max=(1, 2), reps=1, prompts="builtin", n_predict=3)
     written = write_report(run_endpoint_bench(config), tmp_path)
     assert sorted(p.name for p in written) == [
+        "acceptance_by_position.json",
         "acceptance_by_position.png",
         "report.md",
         "rows.jsonl",
+        "tokens_per_s.json",
         "tokens_per_s.png",
     ]
 

@@ -8,22 +8,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .labels import quant_of
 from .plots import write_plots
+from .tables import pm as _pm
+from .tables import seeds_tables
 
 __all__ = ["COLUMNS", "table_cells", "markdown_table", "rich_table", "write_jsonl", "write_report"]
 
-COLUMNS = ("drafter", "n_max", "tok/s", "speedup", "acceptance", "by position", "accepted length")
-
-
-def _pm(mean: float | None, std: float | None, digits: int = 2) -> str:
-    if mean is None:
-        return "-"
-    return f"{mean:.{digits}f} ± {std or 0.0:.{digits}f}"
+COLUMNS = (
+    "drafter",
+    "n_max",
+    "tok/s",
+    "speedup",
+    "acceptance",
+    "by position",
+    "accepted length",
+    "strategy",
+    "target",
+    "temp",
+    "lossless",
+)
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
     positions = " / ".join("-" if a is None else f"{a:.2f}" for a in row.get("acceptance_by_position", []))
     n_max = "plain" if row["n_max"] == 0 else str(row["n_max"])
+    if row["n_max"] != 0 and row.get("p_min"):
+        n_max += f" p={row['p_min']:g}"
     chosen = row.get("autotune_chosen")
     if chosen:  # the n it spent most rounds on, and how often
         top = max(range(len(chosen)), key=chosen.__getitem__)
@@ -36,7 +47,24 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _pm(row.get("acceptance"), row.get("acceptance_std")),
         positions or "-",
         _pm(row.get("mean_accepted_length"), row.get("mean_accepted_length_std")),
+        str(row.get("strategy") or row.get("spec_type") or "-"),
+        str(row.get("target") or row.get("model") or "-"),
+        "-" if row.get("temperature") is None else f"{row['temperature']:g}",
+        _lossless_cell(row),
     ]
+
+
+def _lossless_cell(row: dict[str, Any]) -> str:
+    """greedy: `yes`/`NO` (outputs equal plain decoding's); sampled: the distribution test's p-value."""
+    cells = []
+    if row.get("lossless") is not None:
+        cells.append("yes" if row["lossless"] else "NO")
+    check = row.get("lossless_sampling")
+    if check:
+        cells.append(
+            f"{'ok' if check['passed'] else 'FAILED'} (p={check['pvalue']:.2g}, {check['draws']} draws)"
+        )
+    return ", ".join(cells) or "-"
 
 
 def _overall(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -104,17 +132,19 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Pa
     jsonl = write_jsonl(rows, out_dir / "rows.jsonl")
     plots = write_plots(rows, out_dir)
     first = rows[0] if rows else {}
+    targets = {r.get("model"): r.get("model_weights") for r in rows}
     lines = [
         "# Speculative decoding benchmark",
         "",
-        f"- target: `{first.get('model', '?')}` ({_weights(first.get('model_weights'))}), "
-        f"compute dtype {first.get('dtype', '?')}",
-        f"- device: {first.get('device', '?')}; torch {first.get('torch', '?')}; "
-        f"commit {first.get('git_commit', '?')}; {first.get('timestamp', '?')}",
-        f"- {first.get('n_predict', '?')} tokens per prompt, temperature {first.get('temperature', '?')}, "
+        *(f"- target: `{model}` ({_weights(weights)})" for model, weights in targets.items()),
+        f"- compute dtype {first.get('dtype', '?')}; device: {first.get('device', '?')}; "
+        f"torch {first.get('torch', '?')}; commit {first.get('git_commit', '?')}; {first.get('timestamp', '?')}",
+        f"- {first.get('n_predict', '?')} tokens per prompt, temperature "
+        f"{', '.join(map(str, dict.fromkeys(r.get('temperature') for r in rows)))}, "
         f"{first.get('reps', '?')} reps with distinct seeds (mean ± 1σ over reps)",
         "",
-        "## All prompts",
+        *seeds_tables(rows),
+        "## All rows",
         "",
         markdown_table(rows),
         "",
@@ -126,8 +156,12 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Pa
     by_category = category_table(rows)
     if by_category:
         lines += ["## By prompt category (speedup, acceptance)", "", by_category, ""]
-    for plot in plots:
-        lines += [f"![{plot.stem}]({plot.name})", ""]
+    for plot in (p for p in plots if p.suffix == ".png"):
+        lines += [
+            f"![{plot.stem}]({plot.name})",
+            f"(plotted values: [{plot.stem}.json]({plot.stem}.json))",
+            "",
+        ]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     return [jsonl, *plots, report]
@@ -138,5 +172,5 @@ def _weights(desc: dict[str, Any] | None) -> str:
         return "?"
     if desc.get("format") == "gguf":
         types = ", ".join(f"{k} {v:.0%}" for k, v in list(desc.get("tensor_types", {}).items())[:3])
-        return f"GGUF {types}"
+        return "GGUF " + ": ".join(x for x in (quant_of(desc), types) if x)
     return f"HF {desc.get('dtype') or '?'}"
