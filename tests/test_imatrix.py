@@ -99,6 +99,22 @@ def test_only_blk_products_of_a_target_are_recorded_as_llama_imatrix_does(e2b):
     assert "per_layer_model_proj.weight" not in names  # not a blk. product: llama-imatrix skips it
 
 
+def test_expert_stacks_get_one_row_and_one_count_per_expert(reference_models):
+    target, config = ref.load_ours(reference_models.target("moe").path)
+    acc = Accumulator(product_names(target, config))
+    target_chunk(target, CHUNK, acc)
+    got = acc.entries()
+    d, i = config.hidden_size, config.moe_intermediate_size
+    for layer in range(config.num_layers):
+        gate_up, counts = got[f"blk.{layer}.ffn_gate_up_exps.weight"]
+        down, down_counts = got[f"blk.{layer}.ffn_down_exps.weight"]
+        assert gate_up.shape == (config.num_experts, d) and down.shape == (config.num_experts, i)
+        assert counts.shape == (config.num_experts,) and torch.equal(counts, down_counts)
+        assert counts.sum() == len(CHUNK) * config.top_k_experts  # each token's picked experts
+        assert bool(((gate_up.sum(dim=1) > 0) == (counts > 0)).all())
+        assert got[f"blk.{layer}.ffn_gate.weight"][1].tolist() == [len(CHUNK)]  # the dense MLP beside
+
+
 @torch.inference_mode()
 def _logits(target, drafter):
     cache = target.make_cache(max_context=len(CHUNK))
@@ -118,7 +134,7 @@ def test_observing_changes_no_result_bit_for_bit(pair_gguf, watched):
     if watched == "target":
         acc = Accumulator(product_names(target, t_config))
     else:
-        acc = Accumulator(product_names(drafter, d_config, layout="mainline", process_output=True))
+        acc = Accumulator(product_names(drafter, d_config, layout="mainline"))
     with observe.observing(acc):
         seen = _logits(target, drafter)
     assert acc.sums and all(torch.equal(a, b) for a, b in zip(plain, seen, strict=True))
@@ -128,7 +144,7 @@ def test_observing_changes_no_result_bit_for_bit(pair_gguf, watched):
 def _drafter_imatrix(pair, **kwargs) -> dict:
     target, _, _ = load_gguf_model(pair[0])
     drafter, config, _ = load_gguf_model(pair[1])
-    acc = Accumulator(product_names(drafter, config, layout="mainline", process_output=True))
+    acc = Accumulator(product_names(drafter, config, layout="mainline"))
     drafter_chunk(target, drafter, CHUNK, acc, n_draft=3, **kwargs)
     return {name: (s.numpy(), c.numpy()) for name, (s, c) in acc.entries().items()}
 

@@ -65,8 +65,8 @@ def add_imatrix_arguments(subparsers) -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--process-output", action="store_true",
-        help="also the output head (a separate output.weight; a drafter's centroid matrix); "
-        "a tied head (token_embd.weight) is never recorded, as in llama-imatrix",
+        help="also a separate output head (output.weight); a tied head (token_embd.weight, as in "
+        "Gemma) is never recorded, as in llama-imatrix",
     )  # fmt: skip
     group.add_argument(
         "-ofreq", "--output-frequency", dest="output_frequency", type=int, default=d.output_frequency,

@@ -6,10 +6,11 @@ Text is split as llama-imatrix splits it: `len(tokens) // chunk_size` chunks of 
 tokens, each starting with BOS (its first token replaced), statistics over every token of a chunk.
 
 Which matrices: llama-imatrix records `blk.*` products (and `output.weight` with --process-output;
-Gemma's head is tied to `token_embd.weight`, which it never records). A drafter's own projections
-(`nextn.pre_projection`, `nextn.post_projection` and their legacy/ik names) are recorded too: they
-run on every draft step and llama-quantize quantizes them; its centroid matrix is a head and needs
-`process_output`. Entries carry the GGUF tensor names of the file being calibrated.
+Gemma's head is tied to `token_embd.weight`, which it never records). A drafter's own matrices
+outside the blocks are recorded too: its projections (`nextn.pre_projection`,
+`nextn.post_projection`) and its centroid matrix (`masked_embd_centroids`), in any layout's names:
+they run at every draft step, and llama-quantize looks an imatrix entry up for each of them.
+Entries carry the GGUF tensor names of the file being calibrated.
 
 A drafter is calibrated with its target in the loop: the target runs the chunk once, then for every
 position p the speculative MTP drafter (`speculative.mtp.MTPDrafter`, the very code decoding uses)
@@ -52,11 +53,10 @@ __all__ = [
 ]
 
 GREEDY = SamplingParams(temperature=0)
-_PROJECTIONS = ("pre_projection.weight", "post_projection.weight")
-_HEADS = ("masked_embedding.centroids.weight",)
-# a drafter's projections in every layout; its centroid matrix (a head) and a separate output head
-DRAFTER_PROJECTIONS = frozenset(heads[k] for heads in DRAFTER_HEADS.values() for k in _PROJECTIONS)
-OUTPUT_HEADS = frozenset({"output.weight"} | {heads[k] for heads in DRAFTER_HEADS.values() for k in _HEADS})
+_DRAFTER_MATRICES = ("pre_projection.weight", "post_projection.weight", "masked_embedding.centroids.weight")
+# a drafter's matrices outside its blocks, in every layout's names
+DRAFTER_MATRICES = frozenset(heads[k] for heads in DRAFTER_HEADS.values() for k in _DRAFTER_MATRICES)
+OUTPUT_HEAD = "output.weight"  # a separate output head (Gemma's is tied: never recorded)
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,9 @@ class Product:
 def _recorded(name: str, *, drafter: bool, process_output: bool) -> bool:
     if name.startswith("blk."):
         return True
-    if drafter and name in DRAFTER_PROJECTIONS:
+    if drafter and name in DRAFTER_MATRICES:
         return True
-    return process_output and name in OUTPUT_HEADS
+    return process_output and name == OUTPUT_HEAD
 
 
 def product_names(
