@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,13 @@ def _back_to_one_thread():
     yield
     if torch.get_num_threads() != 1:
         torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_user_profiles(tmp_path_factory):
+    """run, chat and serve apply a pair's default profile from the user's cache (`cli.profile`);
+    the suite sees an empty profile directory of its own instead (subprocesses inherit it)."""
+    os.environ["GEMMA_MTP_PROFILES"] = str(tmp_path_factory.mktemp("profiles"))
 
 
 class ReferenceModels:

@@ -114,3 +114,114 @@ def test_serve_takes_the_profile_too(tmp_path):
     settings = settings_from_args(build_parser().parse_args(["serve", "--profile", path]))
     assert settings.load.model_draft == "/models/d.gguf"
     assert (settings.spec.n_max, settings.spec.p_min) == (3, 0.6)
+
+
+# --------------------------------------------------------------------------- default profile per pair
+
+
+@pytest.fixture
+def pair(tmp_path, monkeypatch):
+    """A target and two drafter files (their identity is what keys the default profiles), a
+    profile directory of its own, and bench rows over them."""
+    monkeypatch.setenv("GEMMA_MTP_PROFILES", str(tmp_path / "profiles"))
+    files = {}
+    for name in ("target.gguf", "d.gguf", "e.gguf"):
+        files[name] = tmp_path / name
+        files[name].write_bytes(name.encode())
+    rows = [{**r, "model": str(files["target.gguf"])} for r in ROWS]
+    for r in rows:
+        if r["drafter_path"]:
+            r["drafter_path"] = str(files["d.gguf"])
+    other = {**_row(2, 90.0, drafter="e.gguf"), "model": str(files["target.gguf"])}
+    rows.append({**other, "drafter_path": str(files["e.gguf"])})
+    return files, rows
+
+
+def test_default_profile_key_is_the_pairs_identity(pair, tmp_path, monkeypatch):
+    import os
+
+    from gemma_mtp.cli.profile import default_profile_path, profile_dir
+
+    files, _ = pair
+    path = default_profile_path(files["target.gguf"], files["d.gguf"])
+    assert path.parent == profile_dir() == tmp_path / "profiles"
+    assert path.name.startswith("target--d-") and path == default_profile_path(
+        files["target.gguf"], files["d.gguf"]
+    )
+    assert path != default_profile_path(files["target.gguf"], files["e.gguf"])
+    assert default_profile_path(files["target.gguf"], None).name.startswith("target--any-")
+    st = files["d.gguf"].stat()
+    os.utime(files["d.gguf"], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a rewritten file: a new pair
+    assert path != default_profile_path(files["target.gguf"], files["d.gguf"])
+    monkeypatch.delenv("GEMMA_MTP_PROFILES")
+    monkeypatch.setenv("GEMMA_MTP_CACHE", str(tmp_path / "cache"))
+    assert profile_dir() == tmp_path / "cache" / "profiles"
+
+
+def test_recommend_without_file_writes_a_profile_per_benched_pair_and_one_for_the_target(pair):
+    from gemma_mtp.cli.profile import default_profile_path, write_default_profiles
+
+    files, rows = pair
+    written = dict(write_default_profiles(rows))
+    target = files["target.gguf"]
+    assert set(written) == {default_profile_path(target, d) for d in (files["d.gguf"], files["e.gguf"], None)}
+    by_d = read_profile(default_profile_path(target, files["d.gguf"]))
+    assert (by_d.drafter, by_d.n_max, by_d.tokens_per_s) == (str(files["d.gguf"]), 3, 75.0)
+    best = read_profile(default_profile_path(target, None))  # the target alone: the fastest of all
+    assert (best.drafter, best.n_max, best.tokens_per_s) == (str(files["e.gguf"]), 2, 90.0)
+
+
+def test_run_applies_the_pairs_default_profile_and_says_so(api, pair, capsys):
+    from gemma_mtp.cli.profile import write_default_profiles
+
+    files, rows = pair
+    write_default_profiles(rows)
+    target, d = str(files["target.gguf"]), str(files["d.gguf"])
+    assert main(["run", "-m", target, "-md", d, "--prompt-ids", "2,105,7"]) == 0
+    spec = api.generate_calls[0][3]
+    assert api.load_calls[0][:2] == (target, d)
+    assert (spec.type, spec.n_max, spec.p_min) == ("mtp", 3, 0.6)
+    err = capsys.readouterr().err
+    assert "using profile " in err and "target--d-" in err and "--no-profile to ignore" in err
+    # -m alone: the target's own profile brings its best drafter
+    assert main(["run", "-m", target, "--prompt-ids", "2,105,7"]) == 0
+    assert api.load_calls[1][:2] == (target, str(files["e.gguf"]))
+    assert api.generate_calls[1][3].n_max == 2
+
+
+def test_explicit_flags_still_override_the_default_profile(api, pair):
+    from gemma_mtp.cli.profile import write_default_profiles
+
+    files, rows = pair
+    write_default_profiles(rows)
+    target, d = str(files["target.gguf"]), str(files["d.gguf"])
+    argv = ["run", "-m", target, "-md", d, "--prompt-ids", "2,105,7"]
+    assert main([*argv, "--draft-max", "1", "--spec-draft-p-min", "0.2"]) == 0
+    spec = api.generate_calls[0][3]
+    assert (spec.type, spec.n_max, spec.p_min) == ("mtp", 1, 0.2)
+    assert main([*argv, "--no-profile"]) == 0
+    spec = api.generate_calls[1][3]
+    assert (spec.n_max, spec.p_min) == (3, 0.0)  # SpecOptions' own defaults: the profile is ignored
+    assert main([*argv, "--no-profile", "--profile", "x.json"]) == 2
+
+
+def test_serve_picks_up_the_default_profile_too(pair):
+    from gemma_mtp.cli.main import build_parser
+    from gemma_mtp.cli.profile import write_default_profiles
+    from gemma_mtp.server.cli import settings_from_args
+
+    files, rows = pair
+    write_default_profiles(rows)
+    target, d = str(files["target.gguf"]), str(files["d.gguf"])
+    settings = settings_from_args(build_parser().parse_args(["serve", "-m", target, "-md", d]))
+    assert (settings.spec.n_max, settings.spec.p_min) == (3, 0.6)
+    ignored = settings_from_args(build_parser().parse_args(["serve", "-m", target, "-md", d, "--no-profile"]))
+    assert (ignored.spec.n_max, ignored.spec.p_min) == (None, None)
+
+
+def test_recommend_takes_an_optional_file():
+    from gemma_mtp.bench.cli import DEFAULT_PROFILES
+    from gemma_mtp.cli.main import build_parser
+
+    assert build_parser().parse_args(["bench", "--recommend"]).recommend == DEFAULT_PROFILES
+    assert build_parser().parse_args(["bench", "--recommend", "p.json"]).recommend == "p.json"

@@ -34,6 +34,9 @@ the same run (mean ± 1σ over reps with distinct seeds), overall and by prompt 
 --endpoint, the same prompts against any OpenAI-compatible server instead."""
 
 
+DEFAULT_PROFILES = "<default>"  # --recommend without FILE: each pair's default profile
+
+
 def _defaults(cls) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
@@ -133,8 +136,12 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
     )
     spec.add_argument(
         "--recommend",
+        nargs="?",
+        const=DEFAULT_PROFILES,
         metavar="FILE",
-        help="write the fastest configuration as a profile that run, chat and serve read with --profile",
+        help="write the fastest configuration as a profile that run, chat and serve read with --profile "
+        "FILE; without FILE, as each benched pair's default profile (in $GEMMA_MTP_PROFILES, else "
+        "$GEMMA_MTP_CACHE/profiles), which run, chat and serve apply by themselves",
     )
 
     run = p.add_argument_group("workload (a --preset sets what these leave open)")
@@ -233,7 +240,12 @@ def bench_command(args: argparse.Namespace) -> int:
     else:
         rows = _run_local(args)
     _print_table(rows)
-    if getattr(args, "recommend", None):
+    if getattr(args, "recommend", None) == DEFAULT_PROFILES:
+        from ..cli.profile import write_default_profiles
+
+        for path, profile in write_default_profiles(rows):
+            _progress(f"wrote {path}: {profile.summary()}")
+    elif getattr(args, "recommend", None):
         from ..cli.profile import recommend, write_profile
 
         profile = recommend(rows)

@@ -59,6 +59,7 @@ class RunOptions:
     reasoning: str = "auto"
     json: bool = False
     profile: str | None = None  # --profile FILE: settings measured by bench --recommend
+    no_profile: bool = False  # --no-profile: ignore the pair's default profile
     quiet: bool = False
     verbose: bool = False
 

@@ -76,7 +76,9 @@ def resolve_spec(options: RunOptions, engine: Engine) -> SpecOptions:
 def with_demo_pair(options: Options) -> Options:
     """Without ``-m``: the embedded demo pair (`demo_defaults`); with ``-m``, the options as they are
     (no implicit drafter). Also checks that an explicit mtp/draft strategy has its drafter."""
-    load, spec = apply_profile(options.load, options.spec, options.profile, quiet=options.quiet)
+    load, spec = apply_profile(
+        options.load, options.spec, options.profile, quiet=options.quiet, no_profile=options.no_profile
+    )
     load, spec, template = demo_defaults(load, spec, quiet=options.quiet)
     return dataclasses.replace(options, load=load, spec=spec, fallback_chat_template=template)
 

@@ -100,7 +100,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     from ..cli.common import demo_defaults
     from ..cli.profile import apply_profile
 
-    load, spec = apply_profile(load_options_from_args(args), spec_flags_from_args(args), args.profile)
+    load, spec = apply_profile(
+        load_options_from_args(args), spec_flags_from_args(args), args.profile, no_profile=args.no_profile
+    )
     load, spec, template = demo_defaults(load, spec)
     return ServerSettings(
         load=load,
