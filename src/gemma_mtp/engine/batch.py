@@ -22,6 +22,7 @@ from ..speculative.acceptance import accept_greedy, accept_sampled
 from ..speculative.autotune import Autotuner, AutotuneSession
 from ..speculative.base import MAX_DRAFT, Draft, Drafter, DraftRequest, SpecOptions
 from ..speculative.stats import SpecStats
+from ..speculative.synthetic import SyntheticAcceptor
 
 __all__ = ["BatchDecoder", "Slot"]
 
@@ -46,6 +47,7 @@ class Slot:
     last_round_end: float | None = None  # perf_counter when this slot's previous round ended
     last_round: tuple[int, int] = (0, 0)  # (drafted, accepted) of the latest round: its committed
     # tokens are the accepted drafts first, then the target's own token
+    synthetic: SyntheticAcceptor | None = None  # benchmarking only: imposed accept decisions
 
     @property
     def generated(self) -> list[int]:
@@ -127,6 +129,9 @@ class BatchDecoder:
             generator=generator,
             stats=SpecStats(type=spec.type, n_max=spec.n_max if spec.type != "none" else 0),
         )
+        if spec.synthetic is not None:
+            slot.synthetic = SyntheticAcceptor(spec.synthetic)
+            slot.stats.synthetic = list(spec.synthetic.rates)
         self.slots[row] = slot
         if spec.autotune and spec.type != "none":
             tuner = self.autotuners.setdefault(spec.type, Autotuner(n_cap=self.max_draft))
@@ -185,7 +190,11 @@ class BatchDecoder:
             draft = drafts[s.row]
             n = len(draft.tokens)
             i = index[s.row]
-            if s.sampling.greedy:
+            if s.synthetic is not None:
+                k, nxt = s.synthetic.accept(
+                    logits[i, : n + 1], draft.tokens, s.sampling, s.generator, s.stop_ids
+                )
+            elif s.sampling.greedy:
                 k, nxt = accept_greedy(logits[i, : n + 1], draft.tokens)
             else:
                 p = probs_from_logits(logits[i, : n + 1], s.sampling)

@@ -4,8 +4,12 @@ ceiling and `SpecOptions` (torch-free, so that ``--help`` and flag parsing stay 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from .synthetic import SyntheticAcceptance
 
 __all__ = [
     "SPEC_TYPES",
@@ -57,6 +61,8 @@ class SpecOptions:
     ngram_max: int = 3  # n-gram lookup tries this length down to ngram_min
     ngram_min: int = 1
     autotune: bool = False  # --spec-autotune: the engine picks n_max (0..8) each round; n_max is the start
+    # benchmarking only (synthetic.py): imposed acceptance, output text invalid; no surface sets it
+    synthetic: SyntheticAcceptance | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "type", canonical_spec_type(self.type))
@@ -70,3 +76,13 @@ class SpecOptions:
             raise UsageError(f"--spec-draft-p-min {self.p_min} must be between 0 and 1")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise UsageError("ngram sizes must satisfy 1 <= ngram_min <= ngram_max")
+        if self.synthetic is not None:
+            if self.type == "none":
+                raise UsageError(
+                    "synthetic acceptance needs a speculative type (it imposes the accept decision)"
+                )
+            if not self.autotune and len(self.synthetic.rates) < self.n_max:
+                raise UsageError(
+                    f"synthetic acceptance has {len(self.synthetic.rates)} rates for n_max {self.n_max}; "
+                    "give one per draft position"
+                )

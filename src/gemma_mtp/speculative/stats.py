@@ -20,6 +20,7 @@ class SpecStats:
     draft_ms: float = 0.0
     verify_ms: float = 0.0
     autotune: dict[str, Any] | None = None  # --spec-autotune: what the controller chose (autotune.py)
+    synthetic: list[float] | None = None  # imposed acceptance rates (synthetic.py): the text is invalid
 
     def record(self, n_drafted: int, n_accepted: int) -> None:
         if n_drafted == 0:
@@ -60,6 +61,8 @@ class SpecStats:
         )
 
     def merge(self, other: SpecStats) -> None:
+        if other.synthetic is not None:
+            self.synthetic = list(other.synthetic)  # what it was merged with is then flagged too
         self.rounds += other.rounds
         self.drafted += other.drafted
         self.accepted += other.accepted
@@ -96,4 +99,9 @@ class SpecStats:
             "draft_ms": self.draft_ms,
             "verify_ms": self.verify_ms,
             **({"autotune": self.autotune} if self.autotune is not None else {}),
+            **(
+                {"synthetic_acceptance": list(self.synthetic), "text_valid": False}
+                if self.synthetic is not None
+                else {}
+            ),
         }
