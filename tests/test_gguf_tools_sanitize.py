@@ -14,9 +14,10 @@ from test_gguf_tools_helpers import LEAKS, NOT_LEAKS, run_cli, with_metadata
 
 from gemma_mtp.errors import UsageError
 from gemma_mtp.gguf import open_gguf
+from gemma_mtp.gguf.imatrix import ImatrixData, read_imatrix, write_imatrix
 from gemma_mtp.gguf.writer import Entry, LazyTensor, write_gguf_lazy
 from gemma_mtp.tools.convert import convert_hf_to_gguf
-from gemma_mtp.tools.sanitize import is_host_path, sanitize_gguf
+from gemma_mtp.tools.sanitize import dataset_name, is_host_path, sanitize_gguf
 from gemma_mtp.weights.gguf_loader import load_gguf_model
 
 pytest.importorskip("transformers")
@@ -202,3 +203,70 @@ def test_library_refuses_out_and_in_place_together(leaky, tmp_path):
 )
 def test_host_path_detection(value, leak):
     assert is_host_path(value) is leak
+
+
+# ------------------------------------------------------------------------------ imatrix files
+
+
+@pytest.fixture
+def leaky_imatrix(tmp_path):
+    """An importance matrix as llama-imatrix writes it: the dataset's absolute path recorded."""
+    data = ImatrixData(
+        entries={
+            "blk.0.attn_q.weight": (np.arange(8, dtype=np.float32).reshape(1, 8), np.array([5], np.float32)),
+            "blk.0.ffn_down_exps.weight": (np.ones((2, 4), np.float32), np.array([3, 0], np.float32)),
+        },
+        datasets=["/home/alice/calib/wiki.train.raw", "C:\\Users\\bob\\more.txt", "plain.txt"],
+        chunk_count=7,
+        chunk_size=512,
+    )
+    path = tmp_path / "imatrix.gguf"
+    write_imatrix(path, data)
+    return path, data
+
+
+def test_imatrix_datasets_keep_only_base_names_and_nothing_else_changes(leaky_imatrix, tmp_path):
+    path, data = leaky_imatrix
+    result = sanitize_gguf(path, tmp_path / "clean.gguf")
+    assert [leak.key for leak in result.removed] == ["imatrix.datasets"]
+    assert result.removed[0].value == "/home/alice/calib/wiki.train.raw"
+    assert result.kv_count_after == result.kv_count_before == 4
+    clean = read_imatrix(result.path)
+    assert clean.datasets == ["wiki.train.raw", "more.txt", "plain.txt"]
+    assert (clean.chunk_count, clean.chunk_size) == (7, 512) and clean.entries.keys() == data.entries.keys()
+    for name, (sums, counts) in data.entries.items():
+        assert np.array_equal(clean.entries[name][0], sums) and np.array_equal(clean.entries[name][1], counts)
+    assert b"/home/alice" not in result.path.read_bytes() and b"Users" not in result.path.read_bytes()
+
+
+def test_imatrix_check_in_place_and_cli(leaky_imatrix, capsys):
+    path, _ = leaky_imatrix
+    before = _digest(path)
+    assert run_cli(["sanitize", str(path), "--check"]) == 1
+    assert "found imatrix.datasets = '/home/alice/calib/wiki.train.raw'" in capsys.readouterr().out
+    assert _digest(path) == before
+    assert run_cli(["sanitize", str(path), "--in-place"]) == 0
+    assert read_imatrix(path).datasets == ["wiki.train.raw", "more.txt", "plain.txt"]
+    assert run_cli(["sanitize", str(path), "--check"]) == 0
+    assert "no leaks" in capsys.readouterr().out
+
+
+def test_a_clean_imatrix_has_no_leaks(leaky_imatrix, tmp_path):
+    path, data = leaky_imatrix
+    write_imatrix(path, ImatrixData(entries=data.entries, datasets=["gemma-mtp:bench-prompts"]))
+    assert sanitize_gguf(path, check=True).removed == []
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [
+        ("/home/alice/wiki.txt", "wiki.txt"),
+        ("../data/calib.txt", "calib.txt"),
+        ("C:\\Users\\carol\\imatrix.txt", "imatrix.txt"),
+        ("file:///srv/x/y.txt", "y.txt"),
+        ("wiki.txt", "wiki.txt"),
+        ("gemma-mtp:bench-prompts", "gemma-mtp:bench-prompts"),
+    ],
+)
+def test_dataset_name_is_the_base_name(value, name):
+    assert dataset_name(value) == name

@@ -5,6 +5,10 @@ The rewrite is byte surgery on the header: the kept key/value records and the te
 copied verbatim, only the key count changes, and the whole data section (tensor offsets are
 relative to it) is copied unchanged. Only files gemma-mtp handles are touched (the Gemma targets and
 the three drafter layouts): anything else is refused by name unless `any_arch` says otherwise.
+
+Importance-matrix files (`general.type = "imatrix"`, no architecture; llama-imatrix writes the path
+of its calibration text into `imatrix.datasets`, and llama-quantize copies it into every file it
+quantizes) keep their datasets by base name: the entry is rewritten, the key and the tensors stay.
 """
 
 from __future__ import annotations
@@ -12,16 +16,17 @@ from __future__ import annotations
 import re
 import shutil
 import struct
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from gguf import GGUFValueType
 
 from ..errors import ModelFormatError, UsageError
+from ..gguf import imatrix as imx
 from ..gguf.atomic import atomic_write, check_output_dir
 from ..gguf.keys import LAYOUT_BY_ARCH, TARGET_ARCHS
 from ..gguf.metadata import describe_supported
-from ..gguf.reader import GGUFFile, open_gguf
+from ..gguf.reader import GGUFFile, open_gguf, read_metadata
 from .paths import gguf_input
 
 __all__ = [
@@ -32,6 +37,7 @@ __all__ = [
     "sanitize_gguf",
     "check_architecture",
     "IMATRIX_KEYS",
+    "dataset_name",
 ]
 
 # Keys llama-quantize fills with paths on the build host (removed whatever they hold).
@@ -39,6 +45,8 @@ IMATRIX_KEYS = {
     "quantize.imatrix.file": "llama-quantize's importance-matrix file, a path on the build host",
     "quantize.imatrix.dataset": "llama-quantize's calibration dataset, a path on the build host",
 }
+# What an importance-matrix file holds (gguf/imatrix.py writes exactly these, as llama-imatrix does).
+IMATRIX_FILE_KEYS = frozenset({imx.KEY_TYPE, *imx.IMATRIX_KEYS, "general.alignment"})
 # Token tables hold arbitrary text ("/usr" can be a token): they are never scanned.
 UNSCANNED_PREFIXES = ("tokenizer.ggml.",)
 _WHOLE_PATH = re.compile(
@@ -126,6 +134,51 @@ def check_architecture(gf: GGUFFile) -> None:
         )
 
 
+def dataset_name(value: str) -> str:
+    """A dataset entry without its folders: the base name of a POSIX or Windows path (a file URI
+    too); anything without a separator (a plain name, `gemma-mtp:bench-prompts`) as it is."""
+    text = value.strip().removeprefix("file://")
+    if "\\" in text:
+        return PureWindowsPath(text).name or text
+    return PurePosixPath(text).name if "/" in text else value
+
+
+def _is_imatrix(path: Path) -> bool:
+    meta = read_metadata(path, prefix="general.")
+    return meta.get(imx.KEY_TYPE) == "imatrix" and "general.architecture" not in meta
+
+
+def _sanitize_imatrix(src: Path, out: Path | None, *, check: bool, in_place: bool) -> SanitizeResult:
+    """`imatrix.datasets` entries with folders -> their base names (the file rewritten by
+    `gguf.imatrix.write_imatrix`, atomically); the other keys and every value are kept."""
+    keys = set(read_metadata(src))
+    unknown = sorted(keys - IMATRIX_FILE_KEYS)
+    if unknown:
+        raise ModelFormatError(
+            f"{src}: an imatrix file with key {unknown[0]}, which llama-imatrix does not write; "
+            "nothing written (sanitize rewrites only the imatrix files llama-imatrix and gemma-mtp write)"
+        )
+    data = imx.read_imatrix(src)
+    names = [dataset_name(d) for d in data.datasets]
+    changed = [(d, n) for d, n in zip(data.datasets, names, strict=True) if d != n]
+    leaks = (
+        [
+            Leak(
+                imx.KEY_DATASETS,
+                changed[0][0],
+                f"the calibration text's path on the build host; kept as {', '.join(repr(n) for _, n in changed)}",
+            )
+        ]
+        if changed
+        else []
+    )
+    n_kv = len(keys)
+    if check or (in_place and not leaks):
+        return SanitizeResult(None, leaks, n_kv, n_kv)
+    imx.write_imatrix(out, replace(data, datasets=names))
+    return SanitizeResult(out, leaks, n_kv, len(read_metadata(out)))
+
+
 def sanitize_gguf(
     src: str | Path,
     dst: str | Path | None = None,
@@ -142,6 +195,11 @@ def sanitize_gguf(
         raise UsageError("sanitize needs OUT or --in-place (one of them)")
     if not check and not in_place:
         check_output_dir(dst)
+    out = src if in_place else Path(dst) if dst is not None else None
+    if out is not None and not in_place and out.exists() and out.resolve() == src.resolve():
+        raise UsageError(f"OUT is the input file {src}; use --in-place to rewrite it")
+    if _is_imatrix(src):
+        return _sanitize_imatrix(src, out, check=check, in_place=in_place)
     gf = open_gguf(src)
     if not any_arch:
         check_architecture(gf)
@@ -150,9 +208,6 @@ def sanitize_gguf(
     after = n_kv - len(leaks)
     if check or (in_place and not leaks):
         return SanitizeResult(None, leaks, n_kv, after if not check else n_kv)
-    out = src if in_place else Path(dst)
-    if not in_place and out.exists() and out.resolve() == src.resolve():
-        raise UsageError(f"OUT is the input file {src}; use --in-place to rewrite it")
     with atomic_write(out) as tmp:
         _rewrite(gf, tmp, {leak.key for leak in leaks})
         written = open_gguf(tmp)
