@@ -1,4 +1,5 @@
-"""Which kernel holds each GGUF type (data), and what that costs in exactness (stated once, here).
+"""Which kernel holds each GGUF type (data), and what that costs in exactness (stated once, here);
+and which types `gemma-mtp quantize` refuses for an MTP drafter (`DRAFTER_LOW_BIT_TYPES`).
 
 `MATRIX_KERNELS` is the default for matrices used in matmuls (linear layers, the tied head): our
 native kernel reading the GGUF blocks in place (`blocks.py`: the weights are the file's bytes, so
@@ -22,6 +23,8 @@ __all__ = [
     "EXACTNESS",
     "KINDS",
     "NATIVE_KINDS",
+    "DRAFTER_LOW_BIT_TYPES",
+    "DRAFTER_ADVICE",
 ]
 
 Q = GGMLQuantizationType
@@ -69,3 +72,17 @@ EXACTNESS = {
     ("int8", None): "re-quantized per row, lossy (|dw| <= max|w_row| / 254)",
     ("blocks", None): "exact",
 }
+
+# llama-quantize types refused for an MTP drafter unless --allow-low-bit-drafter (FACTS.md: practice
+# says they cost more rejected drafts than they save). gemma-mtp has not measured that cost: no
+# benchmark in this repository quantizes a drafter below Q4_K_M, so the advice says so.
+DRAFTER_LOW_BIT_TYPES = (
+    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K", "Q2_K_S",
+    "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "Q3_K_S", "Q3_K_M", "Q3_K_L",
+)  # fmt: skip
+DRAFTER_ADVICE = (
+    "a drafter's speed comes from acceptance, and practice says low-bit drafters lose more to "
+    "rejected drafts than they save; the cost is unmeasured here (no gemma-mtp benchmark covers a "
+    "low-bit drafter; one outside report puts Q8_0 -> Q2_K at about 6 points of acceptance); "
+    "use Q8_0, Q6_K, Q5_K_M or Q4_K_M"
+)
