@@ -23,7 +23,12 @@ llama_cpp package of `--llama-python`) on a deterministic tiny Gemma 4 GGUF for 
 
     python tests/test_gguf_tools_helpers.py /tmp/src       # writes /tmp/src/wide.f32.gguf
     python scripts/make_ggml_fixtures.py --lib ... --quantize-source /tmp/src/wide.f32.gguf \
-        --llama-python /path/to/venv-with-llama-cpp-python/bin/python
+        --llama-python /path/to/venv-with-llama-cpp-python/bin/python \
+        --llama-quantize ~/.cache/gemma-mtp/llama.cpp/0.3.36/bin/llama-quantize
+
+`--llama-quantize` adds `wide.imatrix.gguf` (a seeded importance matrix, written by
+gemma_mtp.gguf.imatrix) and, in `llama_quantize.json`, `imatrix_file_types`: the tensors of
+`llama-quantize --imatrix wide.imatrix.gguf` for IMATRIX_FTYPES.
 """
 
 from __future__ import annotations
@@ -163,8 +168,15 @@ def write_reference_imatrix(lib: ctypes.CDLL, path: Path) -> None:
 # llama_ftype values of the `gemma-mtp quantize` types (llama.h)
 LLAMA_FTYPES = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+    "Q2_K": 10, "Q3_K_S": 11, "Q3_K_M": 12, "Q3_K_L": 13,
     "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_S": 16, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32,
 }  # fmt: skip
+# file types made again with `llama-quantize --imatrix` (Q4_0 takes Q4_1 for its first ffn_down
+# layers then). Not Q2_K_S: it needs an entry for every Q2_K tensor, and llama-quantize exits 1 on
+# IMATRIX_LEFT_OUT ("Missing importance matrix for tensor ..."), recorded as `imatrix_refused`.
+IMATRIX_FTYPES = ("Q2_K", "Q3_K_M", "Q4_K_M", "Q4_0", "Q6_K")
+IMATRIX_REFUSED = ("Q2_K_S",)
+IMATRIX_LEFT_OUT = "blk.3.attn_q.weight"  # an entry the imatrix lacks: quantized without weights
 LLAMA_QUANTIZE = """
 import ctypes, sys
 import llama_cpp
@@ -175,21 +187,68 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 """
 
 
-def llama_quantize_digests(source: Path, llama_python: str) -> dict[str, dict[str, list[str]]]:
-    """{file type: {tensor: [type, sha256 of its bytes]}} of llama-quantize's outputs."""
+def _digests(path: Path) -> dict[str, list[str]]:
     from gemma_mtp.gguf.reader import open_gguf
 
+    gf = open_gguf(path)
+    return {
+        t.name: [t.tensor_type.name, hashlib.sha256(t.data.tobytes()).hexdigest()]
+        for t in gf.tensors.values()
+    }
+
+
+def llama_quantize_digests(
+    source: Path, llama_python: str, binary: str | None = None
+) -> dict[str, dict[str, list[str]]]:
+    """{file type: {tensor: [type, sha256 of its bytes]}} of llama-quantize's outputs: the
+    `binary` (llama-quantize SOURCE OUT TYPE 1) where given, else llama_model_quantize through
+    the llama_cpp package of `llama_python`."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, ftype in LLAMA_FTYPES.items():
             dst = Path(tmp) / f"{name}.gguf"
-            subprocess.run([llama_python, "-c", LLAMA_QUANTIZE, str(source), str(dst), str(ftype)],
-                           check=True, capture_output=True)  # fmt: skip
-            gf = open_gguf(dst)
-            out[name] = {
-                t.name: [t.tensor_type.name, hashlib.sha256(t.data.tobytes()).hexdigest()]
-                for t in gf.tensors.values()
-            }
+            if binary:
+                cmd = [binary, str(source), str(dst), name, "1"]
+            else:
+                cmd = [llama_python, "-c", LLAMA_QUANTIZE, str(source), str(dst), str(ftype)]
+            subprocess.run(cmd, check=True, capture_output=True)
+            out[name] = _digests(dst)
+    return out
+
+
+def fixture_imatrix(source: Path, path: Path) -> None:
+    """A seeded importance matrix for every quantizable matrix of `source` but IMATRIX_LEFT_OUT,
+    written by gemma_mtp.gguf.imatrix.write_imatrix (so reading our own file is part of the check)."""
+    from gemma_mtp.gguf.imatrix import ImatrixData, write_imatrix
+    from gemma_mtp.gguf.reader import open_gguf
+
+    rng = np.random.default_rng(IMPORTANCE_SEED + 2)
+    entries = {}
+    for t in open_gguf(source).tensors.values():
+        if len(t.shape) < 2 or not t.name.endswith(".weight") or t.name == IMATRIX_LEFT_OUT:
+            continue
+        n_mat = t.shape[2] if len(t.shape) > 2 else 1
+        counts = rng.integers(100, 2000, n_mat).astype(np.float32)
+        sums = (rng.lognormal(0.0, 1.5, (n_mat, t.shape[0])) * counts[:, None]).astype(np.float32)
+        entries[t.name] = (sums, counts)
+    write_imatrix(path, ImatrixData(entries=entries, datasets=["seeded"], chunk_count=4, chunk_size=512))
+
+
+def llama_quantize_imatrix_digests(
+    source: Path, imatrix: Path, binary: str
+) -> dict[str, dict[str, list[str]]]:
+    """The same for `llama-quantize --imatrix IMATRIX SOURCE OUT TYPE 1` (the tool itself)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in IMATRIX_FTYPES + IMATRIX_REFUSED:
+            dst = Path(tmp) / f"{name}.gguf"
+            cmd = [binary, "--imatrix", str(imatrix), str(source), str(dst), name, "1"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if name in IMATRIX_REFUSED:
+                assert done.returncode != 0 and "Missing importance matrix" in done.stderr + done.stdout, name
+                continue
+            done.check_returncode()
+            out[name] = _digests(dst)
     return out
 
 
@@ -209,6 +268,11 @@ def main() -> None:
     )
     parser.add_argument("--quantize-source", type=Path, help="GGUF to run llama-quantize on (see above)")
     parser.add_argument("--llama-python", default="python", help="a python with llama_cpp installed")
+    parser.add_argument(
+        "--llama-quantize",
+        help="the llama-quantize binary: with --quantize-source, run it (instead of --llama-python) "
+        "and also record its --imatrix outputs",
+    )
     args = parser.parse_args()
 
     lib = ctypes.CDLL(str(args.lib))
@@ -241,8 +305,21 @@ def main() -> None:
     write_reference_imatrix(lib, args.out / "imatrix_ref.gguf")
     files["imatrix_ref.gguf"] = None
     if args.quantize_source:
-        digests = llama_quantize_digests(args.quantize_source, args.llama_python)
+        digests = llama_quantize_digests(args.quantize_source, args.llama_python, args.llama_quantize)
         payload = {"source_sha256": _sha256(args.quantize_source), "file_types": digests}
+        if args.llama_quantize:
+            imatrix = args.out / "wide.imatrix.gguf"
+            fixture_imatrix(args.quantize_source, imatrix)
+            files["wide.imatrix.gguf"] = None
+            payload["imatrix"] = {
+                "file": imatrix.name,
+                "sha256": _sha256(imatrix),
+                "left_out": IMATRIX_LEFT_OUT,
+            }
+            payload["imatrix_file_types"] = llama_quantize_imatrix_digests(
+                args.quantize_source, imatrix, args.llama_quantize
+            )
+            payload["imatrix_refused"] = list(IMATRIX_REFUSED)
         (args.out / "llama_quantize.json").write_text(json.dumps(payload, indent=1) + "\n")
         files["llama_quantize.json"] = None
     elif (args.out / "llama_quantize.json").exists():  # kept from an earlier run

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import gguf
@@ -200,44 +199,119 @@ def drafter_f32(reference_models, tmp_path_factory):
     )
 
 
-@pytest.mark.parametrize("low_bit", ["Q2_K", "IQ2_XS", "Q3_K_M", "IQ1_S"])
-def test_low_bit_types_for_drafters_give_the_reason_and_no_flag_that_cannot_help(
+@pytest.mark.parametrize("low_bit", ["Q2_K", "Q3_K_M", "Q3_K_S", "Q3_K_L"])
+def test_low_bit_k_quant_for_a_drafter_is_refused_with_the_reason_and_the_flag(
     drafter_f32, tmp_path, capsys, low_bit
 ):
-    """No low-bit type is supported, so suggesting --allow-low-bit-drafter would only lead to a
-    second error: the message says the type is not supported, which are, and the drafter advice."""
     assert run_cli(["quantize", str(drafter_f32), str(tmp_path / "out.gguf"), low_bit]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: quantize type '{low_bit}' is not supported: gemma-mtp quantizes to F32,")
-    assert "Q4_K_M" in err and "acceptance" in err and err.count("\n") == 1
-    assert "--allow-low-bit-drafter" not in err
-    assert not (tmp_path / "out.gguf").exists()
+    assert err.startswith(f"error: refusing to quantize an MTP drafter to {low_bit}:")
+    assert "acceptance" in err and "unmeasured here" in err and "--allow-low-bit-drafter" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out.gguf").exists()
 
 
-def test_allowed_low_bit_drafter_type_says_which_types_are_supported(drafter_f32, tmp_path, capsys):
-    argv = ["quantize", str(drafter_f32), str(tmp_path / "out.gguf"), "Q2_K", "--allow-low-bit-drafter"]
-    assert run_cli(argv) == 2
+def test_allow_low_bit_drafter_makes_the_low_bit_drafter(drafter_f32, tmp_path):
+    result = quantize_gguf(drafter_f32, tmp_path / "out.gguf", "Q3_K_M", allow_low_bit_drafter=True)
+    assert result.path.exists() and result.file_type.name == "Q3_K_M"
+
+
+@pytest.mark.parametrize("iq", ["IQ2_XS", "IQ1_S", "IQ4_XS", "IQ3_M"])
+def test_iq_types_are_refused_as_read_but_not_written_naming_llama_quantize(wide_f32, tmp_path, capsys, iq):
+    assert run_cli(["quantize", str(wide_f32), str(tmp_path / "out.gguf"), iq]) == 2
     err = capsys.readouterr().err
-    assert f"quantize type 'Q2_K' is not supported: gemma-mtp quantizes to {', '.join(FILE_TYPES)}" in err
-    assert "lifts only the drafter policy; it adds no types" in err
+    assert f"gemma-mtp reads {iq} files but has no encoder" in err and "llama-quantize" in err
+    assert ("needs an importance matrix" in err) == (iq in ("IQ2_XS", "IQ1_S"))
 
 
-def test_flag_is_suggested_only_for_a_low_bit_type_it_would_unlock(drafter_f32, tmp_path, monkeypatch):
-    """Were a low-bit type supported, the refusal names the flag, and the flag makes the file."""
-    monkeypatch.setitem(FILE_TYPES, "Q3_K_S", replace(FILE_TYPES["Q4_0"], name="Q3_K_S"))
+def test_iq_type_for_a_drafter_also_gives_the_drafter_advice(drafter_f32, tmp_path, capsys):
+    assert run_cli(["quantize", str(drafter_f32), str(tmp_path / "out.gguf"), "IQ2_XS"]) == 2
+    err = capsys.readouterr().err
+    assert "has no encoder" in err and "for an MTP drafter" in err and err.count("\n") == 1
+
+
+def test_q2_k_s_needs_an_imatrix_and_says_why(wide_f32, tmp_path, capsys):
+    assert run_cli(["quantize", str(wide_f32), str(tmp_path / "out.gguf"), "Q2_K_S"]) == 2
+    err = capsys.readouterr().err
+    assert "Q2_K_S needs an importance matrix: pass --imatrix FILE" in err and "label" in err
+
+
+def test_q2_k_s_with_an_imatrix_missing_a_q2_k_tensor_is_refused_as_llama_quantize_does(
+    deterministic_source, tmp_path
+):
+    assert LLAMA_QUANTIZE["imatrix_refused"] == ["Q2_K_S"]  # llama-quantize exited 1 on the same input
     with pytest.raises(
-        UsageError, match="refusing to quantize an MTP drafter to Q3_K_S.*--allow-low-bit-drafter"
+        UsageError, match="no imatrix entry for tensor blk.3.attn_q.weight, which Q2_K_S makes Q2_K"
     ):
-        quantize_gguf(drafter_f32, tmp_path / "out.gguf", "Q3_K_S")
-    assert quantize_gguf(
-        drafter_f32, tmp_path / "out.gguf", "Q3_K_S", allow_low_bit_drafter=True
-    ).path.exists()
+        quantize_gguf(deterministic_source, tmp_path / "out.gguf", "Q2_K_S", imatrix=IMATRIX)
 
 
-def test_low_bit_type_for_a_target_is_simply_not_supported(wide_f32, tmp_path, capsys):
-    assert run_cli(["quantize", str(wide_f32), str(tmp_path / "out.gguf"), "Q2_K"]) == 2
+def test_unknown_type_lists_the_supported_ones(wide_f32, tmp_path, capsys):
+    assert run_cli(["quantize", str(wide_f32), str(tmp_path / "out.gguf"), "Q7_K"]) == 2
     err = capsys.readouterr().err
-    assert "quantize type 'Q2_K' is not supported: gemma-mtp quantizes to" in err and "drafter" not in err
+    assert f"quantize type 'Q7_K' is not supported: gemma-mtp quantizes to {', '.join(FILE_TYPES)}" in err
+
+
+def test_llama_quantize_aliases_name_the_m_mixes(wide_f32, tmp_path):
+    assert quantize_gguf(wide_f32, tmp_path / "out.gguf", "Q4_K").file_type.name == "Q4_K_M"
+
+
+IMATRIX = Path(__file__).parent / "fixtures/ggml" / LLAMA_QUANTIZE["imatrix"]["file"]
+
+
+@pytest.mark.parametrize("file_type", list(LLAMA_QUANTIZE["imatrix_file_types"]))
+def test_quantize_with_imatrix_is_byte_identical_to_llama_quantize(deterministic_source, tmp_path, file_type):
+    result = quantize_gguf(deterministic_source, tmp_path / "out.gguf", file_type, imatrix=IMATRIX)
+    out = open_gguf(result.path)
+    got = {
+        t.name: [t.tensor_type.name, hashlib.sha256(t.data.tobytes()).hexdigest()]
+        for t in out.tensors.values()
+    }
+    want = LLAMA_QUANTIZE["imatrix_file_types"][file_type]
+    assert {n: g[0] for n, g in got.items()} == {n: w[0] for n, w in want.items()}
+    assert [n for n in want if got[n][1] != want[n][1]] == []
+    assert result.without_imatrix == [LLAMA_QUANTIZE["imatrix"]["left_out"]]
+
+
+def test_imatrix_changes_the_bytes_and_records_its_counts_not_its_path(deterministic_source, tmp_path):
+    plain = open_gguf(quantize_gguf(deterministic_source, tmp_path / "a.gguf", "Q4_K_M").path)
+    weighted = open_gguf(
+        quantize_gguf(deterministic_source, tmp_path / "b.gguf", "Q4_K_M", imatrix=IMATRIX).path
+    )
+    name = "blk.0.attn_q.weight"
+    assert weighted.tensors[name].data.tobytes() != plain.tensors[name].data.tobytes()
+    assert weighted.value("quantize.imatrix.chunks_count") == 4
+    assert weighted.value("quantize.imatrix.entries_count") > 0
+    assert (
+        weighted.value("quantize.imatrix.file") is None and weighted.value("quantize.imatrix.dataset") is None
+    )
+
+
+def test_imatrix_of_another_model_is_refused_naming_the_entry(wide_f32, tmp_path):
+    from gemma_mtp.gguf.imatrix import ImatrixData, write_imatrix
+
+    bad = ImatrixData(
+        entries={"blk.0.attn_q.weight": (np.ones((1, 128), np.float32), np.ones(1, np.float32))}
+    )
+    write_imatrix(tmp_path / "bad.imatrix", bad)
+    with pytest.raises(
+        ModelFormatError, match="imatrix entry blk.0.attn_q.weight has 128 values but the tensor needs 256"
+    ):
+        quantize_gguf(wide_f32, tmp_path / "out.gguf", "Q4_K_M", imatrix=tmp_path / "bad.imatrix")
+
+
+def test_cli_imatrix_says_how_many_entries_and_which_tensor_had_none(deterministic_source, tmp_path, capsys):
+    argv = [
+        "quantize",
+        str(deterministic_source),
+        str(tmp_path / "out.gguf"),
+        "Q4_K_M",
+        "--imatrix",
+        str(IMATRIX),
+    ]
+    assert run_cli(argv) == 0
+    captured = capsys.readouterr()
+    assert f"entries from {IMATRIX}" in captured.out
+    assert "notice: no imatrix entry for blk.3.attn_q.weight" in captured.err
 
 
 def test_drafter_quantizes_keeping_its_integer_ordering_table(drafter_f32, tmp_path):

@@ -125,6 +125,7 @@ def quantize_command(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             args.type,
+            imatrix=args.imatrix,
             allow_low_bit_drafter=args.allow_low_bit_drafter,
             allow_requantize=args.allow_requantize,
             progress=bar,
@@ -139,6 +140,10 @@ def quantize_command(args: argparse.Namespace) -> int:
     _out(f"tensor types: {', '.join(f'{n} {t}' for t, n in sorted(counts.items(), key=lambda kv: -kv[1]))}")
     if result.fallbacks:
         _out(f"{len(result.fallbacks)} tensors took a fallback type (rows do not fit 256-value blocks)")
+    if args.imatrix:
+        _out(f"imatrix: {result.imatrix_entries} entries from {args.imatrix}")
+    for name in result.without_imatrix:  # llama-quantize's "did not find weights for ..."
+        print(f"notice: no imatrix entry for {name}; quantized without importance weights", file=sys.stderr)
     _out(
         f"wrote {result.path} ({result.file_type.name}): {_size(result.bytes_in)} -> {_size(result.bytes_out)}"
     )
@@ -287,14 +292,20 @@ def add_gguf_commands(subparsers: Any) -> None:
                    help="put the centroid head back into a drafter .gguf from its HF assistant checkpoint")  # fmt: skip
 
     p = _add(subparsers, "quantize", "requantize a GGUF (llama-quantize's mixes)",
-             "Quantize a GGUF file as llama-quantize does (per-tensor mixes for the K-quant types).")  # fmt: skip
+             "Quantize a GGUF file as llama-quantize does (per-tensor mixes for the K-quant types, "
+             "optionally weighted by an importance matrix).")  # fmt: skip
     p.add_argument("input", metavar="IN")
     p.add_argument("output", metavar="OUT")
     p.add_argument("type", metavar="TYPE", help=f"one of {', '.join(FILE_TYPES)}")
     p.add_argument(
         "--allow-low-bit-drafter",
         action="store_true",
-        help="lift the drafter policy against low-bit types (IQ1/IQ2/Q2_K/Q3; none is supported yet)",
+        help="lift the drafter policy against low-bit types (Q2_K, Q3_K_*; IQ types are not made)",
+    )
+    p.add_argument(
+        "--imatrix",
+        metavar="FILE",
+        help="importance matrix (llama-imatrix's .gguf or legacy .dat) weighting each tensor's encoding",
     )
     p.add_argument("--allow-requantize", action="store_true", help="allow tensors that are already quantized")
 

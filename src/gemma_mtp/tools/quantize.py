@@ -1,19 +1,27 @@
 """`gemma-mtp quantize`: a GGUF file -> the same model with its matrices in another type, with the
 per-tensor mixes llama-quantize makes (`llama_tensor_get_type` in llama.cpp's src/llama-quant.cpp).
 
-What llama-quantize does, and so what we do (for the file types below, without an imatrix):
+What llama-quantize does, and so what we do (for the file types below):
 - Only tensors named `*weight` with 2+ dims are quantized; norms, `ffn_gate_inp`,
   `per_layer_model_proj` and a few tiny tensors keep their type.
 - F32/F16/BF16 files: every such tensor takes that type. Quantized file types start from a base
   type; the output head (or the token embedding when it is tied, `per_layer_token_embd` included)
-  becomes Q6_K (Q8_0 when its rows do not fit 256-blocks); the `_M` mixes raise `attn_v` and
-  `ffn_down` to Q6_K on the layers `use_more_bits` picks (the first and last eighth, every third
-  in between).
-- Rows that do not fit a type's blocks fall back: Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, then F16.
-- `general.file_type` and `general.quantization_version` are set. Unlike llama-quantize we copy
-  no `quantize.imatrix.*` key and no host path (there is no importance matrix here).
+  becomes Q6_K (Q8_0 when its rows do not fit 256-blocks); the mixes raise `attn_v`,
+  `ffn_down` and `attn_output` on the layers their rules pick (`FileType`).
+- Rows that do not fit a type's blocks fall back: Q2_K/Q3_K -> Q4_0, Q4_K -> Q5_0, Q5_K -> Q5_1,
+  Q6_K -> Q8_0, then F16.
+- With `--imatrix FILE` (llama-imatrix's GGUF or legacy .dat) every tensor with an entry is encoded
+  with its importance (`ggml_quantize_chunk`'s quant_weights; one vector per expert of a 3-D
+  tensor), and Q4_0/Q5_0 files take Q4_1/Q5_1 for the first eighth of `ffn_down` as llama-quantize
+  does then. A tensor without an entry is encoded without (llama-quantize's "did not find
+  weights"), listed in the result; an entry of the wrong size is an error (except for the token
+  embedding, which is then encoded without). IQ1_*, IQ2_*, IQ3_XXS, IQ3_XS and Q2_K_S need one:
+  llama-quantize refuses them without it, and so do we.
+- `general.file_type` and `general.quantization_version` are set, and with an imatrix
+  `quantize.imatrix.entries_count` / `chunks_count`; unlike llama-quantize we write no
+  `quantize.imatrix.file` / `dataset` (host paths: see `gemma-mtp sanitize`).
 Tensors already in the target type are copied byte for byte; others are dequantized and encoded
-by `codecs.encode` (bit-exact with ggml's reference quantizers).
+by `codecs.encode` (bit-exact with ggml's quantizers).
 """
 
 from __future__ import annotations
@@ -26,16 +34,19 @@ from pathlib import Path
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType, LlamaFileType
 
-from ..errors import UsageError
+from ..errors import ModelFormatError, UsageError
 from ..gguf.codecs import encode
+from ..gguf.imatrix import ImatrixData, read_imatrix
 from ..gguf.keys import LAYOUT_BY_ARCH, K
 from ..gguf.reader import FLOAT_TYPES, INT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_values
 from ..gguf.writer import QUANTIZATION_VERSION, Entry, LazyTensor, write_gguf_lazy
+from ..quant.policy import DRAFTER_ADVICE, DRAFTER_LOW_BIT_TYPES
 from .paths import check_output, gguf_input
 from .sanitize import find_leaks
 
 __all__ = [
     "FILE_TYPES",
+    "IMATRIX_REQUIRED",
     "LOW_BIT_TYPES",
     "FileType",
     "TensorSpec",
@@ -50,16 +61,24 @@ T = GGMLQuantizationType
 
 @dataclass(frozen=True, kw_only=True)
 class FileType:
-    """One `TYPE` of the quantize command: its base tensor type and the mix rules on top."""
+    """One `TYPE` of the quantize command: its base tensor type and the mix rules on top.
+
+    A rule is (which layers, raised type, type for the other layers or None for the base); the
+    layer tests are `_layer_rule`'s."""
 
     name: str
     file_type: LlamaFileType
     base: GGMLQuantizationType
-    attn_v: tuple[str, GGMLQuantizationType] | None = None  # (layer rule, raised type)
-    ffn_down: tuple[str, GGMLQuantizationType] | None = None
+    attn_v: tuple[str, GGMLQuantizationType, GGMLQuantizationType | None] | None = None
+    ffn_down: tuple[str, GGMLQuantizationType, GGMLQuantizationType | None] | None = None
+    ffn_down_imatrix: GGMLQuantizationType | None = None  # first eighth, only with an imatrix
+    attn_output: GGMLQuantizationType | None = None  # models without 8 experts
+    attn_output_8x: bool = False  # Q5_K for attn_output on 8-expert models
+    requires_imatrix: bool = False
 
 
 _FT = LlamaFileType
+_V6 = ("more_bits", T.Q6_K, None)
 FILE_TYPES = {
     ft.name: ft
     for ft in (
@@ -69,45 +88,78 @@ FILE_TYPES = {
         FileType(name="Q8_0", file_type=_FT.MOSTLY_Q8_0, base=T.Q8_0),
         FileType(name="Q6_K", file_type=_FT.MOSTLY_Q6_K, base=T.Q6_K),
         FileType(name="Q5_1", file_type=_FT.MOSTLY_Q5_1, base=T.Q5_1),
-        FileType(name="Q5_0", file_type=_FT.MOSTLY_Q5_0, base=T.Q5_0),
-        FileType(
-            name="Q5_K_M",
-            file_type=_FT.MOSTLY_Q5_K_M,
-            base=T.Q5_K,
-            attn_v=("more_bits", T.Q6_K),
-            ffn_down=("more_bits", T.Q6_K),
-        ),
+        FileType(name="Q5_0", file_type=_FT.MOSTLY_Q5_0, base=T.Q5_0, ffn_down_imatrix=T.Q5_1),
+        FileType(name="Q5_K_M", file_type=_FT.MOSTLY_Q5_K_M, base=T.Q5_K, attn_v=_V6, ffn_down=_V6),
         FileType(name="Q5_K_S", file_type=_FT.MOSTLY_Q5_K_S, base=T.Q5_K),
         FileType(
             name="Q4_K_M",
             file_type=_FT.MOSTLY_Q4_K_M,
             base=T.Q4_K,
-            attn_v=("more_bits", T.Q6_K),
-            ffn_down=("more_bits", T.Q6_K),
+            attn_v=_V6,
+            ffn_down=_V6,
+            attn_output_8x=True,
         ),
         FileType(
             name="Q4_K_S",
             file_type=_FT.MOSTLY_Q4_K_S,
             base=T.Q4_K,
-            attn_v=("first_4", T.Q5_K),
-            ffn_down=("first_eighth", T.Q5_K),
+            attn_v=("first_4", T.Q5_K, None),
+            ffn_down=("first_eighth", T.Q5_K, None),
+            attn_output_8x=True,
         ),
         FileType(name="Q4_1", file_type=_FT.MOSTLY_Q4_1, base=T.Q4_1),
-        FileType(name="Q4_0", file_type=_FT.MOSTLY_Q4_0, base=T.Q4_0),
+        FileType(name="Q4_0", file_type=_FT.MOSTLY_Q4_0, base=T.Q4_0, ffn_down_imatrix=T.Q4_1),
+        FileType(
+            name="Q3_K_L",
+            file_type=_FT.MOSTLY_Q3_K_L,
+            base=T.Q3_K,
+            attn_v=("all", T.Q5_K, None),
+            ffn_down=("all", T.Q5_K, None),
+            attn_output=T.Q5_K,
+        ),
+        FileType(
+            name="Q3_K_M",
+            file_type=_FT.MOSTLY_Q3_K_M,
+            base=T.Q3_K,
+            attn_v=("first_2", T.Q5_K, T.Q4_K),
+            ffn_down=("first_sixteenth", T.Q5_K, T.Q4_K),
+            attn_output=T.Q4_K,
+            attn_output_8x=True,
+        ),
+        FileType(name="Q3_K_S", file_type=_FT.MOSTLY_Q3_K_S, base=T.Q3_K, attn_output_8x=True),
+        FileType(
+            name="Q2_K",
+            file_type=_FT.MOSTLY_Q2_K,
+            base=T.Q2_K,
+            attn_v=("gqa4", T.Q4_K, T.Q3_K),
+            ffn_down=("all", T.Q3_K, None),
+            attn_output=T.Q3_K,
+            attn_output_8x=True,
+        ),
+        FileType(
+            name="Q2_K_S",
+            file_type=_FT.MOSTLY_Q2_K_S,
+            base=T.Q2_K,
+            attn_v=("gqa4", T.Q4_K, None),
+            ffn_down=("first_eighth", T.Q4_K, None),
+            requires_imatrix=True,
+        ),
     )
 }
-
-# llama-quantize types that cost an MTP drafter more in rejected drafts than they save (FACTS.md).
-LOW_BIT_TYPES = (
-    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "Q2_K", "Q2_K_S",
-    "IQ3_XXS", "IQ3_XS", "IQ3_S", "IQ3_M", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-)  # fmt: skip
-DRAFTER_ADVICE = (
-    "a drafter's speed comes from acceptance, and low-bit drafters lose more to rejected drafts "
-    "than they save (about 6 points of acceptance from Q8_0 to Q2_K); use Q8_0, Q6_K, Q5_K_M or Q4_K_M"
+ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}  # llama-quantize's
+# llama-quantize's file types that it refuses without an imatrix (their IQ1/IQ2/IQ3_XXS tensors,
+# or Q2_K_S's Q2_K ones, are `tensor_requires_imatrix` in llama-quant.cpp)
+IMATRIX_REQUIRED = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "Q2_K_S")
+# llama-quantize's file types whose tensor types we can read but not write
+UNWRITABLE = ("IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "IQ3_XS", "IQ3_S",
+              "IQ3_M", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4_MOE", "Q1_0", "Q2_0")  # fmt: skip
+IMATRIX_WHY = (
+    "without an importance matrix the very low-bit codes lose what the matrix would protect, and "
+    "the file is worse than a K-quant of its size under a label that promises better"
 )
+LOW_BIT_TYPES = DRAFTER_LOW_BIT_TYPES
 # Fallback of a 256-block type whose rows do not fit (llama.cpp's tensor_type_fallback).
-FALLBACK = {T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
+FALLBACK = {T.Q2_K: T.Q4_0, T.Q3_K: T.Q4_0, T.Q4_K: T.Q5_0, T.Q5_K: T.Q5_1, T.Q6_K: T.Q8_0}
 # Quantizable tensors are `*weight`, 2+ dims, and none of these (llama.cpp's tensor_allows_quantization).
 KEEP_SUBSTRINGS = ("_norm.weight", "ffn_gate_inp.weight", "altup", "laurel", "per_layer_model_proj")
 TOKEN_EMBEDDINGS = ("token_embd.weight", "per_layer_token_embd.weight")
@@ -117,17 +169,36 @@ IMATRIX_PREFIX = "quantize.imatrix."
 _LAYER = re.compile(r"blk\.(\d+)\.")
 
 
-def resolve_file_type(name: str, *, drafter: bool, allow_low_bit_drafter: bool = False) -> FileType:
+def resolve_file_type(
+    name: str, *, drafter: bool, allow_low_bit_drafter: bool = False, has_imatrix: bool = False
+) -> FileType:
     """The `TYPE` argument -> its FileType. A low-bit type for a drafter is refused with the reason;
-    `--allow-low-bit-drafter` is suggested only where it would help (a type gemma-mtp makes)."""
-    key = name.upper()
+    `--allow-low-bit-drafter` is suggested only where it would help (a type gemma-mtp makes). The
+    types llama-quantize refuses without an importance matrix are refused without one, saying why."""
+    key = ALIASES.get(name.upper(), name.upper())
     supported = f"gemma-mtp quantizes to {', '.join(FILE_TYPES)}"
     low_bit_drafter = key in LOW_BIT_TYPES and drafter
+    drafter_advice = f"; for an MTP drafter, {DRAFTER_ADVICE}" if low_bit_drafter else ""
+    needs = (
+        f"; {key} also needs an importance matrix (--imatrix FILE, from llama-imatrix): {IMATRIX_WHY}"
+        if key in IMATRIX_REQUIRED and not has_imatrix
+        else ""
+    )
+    if key in UNWRITABLE:
+        raise UsageError(
+            f"quantize type {name!r} is not supported: gemma-mtp reads {key} files but has no encoder "
+            f"for its tensor types; make it with llama.cpp's llama-quantize "
+            f"(llama-quantize --imatrix FILE IN OUT {key}){needs}{drafter_advice}"
+        )
     if key not in FILE_TYPES:
-        advice = f"; for an MTP drafter, {DRAFTER_ADVICE}" if low_bit_drafter else ""
+        advice = drafter_advice
         if low_bit_drafter and allow_low_bit_drafter:
             advice += " (--allow-low-bit-drafter lifts only the drafter policy; it adds no types)"
         raise UsageError(f"quantize type {name!r} is not supported: {supported}{advice}")
+    if needs:
+        raise UsageError(
+            f"quantize type {key} needs an importance matrix: pass --imatrix FILE; {IMATRIX_WHY}"
+        )
     if low_bit_drafter and not allow_low_bit_drafter:
         raise UsageError(
             f"refusing to quantize an MTP drafter to {key}: {DRAFTER_ADVICE}, "
@@ -162,12 +233,22 @@ def _use_more_bits(i_layer: int, n_layers: int) -> bool:
     return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
 
 
-def _layer_rule(rule: str, i_layer: int, n_layers: int) -> bool:
-    if rule == "more_bits":
-        return _use_more_bits(i_layer, n_layers)
-    if rule == "first_4":
-        return i_layer < 4
-    return i_layer < n_layers // 8  # "first_eighth"
+def _layer_rule(rule: str, i_layer: int, n_layers: int, n_gqa: int = 0) -> bool:
+    return {
+        "more_bits": lambda: _use_more_bits(i_layer, n_layers),
+        "first_2": lambda: i_layer < 2,
+        "first_4": lambda: i_layer < 4,
+        "first_eighth": lambda: i_layer < n_layers // 8,
+        "first_sixteenth": lambda: i_layer < n_layers // 16,
+        "all": lambda: True,
+        "gqa4": lambda: n_gqa >= 4,  # grouped-query attention, 4+ query heads per KV head
+    }[rule]()
+
+
+def _apply(rule, new: GGMLQuantizationType, hit: bool) -> GGMLQuantizationType:
+    if rule is None:
+        return new
+    return rule[1] if hit else (rule[2] or new)
 
 
 def _is_attn_v(name: str) -> bool:
@@ -186,6 +267,8 @@ class _Counters:
     n_attn_v: int
     n_layers: int
     n_expert: int
+    n_gqa: int = 0
+    has_imatrix: bool = False
     i_attn_v: int = 0
     i_ffn_down: int = 0
 
@@ -205,8 +288,9 @@ def _mixed_type(t: TensorSpec, ft: FileType, tied: bool, c: _Counters) -> GGMLQu
     if name in TOKEN_EMBEDDINGS:
         return new
     if _is_attn_v(name):
-        if ft.attn_v and _layer_rule(ft.attn_v[0], c.i_attn_v, c.n_attn_v):
-            new = ft.attn_v[1]
+        rule = ft.attn_v
+        if rule is not None:
+            new = _apply(rule, new, _layer_rule(rule[0], c.i_attn_v, c.n_attn_v, c.n_gqa))
         if c.n_expert == 8:
             new = T.Q8_0
         c.i_attn_v += 1
@@ -214,12 +298,18 @@ def _mixed_type(t: TensorSpec, ft: FileType, tied: bool, c: _Counters) -> GGMLQu
     if "attn_k.weight" in name and c.n_expert == 8:
         return T.Q8_0
     if "ffn_down" in name:
-        if ft.ffn_down and _layer_rule(ft.ffn_down[0], c.layer_of(name), c.n_layers):
-            new = ft.ffn_down[1]
+        i_layer = c.layer_of(name)
+        rule = ft.ffn_down
+        if rule is not None:
+            new = _apply(rule, new, _layer_rule(rule[0], i_layer, c.n_layers, c.n_gqa))
+        elif ft.ffn_down_imatrix and c.has_imatrix and i_layer < c.n_layers // 8:
+            new = ft.ffn_down_imatrix  # llama.cpp's guard for Q4_0/Q5_0's first ffn_down layers
         c.i_ffn_down += 1
         return new
-    if "attn_output.weight" in name and c.n_expert == 8 and ft.name in ("Q4_K_S", "Q4_K_M"):
-        return T.Q5_K
+    if "attn_output.weight" in name:
+        if c.n_expert == 8:
+            return T.Q5_K if ft.attn_output_8x else new
+        return ft.attn_output or new
     return new
 
 
@@ -231,13 +321,22 @@ def _fallback(qtype: GGMLQuantizationType, row: int) -> tuple[GGMLQuantizationTy
 
 
 def plan_types(
-    tensors: Sequence[TensorSpec], ft: FileType, *, n_layers: int, n_expert: int = 0
+    tensors: Sequence[TensorSpec],
+    ft: FileType,
+    *,
+    n_layers: int,
+    n_expert: int = 0,
+    n_gqa: int = 0,
+    has_imatrix: bool = False,
 ) -> tuple[dict[str, GGMLQuantizationType], list[str]]:
-    """(target type per tensor, names of the tensors that needed a fallback type)."""
+    """(target type per tensor, names of the tensors that needed a fallback type). `n_gqa`: query
+    heads per KV head of layer 0 (llama.cpp's hparams.n_gqa()), read by the Q2_K mixes."""
     c = _Counters(
         n_attn_v=sum(_is_attn_v(t.name) for t in tensors),
         n_layers=n_layers,
         n_expert=n_expert,
+        n_gqa=n_gqa,
+        has_imatrix=has_imatrix,
     )
     tied = not any(t.name == OUTPUT for t in tensors)
     quantized_base = ft.base not in FLOAT_TYPES
@@ -266,9 +365,13 @@ class QuantizeResult:
     removed_keys: list[tuple[str, str]] = field(default_factory=list)  # (key, why)
     bytes_in: int = 0
     bytes_out: int = 0
+    imatrix_entries: int = 0  # entries of --imatrix (0: none given)
+    without_imatrix: list[str] = field(default_factory=list)  # quantized tensors it has no entry for
 
 
-def _entries(gf: GGUFFile, ft: FileType) -> tuple[list[Entry], list[tuple[str, str]]]:
+def _entries(
+    gf: GGUFFile, ft: FileType, imatrix: ImatrixData | None
+) -> tuple[list[Entry], list[tuple[str, str]]]:
     leaks = {leak.key: leak.why for leak in find_leaks(gf)}
     entries, removed = [], []
     for key, f in gf.fields.items():
@@ -280,19 +383,62 @@ def _entries(gf: GGUFFile, ft: FileType) -> tuple[list[Entry], list[tuple[str, s
             entries.append(Entry(key, f.value, f.type, f.sub_type))
     entries.append(Entry(K.QUANTIZATION_VERSION, QUANTIZATION_VERSION, GGUFValueType.UINT32))
     entries.append(Entry(K.FILE_TYPE, int(ft.file_type), GGUFValueType.UINT32))
+    if imatrix is not None:  # llama-quantize's counts; its file and dataset keys are host paths
+        entries.append(Entry(IMATRIX_PREFIX + "entries_count", len(imatrix.entries), GGUFValueType.UINT32))
+        if imatrix.chunk_count > 0:
+            entries.append(Entry(IMATRIX_PREFIX + "chunks_count", imatrix.chunk_count, GGUFValueType.UINT32))
     return entries, removed
 
 
-def _converted(t: TensorInfo, qtype: GGMLQuantizationType) -> Callable[[], np.ndarray]:
+def _importance(path: Path, imatrix: ImatrixData, t: TensorInfo) -> np.ndarray | None:
+    """[n_mat, n_per_row] weights for `t` (n_mat: its experts), None when the imatrix has none or,
+    for the token embedding, none of its size (what llama-quantize does)."""
+    imp = imatrix.importance(t.name)
+    if imp is None:
+        return None
+    n_per_row, n_mat = t.shape[0], (t.shape[2] if len(t.shape) > 2 else 1)
+    if imp.size != n_per_row * n_mat:
+        if t.name in TOKEN_EMBEDDINGS:
+            return None
+        raise ModelFormatError(
+            f"{path}: imatrix entry {t.name} has {imp.size} values but the tensor needs "
+            f"{n_per_row * n_mat} ({n_mat} x {n_per_row}); this imatrix was made for another model"
+        )
+    return imp.reshape(n_mat, n_per_row)
+
+
+def _check_finite(path: Path, imatrix: ImatrixData) -> None:
+    for name in imatrix.entries:
+        if not np.isfinite(imatrix.importance(name)).all():
+            raise ModelFormatError(
+                f"{path}: imatrix entry {name} holds non-finite values (llama-quantize refuses it too); "
+                "make the imatrix again"
+            )
+
+
+def _converted(
+    t: TensorInfo, qtype: GGMLQuantizationType, importance: np.ndarray | None = None
+) -> Callable[[], np.ndarray]:
+    """Loads `t` re-encoded as `qtype`; `importance` [n_mat, n_per_row] weights each expert's rows
+    (rows of a 3-D tensor are expert-major: row r belongs to expert r // ne1)."""
+
     def load() -> np.ndarray:
         rows = t.data.reshape(-1, t.data.shape[-1])
         block, type_size = GGML_QUANT_SIZES[qtype]
         out = np.empty((rows.shape[0], t.shape[0] // block * type_size), dtype=np.uint8)
         step = max(1, (1 << 20) // t.shape[0])  # dequantize a slab of rows at a time
+        rows_per_mat = t.shape[1] if len(t.shape) > 1 else 1
         for start in range(0, rows.shape[0], step):
             slab = replace(t, data=rows[start : start + step])
             values = tensor_values(slab, whole=False)
-            out[start : start + step] = values.view(np.uint8) if qtype == T.F32 else encode(values, qtype)
+            if qtype == T.F32:
+                out[start : start + step] = values.view(np.uint8)
+                continue
+            weights = None
+            if importance is not None:
+                experts = np.arange(start, start + values.shape[0]) // rows_per_mat
+                weights = importance[0] if importance.shape[0] == 1 else importance[experts]
+            out[start : start + step] = encode(values, qtype, weights)
         return out
 
     return load
@@ -303,26 +449,37 @@ def quantize_gguf(
     dst: str | Path,
     type_name: str,
     *,
+    imatrix: str | Path | None = None,
     allow_low_bit_drafter: bool = False,
     allow_requantize: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> QuantizeResult:
-    """Quantize `src` into `dst` (temp file + rename); `progress(values_done, values_total)` after
-    each tensor."""
+    """Quantize `src` into `dst` (temp file + rename), weighted by the importance matrix file
+    `imatrix` where given; `progress(values_done, values_total)` after each tensor."""
     src = gguf_input(src, "quantize")
     dst = check_output(src, dst)
     gf = open_gguf(src)
     ft = resolve_file_type(
-        type_name, drafter=gf.arch in LAYOUT_BY_ARCH, allow_low_bit_drafter=allow_low_bit_drafter
+        type_name,
+        drafter=gf.arch in LAYOUT_BY_ARCH,
+        allow_low_bit_drafter=allow_low_bit_drafter,
+        has_imatrix=imatrix is not None,
     )
+    imx = None
+    if imatrix is not None:
+        imatrix = Path(imatrix)
+        imx = read_imatrix(imatrix)
+        _check_finite(imatrix, imx)
     specs = [TensorSpec(t.name, t.shape, t.tensor_type) for t in gf.tensors.values()]
     types, fallbacks = plan_types(
         specs,
         ft,
         n_layers=int(gf.arch_value(K.BLOCK_COUNT, 0) or 0),
         n_expert=int(gf.arch_value(K.EXPERT_COUNT, 0) or 0),
+        n_gqa=_n_gqa(gf),
+        has_imatrix=imx is not None,
     )
-    lazy = []
+    lazy, without = [], []
     for name, t in gf.tensors.items():
         qtype = types[name]
         if qtype == t.tensor_type:
@@ -336,10 +493,24 @@ def quantize_gguf(
                 "compounds the error. Quantize from an F32/F16/BF16 file (gemma-mtp convert --outtype f16) "
                 "or pass --allow-requantize"
             )
+        importance = None
+        if imx is not None and qtype not in FLOAT_TYPES:
+            importance = _importance(imatrix, imx, t)
+            if importance is None:
+                without.append(name)
+                if ft.requires_imatrix and qtype == T.Q2_K and name not in TOKEN_EMBEDDINGS + (OUTPUT,):
+                    raise UsageError(
+                        f"{imatrix}: no imatrix entry for tensor {name}, which {ft.name} makes Q2_K; "
+                        f"llama-quantize refuses it too ({IMATRIX_WHY}). Use an imatrix made for this model"
+                    )
         block, type_size = GGML_QUANT_SIZES[qtype]
         n_bytes = t.n_bytes // t.data.shape[-1] * (t.shape[0] // block * type_size)
-        lazy.append(LazyTensor(name, t.data.shape[:-1] + (t.shape[0],), qtype, n_bytes, _converted(t, qtype)))
-    entries, removed = _entries(gf, ft)
+        lazy.append(
+            LazyTensor(
+                name, t.data.shape[:-1] + (t.shape[0],), qtype, n_bytes, _converted(t, qtype, importance)
+            )
+        )
+    entries, removed = _entries(gf, ft, imx)
     alignment = gf.value("general.alignment")
 
     total, done = sum(int(np.prod(t.shape)) for t in lazy), 0
@@ -359,4 +530,16 @@ def quantize_gguf(
         removed_keys=removed,
         bytes_in=src.stat().st_size,
         bytes_out=dst.stat().st_size,
+        imatrix_entries=0 if imx is None else len(imx.entries),
+        without_imatrix=without,
     )
+
+
+def _n_gqa(gf: GGUFFile) -> int:
+    """llama.cpp's hparams.n_gqa(): query heads / KV heads of layer 0 (per-layer arrays or one value)."""
+
+    def first(value) -> int:
+        return int((value[0] if isinstance(value, list) else value) or 0)
+
+    n_head, n_kv = first(gf.arch_value(K.HEAD_COUNT, 0)), first(gf.arch_value(K.HEAD_COUNT_KV, 0))
+    return n_head // n_kv if n_kv else 0
