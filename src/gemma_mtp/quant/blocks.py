@@ -4,9 +4,8 @@ The weight is the file's bytes, `data` uint8 `[N, bytes_per_row]`, normally a vi
 memory-mapped file (no copy: the model takes the file's size in memory, the pages are shared with
 the page cache, and loading is instant). The kernel decodes each block as ggml lays it out
 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K and the low-bit Q2_K, Q3_K, IQ4_NL, IQ4_XS,
-IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M), exactly what `gguf.quants.dequantize` gives
-(IQ1_M: what ggml gives; gguf-py 0.19.0 misreads its delta sign bit, see `gguf_lowbit.h`), and
-multiplies by activations rounded to int8 per 32 inputs, as llama.cpp does. `GGUFMultiWeight`
+IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M), exactly what `gguf.quants.dequantize` gives,
+and multiplies by activations rounded to int8 per 32 inputs, as llama.cpp does. `GGUFMultiWeight`
 runs several matrices that read the same input (q/k/v, gate/up) in one call, still in place.
 """
 
@@ -20,15 +19,12 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from .. import native
+from .policy import LOWBIT_TYPES
 
-__all__ = ["GGUFBlockWeight", "GGUFMultiWeight", "BLOCK_TYPES", "LOWBIT_TYPES", "gguf_kernel_ok", "as_tensor"]
+__all__ = ["GGUFBlockWeight", "GGUFMultiWeight", "BLOCK_TYPES", "gguf_kernel_ok", "as_tensor"]
 
 Q = GGMLQuantizationType
-# the types ggml's low-bit mixes (Q2_K, Q3_K_M, IQ2_M, IQ3_M, ...) are made of
-LOWBIT_TYPES = frozenset(
-    {Q.Q2_K, Q.Q3_K, Q.IQ4_NL, Q.IQ4_XS, Q.IQ3_XXS, Q.IQ3_S, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_S, Q.IQ1_M}
-)
-BLOCK_TYPES = frozenset({Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K}) | LOWBIT_TYPES
+BLOCK_TYPES = frozenset({Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, *LOWBIT_TYPES})
 
 
 def gguf_kernel_ok(qtype: GGMLQuantizationType, in_features: int) -> bool:

@@ -3,7 +3,8 @@
 Roles: a `matrix` is the weight of a bias-free `nn.Linear` or a tied embedding that is also the
 output head (lookups and a matmul); a `lookup` table is only ever indexed (per-layer embeddings).
 Everything else (vectors, norms, 3-D expert stacks, a drafter's centroid-head table, types with no
-decoder) stays float and the loader says so.
+decoder) stays float and the loader says so. The low-bit types (Q2_K, Q3_K, the IQ types) have no
+integer-code form (`codes.py`): only the native gguf kernel reads them, in place.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from ..native import why_unavailable
-from .blocks import GGUFBlockWeight, as_tensor, gguf_kernel_ok
+from .blocks import BLOCK_TYPES, GGUFBlockWeight, as_tensor, gguf_kernel_ok
 from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
 from .int4 import HAVE_INT4_KERNEL, Int4GroupWeight, int4_kernel_ok
 from .int8 import HAVE_INT8_KERNEL, Int8RowWeight, int8_kernel_ok
@@ -52,20 +53,29 @@ def parse_kernels(kernels: Mapping[str, str] | None) -> dict[GGMLQuantizationTyp
             raise ValueError(f"kernels: unknown GGUF type {name!r}") from None
         if kind not in KINDS:
             raise ValueError(f"kernels: {name}={kind!r}; use one of {', '.join(KINDS)}")
-        if qtype not in CODE_TYPES and kind != "float":
+        if qtype not in CODE_TYPES and qtype not in BLOCK_TYPES and kind != "float":
             raise ValueError(f"kernels: {name} has no quantized kernel here")
+        if qtype not in CODE_TYPES and kind not in ("gguf", "float"):
+            raise ValueError(
+                f"kernels: {name} has only the gguf kernel here; use {name}=gguf or {name}=float"
+            )
         out[qtype] = kind
     return out
 
 
 def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarray, kernels: dict) -> Choice:
-    if qtype not in CODE_TYPES:
+    in_place_only = qtype not in CODE_TYPES  # decoded by the native kernel alone
+    if in_place_only and qtype not in BLOCK_TYPES:
         return Choice("float", "no kernel for this type")
+    block, size = GGML_QUANT_SIZES[qtype]
+    width = data.shape[-1] // size * block
     if role == "lookup":
+        if in_place_only and why_unavailable() is not None:
+            return Choice(
+                "float", f"only the native kernel decodes {qtype.name} blocks ({why_unavailable()})"
+            )
         return Choice("blocks")
     if role == "centroid_table":  # the centroid head reads its candidates' rows in place
-        block, size = GGML_QUANT_SIZES[qtype]
-        width = data.shape[-1] // size * block
         if kernels.get(qtype) == "gguf" and why_unavailable() is None and gguf_kernel_ok(qtype, width):
             return Choice("gguf")
         return Choice("float", "the drafter's centroid head gathers rows of a float table")
@@ -76,18 +86,22 @@ def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarra
         kind = FALLBACK_KERNELS.get(qtype, "float")
     if (kind == "int4" and not HAVE_INT4_KERNEL) or (kind == "int8" and not HAVE_INT8_KERNEL):
         return Choice("float", f"torch {torch.__version__} has no {kind}pack CPU kernel")
-    probe = decode_codes(data[:1], qtype)
-    if kind == "gguf" and not gguf_kernel_ok(qtype, probe.codes.shape[1]):
+    if kind == "gguf" and not gguf_kernel_ok(qtype, width):
         return Choice("float", f"the gguf kernel has no {qtype.name} blocks of this width")
+    if kind in ("gguf", "float"):
+        return Choice(kind) if kind == "gguf" else _kept_float(qtype)
+    probe = decode_codes(data[:1], qtype)
     if kind == "q8" and not q8_kernel_ok(probe.codes.shape[1]):
         return Choice("float", "the q8 kernel needs rows of a multiple of 32")
     if kind == "int4" and not int4_kernel_ok(probe):
         return Choice("float", f"int4pack needs 32-wide groups ({qtype.name} has {probe.group})")
     if kind == "int8" and not int8_kernel_ok(probe.codes.shape[1]):
         return Choice("float", "int8pack needs rows of a multiple of 16")
-    if kind == "float":
-        return Choice("float", FLOAT_REASONS.get(qtype, "the kernels table keeps this type float"))
     return Choice(kind)
+
+
+def _kept_float(qtype: GGMLQuantizationType) -> Choice:
+    return Choice("float", FLOAT_REASONS.get(qtype, "the kernels table keeps this type float"))
 
 
 def build_module(

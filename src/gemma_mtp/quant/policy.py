@@ -23,6 +23,7 @@ __all__ = [
     "EXACTNESS",
     "KINDS",
     "NATIVE_KINDS",
+    "LOWBIT_TYPES",
     "DRAFTER_LOW_BIT_TYPES",
     "DRAFTER_ADVICE",
 ]
@@ -31,8 +32,23 @@ Q = GGMLQuantizationType
 KINDS = ("gguf", "q8", "int4", "int8", "float")
 NATIVE_KINDS = ("gguf", "q8")
 
+# The low-bit types ggml's Q2_K, Q3_K_M, IQ2_M, IQ3_M ... mixes are made of: only the gguf kernel
+# reads them (they have no integer-code form for the other formats, `codes.py`).
+LOWBIT_TYPES = (
+    Q.Q2_K,
+    Q.Q3_K,
+    Q.IQ4_NL,
+    Q.IQ4_XS,
+    Q.IQ3_XXS,
+    Q.IQ3_S,
+    Q.IQ2_XXS,
+    Q.IQ2_XS,
+    Q.IQ2_S,
+    Q.IQ1_S,
+    Q.IQ1_M,
+)
 MATRIX_KERNELS: dict[GGMLQuantizationType, str] = {
-    t: "gguf" for t in (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q8_0, Q.Q6_K)
+    t: "gguf" for t in (Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q5_0, Q.Q5_1, Q.Q5_K, Q.Q8_0, Q.Q6_K, *LOWBIT_TYPES)
 }
 # The measured error of each choice on the real Gemma 3 270M (logits vs the float32 dequantized
 # model, 121 positions): bf16 dequantized rel-L2 0.0108; int4 for Q8_0/Q5_0/Q4_K 0.0108;
@@ -49,6 +65,7 @@ FALLBACK_KERNELS: dict[GGMLQuantizationType, str] = {
 }
 FLOAT_REASONS = {
     Q.Q6_K: "no exact kernel (16-wide groups; int4pack takes 32 and up, int8 rows would re-quantize)",
+    **{t: "only the native gguf kernel reads these blocks, and it is not in use" for t in LOWBIT_TYPES},
 }
 
 KERNEL_NOTES = {

@@ -13,9 +13,6 @@
 //   scaling by a power of two is exact (d is an fp16, far above float32's subnormals);
 // - IQ1_S, IQ1_M: dl * (grid + delta) with delta = +-1/8 and dl = d * (2 ls + 1), written
 //   (d / 8) * (2 ls + 1) * (8 grid +- 1), exact for the same reason.
-// ggml's IQ1_M takes -delta where a group's bit 3 is set and +delta where it is clear; gguf-py
-// 0.19.0 reads that bit with `qh & 0x08 == 0` (always false) and so always takes -delta. We follow
-// ggml, the format's definition; the two agree on groups whose bit is set.
 #pragma once
 
 #include "gguf_blocks.h"
