@@ -17,6 +17,7 @@ from ..demo import DEMO_P_MIN
 from ..engine.options import LoadOptions
 from ..errors import UsageError
 from ..speculative.options import SPEC_CHOICES, canonical_spec_type
+from .emit import ENGINES
 from .prompts import PRESETS
 
 __all__ = [
@@ -144,6 +145,15 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         "$GEMMA_MTP_CACHE/profiles), which run, chat and serve apply by themselves",
     )
 
+    spec.add_argument(
+        "--emit",
+        choices=ENGINES,
+        help="print the profile (--recommend's, else --profile FILE, else the -m/-md pair's default "
+        "profile) as launch flags for that engine, after checking the pair; without --recommend "
+        "nothing is benched",
+    )
+    spec.add_argument("--profile", metavar="FILE", help="the profile --emit prints (default: the pair's)")
+
     run = p.add_argument_group("workload (a --preset sets what these leave open)")
     run.add_argument(
         "--preset",
@@ -234,6 +244,8 @@ def _workload(args: argparse.Namespace) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
+    if getattr(args, "emit", None) and not args.recommend:
+        return _emit(args, _profile_to_emit(args))
     _workload(args)
     if args.endpoints:
         rows = _run_endpoints(args)
@@ -243,8 +255,10 @@ def bench_command(args: argparse.Namespace) -> int:
     if getattr(args, "recommend", None) == DEFAULT_PROFILES:
         from ..cli.profile import write_default_profiles
 
-        for path, profile in write_default_profiles(rows):
+        written = write_default_profiles(rows)
+        for path, profile in written:
             _progress(f"wrote {path}: {profile.summary()}")
+        profile = written[-1][1]  # the first target's own: the best of all its rows
     elif getattr(args, "recommend", None):
         from ..cli.profile import recommend, write_profile
 
@@ -256,7 +270,67 @@ def bench_command(args: argparse.Namespace) -> int:
 
         for path in write_report(rows, Path(args.out)):
             _progress(f"wrote {path}")
+    if getattr(args, "emit", None):
+        return _emit(args, profile)
     return 0
+
+
+def _profile_to_emit(args: argparse.Namespace):
+    from ..cli.profile import find_default_profile, read_profile
+    from ..cli.spec_args import SpecFlags
+
+    if args.profile:
+        return read_profile(args.profile)
+    models = args.models or [None]
+    load = LoadOptions(model=models[0], model_draft=args.drafts[0] if args.drafts else None)
+    found = find_default_profile(load, SpecFlags())
+    if found is None:
+        raise UsageError(
+            "--emit needs a profile: give --profile FILE, or measure the pair first with "
+            "gemma-mtp bench -m TARGET -md DRAFTER --recommend"
+        )
+    _progress(f"using profile {found}")
+    return read_profile(found)
+
+
+def _emit(args: argparse.Namespace, profile) -> int:
+    """Check the pair as `gemma-mtp pair` does, then print the engine's command on stdout."""
+    from .emit import launch_flags
+
+    if profile.drafter and profile.strategy == "mtp":
+        _check_pair(profile.target, profile.drafter)
+    launch = launch_flags(
+        args.emit,
+        target=profile.target,
+        strategy=profile.strategy,
+        drafter=profile.drafter,
+        n_max=profile.n_max,
+        p_min=profile.p_min,
+    )
+    _progress(f"{args.emit} for {profile.summary()}")
+    for note in launch.notes:
+        _progress(f"note: {note}")
+    print(launch.command())
+    return 0
+
+
+def _check_pair(target: str, drafter: str) -> None:
+    from ..gguf.formats import GGUF, model_format
+
+    if not (model_format(Path(target)) == GGUF and model_format(Path(drafter)) == GGUF):
+        _progress(
+            "note: pair not checked (gemma-mtp pair reads GGUF files; the runtime checked it when benching)"
+        )
+        return
+    from ..errors import GemmaMTPError
+    from ..tools.pair import pair_gguf
+
+    report = pair_gguf(target, drafter)
+    if not report.compatible:
+        raise GemmaMTPError(f"--emit: {Path(drafter).name} with {Path(target).name}: {report.verdict}")
+    _progress(f"pair: {report.verdict}")
+    for warning in report.warnings:
+        _progress(f"warning: {warning}")
 
 
 def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
