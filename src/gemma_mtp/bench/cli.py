@@ -397,6 +397,8 @@ def _run_endpoints(args: argparse.Namespace) -> list[dict[str, Any]]:
         temperature=args.temperature[0],
         seed=args.seed,
         api_key=args.api_key,
+        chat=bool(args.chat),
+        reasoning=args.reasoning,
     )
     return run_endpoint_bench(config, progress=_progress)
 

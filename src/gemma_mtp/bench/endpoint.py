@@ -1,7 +1,8 @@
 """`bench --endpoint URL`: the same prompts against any OpenAI-compatible server (ours,
 llama-server, vLLM), so that engines can be compared with one tool.
 
-Each prompt is one streamed `POST /v1/completions`. Decode speed comes from the server's own
+Each prompt is one streamed `POST /v1/completions` (with --chat, text prompts go as one user message
+to `POST /v1/chat/completions`, thinking set by --reasoning through `chat_template_kwargs`). Decode speed comes from the server's own
 `timings` (`predicted_per_second` over `predicted_ms`: llama-server's names, ours too) when it reports them, else from the client
 clock: tokens after the first over the time from the first streamed token to the last. Acceptance
 comes from `timings.draft_n` / `timings.draft_n_accepted` (llama-server's names) and, where the
@@ -47,6 +48,8 @@ class EndpointConfig:
     seed: int = 0
     timeout_s: float = 600.0
     api_key: str | None = None
+    chat: bool = False  # text prompts as one user message through POST /v1/chat/completions
+    reasoning: str = "auto"  # on | off: chat_template_kwargs.enable_thinking (llama-server, vLLM, ours)
 
     def __post_init__(self) -> None:
         if not self.endpoints:
@@ -84,8 +87,11 @@ def _sse(response) -> Iterator[dict[str, Any]]:
 
 def complete(base_url: str, prompt: str | list[int], *, config: EndpointConfig, seed: int, n_max: int | None):
     """One streamed completion; returns `Completion` with the decode rate and any server timings."""
-    body: dict[str, Any] = {
-        "prompt": prompt,
+    chat = config.chat and isinstance(prompt, str)
+    body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}]} if chat else {"prompt": prompt}
+    if chat and config.reasoning in ("on", "off"):
+        body["chat_template_kwargs"] = {"enable_thinking": config.reasoning == "on"}
+    body |= {
         "max_tokens": config.n_predict,
         "temperature": config.temperature,
         "seed": seed,
@@ -97,7 +103,7 @@ def complete(base_url: str, prompt: str | list[int], *, config: EndpointConfig, 
     if n_max is not None:
         body["speculative.n_max"] = n_max  # llama-server's per-request knob
         body["speculative"] = {"n_max": n_max}  # ours
-    url = base_url.rstrip("/") + "/v1/completions"
+    url = base_url.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     stamps: list[float] = []
     timings: dict[str, Any] = {}
     usage_tokens = None
@@ -105,7 +111,9 @@ def complete(base_url: str, prompt: str | list[int], *, config: EndpointConfig, 
         with urllib.request.urlopen(_request(url, body, config), timeout=config.timeout_s) as response:
             for chunk in _sse(response):
                 now = time.perf_counter()
-                if any(c.get("text") for c in chunk.get("choices") or []):
+                if any(
+                    c.get("text") or (c.get("delta") or {}).get("content") for c in chunk.get("choices") or []
+                ):
                     stamps.append(now)
                 timings = chunk.get("timings") or timings
                 usage = chunk.get("usage") or {}
@@ -190,7 +198,9 @@ def _generation(done: Completion, before, after, prompt: BenchPrompt, rep: int) 
         by_pos = _delta(before["by_position"], after["by_position"])
         dr_pos = _delta(before["drafted_by_position"], after["drafted_by_position"])
         if by_pos and not dr_pos and rounds:
-            dr_pos = (rounds,) * len(by_pos)  # vLLM: every round drafts every position
+            # vLLM and llama-server count no drafts per position: every round is taken to draft
+            # every position (a round cut short by the token budget makes the last positions' rate low)
+            dr_pos = (rounds,) * len(by_pos)
     return Generation(
         category=prompt.category,
         rep=rep,
