@@ -269,3 +269,18 @@ def test_bad_input_is_one_clear_line(pair_with_tokenizer, text_file, tmp_path, c
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o.gguf").exists()
+
+
+def test_llama_cpp_took_our_imatrix_files_as_recorded():
+    """What scripts/check_imatrix_llama_cpp.py found with the vendored llama.cpp (never run by CI)."""
+    import json
+
+    record = json.loads((Path(__file__).parent / "fixtures" / "llama_cpp" / "manifest.json").read_text())[
+        "imatrix"
+    ]
+    versus = record["target_vs_llama_imatrix"]
+    assert versus["same_names"] and versus["counts_equal"] and versus["rel_diff_max"] < 0.05
+    assert versus["llama_datasets_hold_a_path"] and versus["ours_datasets"] == ["calibration.txt"]
+    assert all(
+        q["accepted"] and q["entries_loaded"] and not q["no_entry_for"] for q in record["llama_quantize"]
+    )
