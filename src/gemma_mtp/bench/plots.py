@@ -98,7 +98,8 @@ def plot_acceptance(rows: Sequence[dict[str, Any]], path: str | Path) -> Plot | 
         ax.set_ylabel("acceptance rate")
         ax.set_ylim(0, 1.05)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _save(plot)
 
 
@@ -145,7 +146,8 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: str | Path) -> Plot | 
         ax.set_ylabel("decode tokens/s")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     return _save(plot)
 
 
