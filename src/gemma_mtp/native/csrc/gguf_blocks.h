@@ -149,7 +149,9 @@ inline __m256i bit4_from_bits(uint32_t bits) {
 }
 
 // The two int16 scales of a sub-block, one per 16 lanes.
-inline __m256i scales16(int lo, int hi) { return _mm256_set_m128i(_mm_set1_epi16(int16_t(hi)), _mm_set1_epi16(int16_t(lo))); }
+inline __m256i scales16(int lo, int hi) {
+  return _mm256_set_m128i(_mm_set1_epi16(int16_t(hi)), _mm_set1_epi16(int16_t(lo)));
+}
 #endif
 
 }  // namespace gguf_blocks

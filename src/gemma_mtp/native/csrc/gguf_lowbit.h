@@ -145,7 +145,8 @@ inline void decode_sub_lowbit(int64_t type, const uint8_t* b, int j, Sub& o) {
       o.d = f16(b) * 0.125f;
       o.s[0] = o.s[1] = int16_t(2 * ((qh >> 12) & 7) + 1);
       const int delta = qh & 0x8000 ? -1 : 1;
-      for (int k = 0; k < 4; ++k) iq1_row(iq1s_grid[b[2 + 4 * j + k] | (((qh >> (3 * k)) & 7) << 8)], delta, o.c + 8 * k);
+      for (int k = 0; k < 4; ++k)
+        iq1_row(iq1s_grid[b[2 + 4 * j + k] | (((qh >> (3 * k)) & 7) << 8)], delta, o.c + 8 * k);
       return;
     }
     case IQ1_M: {
@@ -185,7 +186,8 @@ inline __m256i iq1_codes(__m256i g, __m256i delta) {
   return _mm256_add_epi8(_mm256_sign_epi8(_mm256_set1_epi8(8), g), delta);
 }
 
-inline long long delta8(int negative) { return negative ? -1LL : 0x0101010101010101LL; }
+// 8 bytes of delta: -1 where `bit` (0 or 1) is set, else +1; without a branch (the bits are random).
+inline long long delta8(uint32_t bit) { return static_cast<long long>(0x0101010101010101ULL | (0ULL - bit)); }
 
 // The codes and scales of a low-bit block, as `decode_sub_lowbit` gives them (AVX2).
 template <int T>
@@ -252,7 +254,8 @@ inline void decode_vec_lowbit(const uint8_t* b, VBlock& o) {
       if constexpr (T == IQ2_XS) {
         const uint8_t* q = b + 2 + 8 * j;
         const uint16_t q0 = u16(q), q1 = u16(q + 2), q2 = u16(q + 4), q3 = u16(q + 6);
-        const __m256i g = grid64(iq2xs_grid[q0 & 511], iq2xs_grid[q1 & 511], iq2xs_grid[q2 & 511], iq2xs_grid[q3 & 511]);
+        const __m256i g =
+            grid64(iq2xs_grid[q0 & 511], iq2xs_grid[q1 & 511], iq2xs_grid[q2 & 511], iq2xs_grid[q3 & 511]);
         const uint32_t signs = uint32_t(ksigns_iq2xs[q0 >> 9]) | uint32_t(ksigns_iq2xs[q1 >> 9]) << 8 |
                                uint32_t(ksigns_iq2xs[q2 >> 9]) << 16 | uint32_t(ksigns_iq2xs[q3 >> 9]) << 24;
         o.c[j] = apply_signs(g, signs);
@@ -300,7 +303,7 @@ inline void decode_vec_lowbit(const uint8_t* b, VBlock& o) {
       o.s[j] = scales16(2 * ((qh >> 12) & 7) + 1, 2 * ((qh >> 12) & 7) + 1);
       const __m256i g = grid64(iq1s_grid[q[0] | ((qh << 8) & 0x700)], iq1s_grid[q[1] | ((qh << 5) & 0x700)],
                                iq1s_grid[q[2] | ((qh << 2) & 0x700)], iq1s_grid[q[3] | ((qh >> 1) & 0x700)]);
-      o.c[j] = iq1_codes(g, _mm256_set1_epi64x(delta8(qh & 0x8000)));
+      o.c[j] = iq1_codes(g, _mm256_set1_epi64x(delta8(uint32_t(qh) >> 15)));
     }
   } else {  // IQ1_M
     static_assert(T == IQ1_M, "decode_vec_lowbit: not a low-bit type");
@@ -313,7 +316,8 @@ inline void decode_vec_lowbit(const uint8_t* b, VBlock& o) {
       o.s[j] = scales16(2 * (sc & 7) + 1, 2 * ((sc >> 3) & 7) + 1);
       const __m256i g = grid64(iq1s_grid[q[0] | ((h0 << 8) & 0x700)], iq1s_grid[q[1] | ((h0 << 4) & 0x700)],
                                iq1s_grid[q[2] | ((h1 << 8) & 0x700)], iq1s_grid[q[3] | ((h1 << 4) & 0x700)]);
-      const __m256i delta = _mm256_set_epi64x(delta8(h1 & 0x80), delta8(h1 & 0x08), delta8(h0 & 0x80), delta8(h0 & 0x08));
+      const __m256i delta = _mm256_set_epi64x(delta8((h1 >> 7) & 1), delta8((h1 >> 3) & 1), delta8((h0 >> 7) & 1),
+                                              delta8((h0 >> 3) & 1));
       o.c[j] = iq1_codes(g, delta);
     }
   }
