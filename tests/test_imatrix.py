@@ -235,6 +235,13 @@ def test_cli_writes_an_imatrix_with_the_files_names_and_no_host_path(
     assert data.entries["blk.0.attn_q.weight"][1].tolist() == [rows]
 
 
+def test_cli_bench_prompts_are_named_as_such(pair_with_tokenizer, tmp_path):
+    out = tmp_path / "bench.gguf"
+    argv = ["imatrix", "-m", str(pair_with_tokenizer[0]), "--bench-prompts", "-o", str(out)]
+    assert run_cli([*argv, "-c", "64", "--chunks", "1", "-t", "1", "--quiet"]) == 0
+    assert read_imatrix(out).datasets == ["gemma-mtp:bench-prompts"]
+
+
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [

@@ -22,7 +22,7 @@ sliding ring holds the whole chunk, so nothing is evicted).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +30,7 @@ from torch import nn
 
 from ..cache import KVCache
 from ..config import AssistantConfig, TextConfig
+from ..errors import GemmaMTPError
 from ..gguf.names import DRAFTER_HEADS, name_map
 from ..models.assistant import AssistantModel
 from ..models.gemma import GemmaModel
@@ -147,7 +148,9 @@ class Accumulator:
     def check_finite(self) -> None:
         for name, s in self.sums.items():
             if not bool(torch.isfinite(s).all()):
-                raise ValueError(f"non-finite activations reached {name}; the model or its inputs are broken")
+                raise GemmaMTPError(
+                    f"non-finite activations reached {name}; the model or its inputs are broken"
+                )
 
     def entries(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """name -> (in_sum2 float32 [n_mat, K], counts float32 [n_mat]), sorted by name as llama.cpp."""
@@ -232,6 +235,3 @@ def compute_imatrix(
             drafter_chunk(target, assistant, chunk, accumulate, n_draft=options.n_draft)
         accumulate.check_finite()
         yield accumulate
-
-
-ChunkCallback = Callable[[int, Accumulator], None]
