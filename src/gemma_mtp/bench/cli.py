@@ -146,6 +146,18 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
     )
 
     spec.add_argument(
+        "--check-lossless",
+        dest="check_lossless",
+        nargs="?",
+        type=int,
+        const=200,
+        default=d["check_lossless"],
+        metavar="DRAWS",
+        help="at temperature > 0: compare the first committed tokens of plain and speculative decoding "
+        "over DRAWS seeded generations (default 200) with a chi-square test, per drafter, reported in "
+        "the rows (greedy rows always compare outputs)",
+    )
+    spec.add_argument(
         "--emit",
         choices=ENGINES,
         help="print the profile (--recommend's, else --profile FILE, else the -m/-md pair's default "
@@ -376,6 +388,7 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         chat=args.chat,
         reasoning=args.reasoning,
         chat_template_fallback=fallback,
+        check_lossless=args.check_lossless,
     )
     return run_bench(config, progress=_progress)
 

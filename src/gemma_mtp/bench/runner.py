@@ -57,6 +57,9 @@ class BenchConfig:
     chat_template_fallback: str | None = None  # the template when the model has none (the demo pair's)
     targets: tuple[str, ...] = ()  # more targets (-m A B ...): each benched in turn; () = load.model
     temperatures: tuple[float, ...] = ()  # --temp 0,0.3: each its own runs; () = temperature
+    # --check-lossless DRAWS: at temperature > 0, plain vs speculative first tokens over DRAWS seeds
+    # (`lossless.check_lossless_sampling`), per drafter; 0: off (greedy rows are always compared)
+    check_lossless: int = 0
 
     def __post_init__(self) -> None:
         names = (self.spec_type,) if isinstance(self.spec_type, str) else tuple(self.spec_type or ())
@@ -64,6 +67,8 @@ class BenchConfig:
         object.__setattr__(self, "spec_type", kinds or None)
         if self.reps < 1:
             raise UsageError(f"--reps must be >= 1, got {self.reps}")
+        if self.check_lossless < 0:
+            raise UsageError(f"--check-lossless takes a number of draws >= 1, got {self.check_lossless}")
         if self.n_predict < 2:
             raise UsageError(f"-n/--n-predict must be >= 2 for a decode rate, got {self.n_predict}")
         if not self.n_max and not self.autotune:
@@ -169,7 +174,26 @@ def _run_loaded(config: BenchConfig, base, groups, prompts, ids, say) -> list[di
             for label, spec in _specs(config, group):
                 say(f"rep {rep + 1}/{config.reps}: {group.label} {label}")
                 _measure(group.engine, spec, (group.label, label), rep, prompts, ids, config, runs)
-    return summarize_runs(config, runs, groups, base)
+    rows = summarize_runs(config, runs, groups, base)
+    if config.check_lossless and config.temperature > 0:
+        from .lossless import check_lossless_sampling
+
+        for group in groups:
+            label, spec = _specs(config, group)[0]
+            say(f"lossless check: {group.label} {label}, {config.check_lossless} seeded draws")
+            check = check_lossless_sampling(
+                base,
+                group.engine,
+                ids[0],
+                sampling=config.sampling(config.seed),
+                spec=spec,
+                draws=config.check_lossless,
+                seed=config.seed + 1_000_000,
+            )
+            for row in rows:
+                if row["drafter"] == group.label:
+                    row["lossless_sampling"] = check
+    return rows
 
 
 def _specs(config: BenchConfig, group: _Group) -> list[tuple[str, SpecOptions]]:
