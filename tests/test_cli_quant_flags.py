@@ -60,7 +60,7 @@ def test_chat_takes_the_same_flags():
         ("=int8", "'=int8' is not TYPE=KERNEL"),
         ("Q8_0=int8,", "'' is not TYPE=KERNEL"),
         ("Q9_9=int8", "unknown GGUF type 'Q9_9'"),
-        ("Q8_0=int3", "Q8_0='int3'; use one of gguf, q8, int4, int8, float"),
+        ("Q8_0=int3", "Q8_0='int3'; use one of gguf, q8, int4, int8, torch, float"),
         ("F16=int8", "F16 has no quantized kernel here"),
     ],
 )

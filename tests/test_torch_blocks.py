@@ -9,6 +9,8 @@ difference is the order of the float32 sums (|dy| <= 1e-5 of the largest |y| her
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -145,3 +147,56 @@ def test_a_bounded_tile_is_decoded_at_a_time(monkeypatch):
 def test_a_row_width_that_does_not_match_the_type_is_refused():
     with pytest.raises(ValueError, match="Q4_K: 512 inputs take 288 bytes per row"):
         TorchBlockWeight(torch.zeros(2, 144, dtype=torch.uint8), Q.Q4_K, 512)
+
+
+# ------------------------------------------------------------------------- through the loader
+
+FIXTURES = Path(__file__).parent / "fixtures" / "llama_cpp"
+ALL_TORCH = {q.name: "torch" for q in TYPES}
+
+
+def _load(name: str, **options):
+    from gemma_mtp.weights.gguf_loader import load_gguf_model
+
+    return load_gguf_model(FIXTURES / f"{name}.gguf", dtype="float32", **options)
+
+
+@pytest.mark.parametrize("name", ["e2b.q4_k_m", "e2b.q8_0"])
+def test_a_gguf_target_on_the_torch_kernel_is_the_dequantized_model(name):
+    """float32 activations over the file's exact weights: the same model as the dequantized
+    float32 load but for the order of float32 sums (|dlogit| <= 1e-4 of the largest logit)."""
+    from test_gguf_helpers import target_logits
+
+    from gemma_mtp.quant.modules import describe
+
+    model, _, report = _load(name, quantized=True, kernels=ALL_TORCH)
+    exact, _, _ = _load(name, quantized=False)
+    kinds = {describe(m) for m in model.modules()} - {None}
+    assert kinds == {"torch"}, kinds
+    assert any("kept quantized: torch ops on the GGUF blocks" in n for n in report.notices)
+    tokens = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(5))
+    got, want = target_logits(model, tokens), target_logits(exact, tokens)
+    assert torch.allclose(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_greedy_generation_through_the_torch_kernel_is_the_dequantized_models():
+    import gemma_mtp
+    from gemma_mtp.sampling import SamplingParams
+
+    path = FIXTURES / "e2b.q4_k_m.gguf"
+    greedy = SamplingParams(temperature=0.0)
+    ported = gemma_mtp.load(
+        path, dtype="float32", device="cpu", ctx_size=64, quantized=True, quant_kernels=ALL_TORCH
+    )
+    exact = gemma_mtp.load(path, dtype="float32", device="cpu", ctx_size=64, quantized=False)
+    for prompt in ([2, 10, 20, 30], [2, 7]):
+        want = exact.generate(prompt, n_predict=12, sampling=greedy).token_ids
+        assert ported.generate(prompt, n_predict=12, sampling=greedy).token_ids == want
+
+
+def test_quant_kernels_torch_names_every_block_type():
+    from gemma_mtp.cli.model_args import parse_quant_kernels
+
+    assert parse_quant_kernels("torch") == ALL_TORCH
+    assert parse_quant_kernels("torch,Q8_0=gguf")["Q8_0"] == "gguf"

@@ -28,15 +28,46 @@ __all__ = ["load", "Engine", "LoadOptions", "Result", "Step", "Timings", "SpecOp
 
 
 def _load_any(
-    path: str | Path, *, quantized: bool | None = None, kernels: dict[str, str] | None = None, **options
+    path: str | Path,
+    *,
+    quantized: bool | None = None,
+    kernels: dict[str, str] | None = None,
+    n_cpu_moe: int = 0,
+    **options,
 ) -> tuple[torch.nn.Module, TextConfig | AssistantConfig, LoadReport]:
-    """A GGUF file or an HF directory; `quantized`/`kernels` apply to GGUF files only."""
+    """A GGUF file or an HF directory; `quantized`/`kernels`/`n_cpu_moe` apply to GGUF files only."""
     path = Path(path)
     if model_format(path) == GGUF:
         from .weights.gguf_loader import load_gguf_model
 
-        return load_gguf_model(path, quantized=quantized, kernels=kernels, **options)
+        return load_gguf_model(path, quantized=quantized, kernels=kernels, n_cpu_moe=n_cpu_moe, **options)
     return load_hf_model(path, **options)
+
+
+def _fit(options: LoadOptions) -> LoadOptions:
+    """On CUDA with GGUF files, `-ngl auto` as the placement plan says, checked before loading
+    (a PlacementError says what would fit); elsewhere the options as they are."""
+    device = resolve_device(options.device)
+    if device.type != "cuda" or model_format(Path(options.model)) != GGUF:
+        return options
+    from .weights.placement import device_capacity, gguf_sizes, plan_placement
+
+    sizes = {"dtype": options.dtype, "ctx_batch": options.max_batch, "quantized": options.quantized}
+    target, _ = gguf_sizes(options.model, **sizes)
+    drafter = None
+    if options.model_draft is not None and model_format(Path(options.model_draft)) == GGUF:
+        drafter, _ = gguf_sizes(options.model_draft, **sizes)
+    plan = plan_placement(
+        target,
+        drafter,
+        capacity=device_capacity(device),
+        ctx=options.ctx_size,
+        n_gpu_layers=options.n_gpu_layers,
+        n_gpu_layers_draft=options.n_gpu_layers_draft if drafter is not None else None,
+        n_cpu_moe=options.n_cpu_moe,
+    )
+    draft = plan.n_gpu_layers_draft if drafter is not None else options.n_gpu_layers_draft
+    return dataclasses.replace(options, n_gpu_layers=plan.n_gpu_layers, n_gpu_layers_draft=draft)
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -100,6 +131,7 @@ def load(
     if reuse_target is not None:
         target, config, report = reuse_target.target, reuse_target.config, reuse_target.load_report
     else:
+        options = _fit(options)
         target, config, report = _load_any(
             options.model,
             dtype=options.dtype,
@@ -108,6 +140,7 @@ def load(
             progress=progress,
             quantized=options.quantized,
             kernels=options.quant_kernels,
+            n_cpu_moe=options.n_cpu_moe,
         )
     if isinstance(config, AssistantConfig):
         raise ModelFormatError(

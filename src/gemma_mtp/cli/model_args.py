@@ -71,25 +71,46 @@ def add_device_arguments(group: _Group, defaults: Any) -> None:
     )
 
 
+def parse_gpu_layers(text: str) -> int | None:
+    """``-ngl`` as llama.cpp takes it: N, ``auto`` (None: as many as fit) or ``all`` (-1)."""
+    if text in ("auto", "all"):
+        return None if text == "auto" else -1
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of layers, auto or all") from None
+
+
 def add_gpu_layer_arguments(group: _Group, defaults: Any) -> None:
-    """``-ngl/--n-gpu-layers`` and ``-ngld/--n-gpu-layers-draft``."""
+    """``-ngl/--n-gpu-layers``, ``-ngld/--n-gpu-layers-draft`` and ``--n-cpu-moe``."""
     group.add_argument(
         "-ngl",
         "--n-gpu-layers",
+        "--gpu-layers",
         dest="n_gpu_layers",
-        type=int,
+        type=parse_gpu_layers,
         default=defaults.n_gpu_layers,
         metavar="N",
-        help="target layers on the GPU (default: all when --device is a GPU)",
+        help="target layers on the GPU: N, auto or all (default: auto, as many as fit beside the "
+        "drafter and the KV for -c; GGUF files)",
     )
     group.add_argument(
         "-ngld",
         "--n-gpu-layers-draft",
         dest="n_gpu_layers_draft",
-        type=int,
+        type=parse_gpu_layers,
         default=defaults.n_gpu_layers_draft,
         metavar="N",
-        help="drafter layers on the GPU",
+        help="drafter layers on the GPU: N or all (default: all)",
+    )
+    group.add_argument(
+        "-ncmoe",
+        "--n-cpu-moe",
+        dest="n_cpu_moe",
+        type=int,
+        default=defaults.n_cpu_moe,
+        metavar="N",
+        help="keep the MoE expert weights of the first N target layers on the CPU (default: %(default)s)",
     )
 
 
@@ -158,6 +179,11 @@ def parse_quant_kernels(text: str) -> dict[str, str]:
 
     kernels = {}
     for item in text.split(","):
+        if item.strip().lower() == "torch":  # every block type on the portable torch kernel
+            from gemma_mtp.quant.torch_blocks import TORCH_BLOCK_TYPES
+
+            kernels.update({q.name: "torch" for q in sorted(TORCH_BLOCK_TYPES, key=int)})
+            continue
         name, sep, kind = item.partition("=")
         if not sep or not name.strip() or not kind.strip():
             raise argparse.ArgumentTypeError(f"{item.strip()!r} is not TYPE=KERNEL (e.g. Q8_0=int8)")
@@ -197,5 +223,6 @@ def add_quant_arguments(parser: argparse.ArgumentParser, defaults: Any) -> None:
         action=_MergeKernels,
         default=defaults.quant_kernels,
         metavar="TYPE=KERNEL,...",
-        help=f"kernel per GGUF type, e.g. Q8_0=int8,Q6_K=float; kernels: {', '.join(KINDS)}",
+        help=f"kernel per GGUF type, e.g. Q8_0=int8,Q6_K=float, or torch for every type (the portable "
+        f"kernel a GPU uses); kernels: {', '.join(KINDS)}",
     )

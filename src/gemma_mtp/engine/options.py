@@ -1,7 +1,7 @@
 """How to load a target and its drafter: one object, the single source of the load defaults.
 
 `gemma_mtp.load` takes it; every surface builds it once from the flags `cli.model_args` declares
-(-m, -md, --device, --dtype, -ngl, -ngld, -c, -t, --quantized, --quant-kernels), and the server
+(-m, -md, --device, --dtype, -ngl, -ngld, --n-cpu-moe, -c, -t, --quantized, --quant-kernels), and the server
 sets ``max_batch`` to its slot count.
 """
 
@@ -20,8 +20,9 @@ class LoadOptions:
     model_draft: str | None = None  # MTP assistant or draft model
     dtype: str = "auto"
     device: str = "auto"
-    n_gpu_layers: int | None = None  # None: every layer on the GPU when the device is one
-    n_gpu_layers_draft: int | None = None
+    n_gpu_layers: int | None = None  # None: auto (as many as fit, GGUF on CUDA); negative: all
+    n_gpu_layers_draft: int | None = None  # None: all of the drafter
+    n_cpu_moe: int = 0  # the MoE experts of the first N target layers stay on the CPU
     ctx_size: int = 4096  # tokens per sequence
     threads: int | None = (
         None  # CPU threads; None: leave torch's setting (the CLI passes -t, default: physical cores)
@@ -35,5 +36,7 @@ class LoadOptions:
             raise UsageError(f"-c/--ctx-size {self.ctx_size} is too small; use at least 2")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"-t/--threads must be >= 1, got {self.threads}")
+        if self.n_cpu_moe < 0:
+            raise UsageError(f"--n-cpu-moe must be >= 0, got {self.n_cpu_moe}")
         if self.max_batch < 1:
             raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")

@@ -33,6 +33,7 @@ from .policy import (
     NATIVE_KINDS,
 )
 from .q8 import Q8BlockWeight, q8_kernel_ok
+from .torch_blocks import TorchBlockWeight, torch_kernel_ok
 
 __all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_kernels", "fallback_notice"]
 
@@ -55,9 +56,10 @@ def parse_kernels(kernels: Mapping[str, str] | None) -> dict[GGMLQuantizationTyp
             raise ValueError(f"kernels: {name}={kind!r}; use one of {', '.join(KINDS)}")
         if qtype not in CODE_TYPES and qtype not in BLOCK_TYPES and kind != "float":
             raise ValueError(f"kernels: {name} has no quantized kernel here")
-        if qtype not in CODE_TYPES and kind not in ("gguf", "float"):
+        if qtype not in CODE_TYPES and kind not in ("gguf", "torch", "float"):
             raise ValueError(
-                f"kernels: {name} has only the gguf kernel here; use {name}=gguf or {name}=float"
+                f"kernels: {name} has only the gguf kernel here (and the portable torch one); use "
+                f"{name}=gguf, {name}=torch or {name}=float"
             )
         out[qtype] = kind
     return out
@@ -69,6 +71,8 @@ def choose_kernel(role: str | None, qtype: GGMLQuantizationType, data: np.ndarra
         return Choice("float", "no kernel for this type")
     block, size = GGML_QUANT_SIZES[qtype]
     width = data.shape[-1] // size * block
+    if kernels.get(qtype) == "torch" and role in ("matrix", "lookup") and torch_kernel_ok(qtype, width):
+        return Choice("torch")  # torch ops on the blocks: any device, no native module needed
     if role == "lookup":
         if in_place_only and why_unavailable() is not None:
             return Choice(
@@ -112,6 +116,8 @@ def build_module(
         weight = BlockRows(as_tensor(data), qtype, old.embedding_dim)
     elif choice.kind == "gguf":
         weight = GGUFBlockWeight.from_blocks(data, qtype)
+    elif choice.kind == "torch":
+        weight = TorchBlockWeight.from_blocks(data, qtype)
     elif choice.kind == "q8":
         weight = Q8BlockWeight.from_blocks(data, qtype)
     elif choice.kind == "int4":

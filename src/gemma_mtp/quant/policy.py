@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 Q = GGMLQuantizationType
-KINDS = ("gguf", "q8", "int4", "int8", "float")
+KINDS = ("gguf", "q8", "int4", "int8", "torch", "float")
 NATIVE_KINDS = ("gguf", "q8")
 
 # The low-bit types ggml's Q2_K, Q3_K_M, IQ2_M, IQ3_M ... mixes are made of: only the gguf kernel
@@ -74,6 +74,7 @@ KERNEL_NOTES = {
     "int4": "int4pack, group 32",
     "int8": "int8pack, one scale per row",
     "blocks": "GGUF blocks kept as stored, rows decoded on lookup",
+    "torch": "torch ops on the GGUF blocks in place (any device), a tile of rows decoded at a time",
     "float": "dequantized",
 }
 
@@ -88,6 +89,7 @@ EXACTNESS = {
     ("int4", False): "bfloat16 block scale and zero (|dw| <= 2^-7 max|w| of its 32-group)",
     ("int8", None): "re-quantized per row, lossy (|dw| <= max|w_row| / 254)",
     ("blocks", None): "exact",
+    ("torch", None): "weights exact (the file's bytes), products in the activations' dtype",
 }
 
 # llama-quantize types refused for an MTP drafter unless --allow-low-bit-drafter (FACTS.md: practice

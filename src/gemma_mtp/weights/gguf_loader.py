@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from ..config import AssistantConfig, TextConfig
@@ -35,6 +35,7 @@ from ..models.native_blocks import install_native_layers
 from ..native import why_unavailable
 from ..quant.fuse import fuse_model_projections
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
+from ..quant.torch_blocks import torch_kernel_ok
 from .hf import LoadReport
 from .meta import meta_model
 from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
@@ -109,14 +110,22 @@ def _role(model: nn.Module, ours: str, config: TextConfig | AssistantConfig) -> 
 
 
 def _wants_quantized(quantized: bool | None, dtype: torch.dtype, device: str, auto: bool) -> bool:
-    """Default: on the CPU, keep quantized weights quantized in bfloat16 and for `dtype=auto`;
-    an explicit float32 load dequantizes (the exact reference)."""
-    on_cpu = resolve_device(device).type == "cpu"
+    """Default: keep quantized weights quantized in bfloat16 and for `dtype=auto` (on a GPU through
+    the torch kernel); an explicit float32 load dequantizes (the exact reference)."""
     if quantized is None:
-        return on_cpu and (auto or dtype == torch.bfloat16)
-    if quantized and not on_cpu:
-        raise UsageError("quantized GGUF kernels run on the CPU; use --device cpu, or load dequantized")
+        return auto or dtype == torch.bfloat16
     return quantized
+
+
+def _device_kernels(table: dict, device: str) -> dict:
+    """Off the CPU only the torch kernel runs on the blocks: every type another kernel would
+    hold goes to it (types kept float stay float)."""
+    if resolve_device(device).type == "cpu":
+        return table
+    return {
+        q: "torch" if kind != "float" and torch_kernel_ok(q, GGML_QUANT_SIZES[q][0]) else kind
+        for q, kind in table.items()
+    }
 
 
 def _return_freed_memory() -> None:
@@ -156,6 +165,7 @@ def load_gguf_model(
     progress: Callable[[int, int], None] | None = None,
     quantized: bool | None = None,
     kernels: Mapping[str, str] | None = None,
+    n_cpu_moe: int = 0,
 ) -> tuple[nn.Module, TextConfig | AssistantConfig, LoadReport]:
     """Load a target or drafter from a .gguf file. Raises ModelFormatError on any mismatch.
 
@@ -177,7 +187,7 @@ def load_gguf_model(
 
     want_dtype = resolve_dtype(_auto_dtype(gf, device) if dtype == "auto" else dtype)
     try:
-        table = parse_kernels(kernels)
+        table = _device_kernels(parse_kernels(kernels), device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     quantize = _wants_quantized(quantized, want_dtype, device, dtype == "auto")
@@ -244,9 +254,7 @@ def load_gguf_model(
     elif dequantized:
         kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(dequantized.items()))
         why = (
-            "quantized kernels run on the CPU"
-            if resolve_device(device).type != "cpu"
-            else "quantized=False"
+            "quantized=False"
             if quantized is False
             else f"an explicit --dtype {dtype_name} dequantizes; the default keeps them quantized"
         )
@@ -260,7 +268,7 @@ def load_gguf_model(
         fuse_model_projections(model)
     model.load_state_dict(loaded, strict=False, assign=True)
     rebuild_rotary(model, text)
-    report.device = place_layers(model, resolve_device(device), n_gpu_layers)
+    report.device = place_layers(model, resolve_device(device), n_gpu_layers, n_cpu_moe)
     model.eval()
     model.requires_grad_(False)
     if swapped:

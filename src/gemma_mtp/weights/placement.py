@@ -334,7 +334,9 @@ def device_capacity(device: torch.device) -> int:
     return int(free)
 
 
-def gguf_sizes(path, *, dtype: str, ctx_batch: int = 1, max_draft: int = 16) -> tuple[ModelSizes, int]:
+def gguf_sizes(
+    path, *, dtype: str, ctx_batch: int = 1, max_draft: int = 16, quantized: bool | None = None
+) -> tuple[ModelSizes, int]:
     """(sizes, dtype bytes) of a GGUF target or drafter from its tensor table and metadata alone
     (nothing is read but the header), for `dtype` as the loader resolves it on a GPU."""
     from ..config import AssistantConfig
@@ -344,6 +346,7 @@ def gguf_sizes(path, *, dtype: str, ctx_batch: int = 1, max_draft: int = 16) -> 
     gf = open_gguf(path)
     config, _, _ = config_from_gguf(gf)
     entries = [(t.name, tensor_shape(t), t.tensor_type) for t in gf.tensors.values()]
+    keeps = dtype in ("auto", "bfloat16")  # the loader's default keeps blocks for these
     if dtype == "auto":  # the loader's rule off the CPU: float32 files stay float32, else bfloat16
         all_f32 = all(q == GGMLQuantizationType.F32 for _, shape, q in entries if len(shape) > 1)
         dtype = "float32" if all_f32 else "bfloat16"
@@ -352,4 +355,8 @@ def gguf_sizes(path, *, dtype: str, ctx_batch: int = 1, max_draft: int = 16) -> 
     kv = None
     if not isinstance(config, AssistantConfig):  # a drafter reads the target's KV, owns none
         kv = kv_bytes(text, dtype_bytes=dtype_bytes, batch=ctx_batch, max_draft=max_draft)
-    return model_sizes(entries, text.num_layers, dtype_bytes=dtype_bytes, kv_per_layer=kv), dtype_bytes
+    kept = quantized_matrices if quantized or (quantized is None and keeps) else lambda _: False
+    sizes = model_sizes(
+        entries, text.num_layers, dtype_bytes=dtype_bytes, kv_per_layer=kv, kept_quantized=kept
+    )
+    return sizes, dtype_bytes
