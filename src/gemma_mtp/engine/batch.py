@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import ContextOverflowError
+from ..media.prompt import PromptMedia
 from ..models.gemma import GemmaModel
 from ..rows import pack_rows
 from ..sampling import SamplingParams, make_generator, probs_from_logits
@@ -98,8 +99,10 @@ class BatchDecoder:
         sampling: SamplingParams,
         spec: SpecOptions,
         stop_ids: frozenset[int],
+        media: PromptMedia | None = None,
     ) -> Slot:
-        """Prefill a prompt into a free row and sample its first token."""
+        """Prefill a prompt into a free row and sample its first token. `media`: soft tokens written
+        over the prompt's media slots (they all lie before its last token)."""
         free = self.free_rows()
         if not free:
             raise RuntimeError("no free slot")
@@ -139,7 +142,8 @@ class BatchDecoder:
         # prefill all but the last prompt token; the last one is fed by the first round like a pending token
         slot.has_hidden = len(prompt_ids) > 1
         if slot.has_hidden:
-            _, hidden = self._forward_rows({row: prompt_ids[:-1]}, {row: 0})
+            embeds = media.overrides(len(prompt_ids) - 1) if media else None
+            _, hidden = self._forward_rows({row: prompt_ids[:-1]}, {row: 0}, embeds=embeds)
             self.hidden[row, 0] = hidden[0, len(prompt_ids) - 2].to(self.hidden.device)
         slot.prompt_ms = (time.perf_counter() - t0) * 1e3
         if budget <= 0:
@@ -151,14 +155,22 @@ class BatchDecoder:
 
     # -- one round -------------------------------------------------------------------------------
     def _forward_rows(
-        self, feeds: dict[int, list[int]], starts: dict[int, int]
+        self,
+        feeds: dict[int, list[int]],
+        starts: dict[int, int],
+        embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[dict[int, int], torch.Tensor]:
         """One target forward over the rows that have a feed (idle rows cost nothing; shorter feeds
         are padded). Returns ({row: index in the forward's batch}, hidden [R, T, D])."""
         rows = sorted(feeds)
         tokens, positions = pack_rows([feeds[row] for row in rows], [starts[row] for row in rows])
         dev = self.target.device
-        hidden = self.target(tokens.to(dev), positions.to(dev), self.cache, rows=rows).hidden
+        if embeds is None:  # (a target without the media seam, e.g. a test double, still works)
+            hidden = self.target(tokens.to(dev), positions.to(dev), self.cache, rows=rows).hidden
+        else:
+            hidden = self.target(
+                tokens.to(dev), positions.to(dev), self.cache, rows=rows, embeds=embeds
+            ).hidden
         return {row: i for i, row in enumerate(rows)}, hidden
 
     def _n_draft(self, slot: Slot) -> int:

@@ -6,7 +6,7 @@ decoder among its slots through `engine.scheduler`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -27,6 +27,7 @@ from .results import Result, Step, slot_timings
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
     from ..weights.hf import LoadReport
+    from .media import ImageInput, MediaEncoder
     from .options import LoadOptions
 
 __all__ = ["Engine"]
@@ -57,6 +58,7 @@ class Engine:
         self.tokenizer: Tokenizer | None = None
         self.load_s = 0.0
         self.stats: dict[str, SpecStats] = {}  # cumulative, per strategy
+        self.media: MediaEncoder | None = None  # the vision tower, loaded on the first image
         self.decoder = BatchDecoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
         drafters: dict[str, Drafter] = {"ngram": NgramDrafter()}
         if isinstance(drafter, AssistantModel):
@@ -110,18 +112,25 @@ class Engine:
         sampling: SamplingParams | None = None,
         spec: SpecOptions | None = None,
         result: Result | None = None,
+        images: Sequence[ImageInput] = (),
     ) -> Iterator[Step]:
-        """Generate, yielding the tokens each round commits; fills `result` (if given) as it goes."""
+        """Generate, yielding the tokens each round commits; fills `result` (if given) as it goes.
+        `images` (files, bytes or PIL images) fill the prompt's image placeholders, in order."""
         sampling = sampling or SamplingParams()
         spec = spec or self.default_spec()
         self._check_spec(spec)
         ids = self._prompt_ids(prompt)
+        media = None
+        if images:
+            ids, media = self.media_encoder().prepare(ids, images)
         result = result if result is not None else Result()
         result.n_prompt = len(ids)
         tokenizer, stop_ids, text = self.tokenizer, self.stop_ids, None
         if tokenizer is not None:  # the model's EOS ids and the tokenizer's end-of-generation ids
             stop_ids, text = stop_ids | tokenizer.stop_ids, tokenizer.incremental_decoder()
-        slot = self.decoder.add(ids, n_predict=n_predict, sampling=sampling, spec=spec, stop_ids=stop_ids)
+        slot = self.decoder.add(
+            ids, n_predict=n_predict, sampling=sampling, spec=spec, stop_ids=stop_ids, media=media
+        )
         try:
             while not slot.done:
                 new = self.decoder.step().get(slot.row, [])
@@ -139,6 +148,23 @@ class Engine:
                 generated = result.token_ids
                 result.text = tokenizer.decode(generated[:-1] if result.stop_reason == "eos" else generated)
 
+    def media_encoder(self) -> MediaEncoder:
+        """The model's vision tower and image settings (loaded on first use); MediaError without one."""
+        if self.media is None:
+            from .media import load_media_encoder
+
+            options = self.load_options
+            model = options.model if options is not None else None
+            if model is None:
+                raise UsageError("images need a model loaded by gemma_mtp.load (its path names the tower)")
+            self.media = load_media_encoder(
+                model,
+                dtype=options.dtype,
+                device=str(self.target.device),
+                bidirectional=self.config.raw.get("use_bidirectional_attention"),
+            )
+        return self.media
+
     def _finish(self, slot: Slot, result: Result) -> None:
         result.n_generated = len(result.token_ids)
         result.stop_reason = slot.stop_reason or "cancelled"
@@ -154,8 +180,12 @@ class Engine:
         n_predict: int = 128,
         sampling: SamplingParams | None = None,
         spec: SpecOptions | None = None,
+        images: Sequence[ImageInput] = (),
     ) -> Result:
         result = Result()
-        for _ in self.stream(prompt, n_predict=n_predict, sampling=sampling, spec=spec, result=result):
+        steps = self.stream(
+            prompt, n_predict=n_predict, sampling=sampling, spec=spec, result=result, images=images
+        )
+        for _ in steps:
             pass
         return result

@@ -224,12 +224,25 @@ class GemmaModel(nn.Module):
         return (context + token_part) * 2**-0.5  # [B, T, layers, ple_dim]
 
     def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache, rows: list[int] | None = None
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        rows: list[int] | None = None,
+        embeds: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> TargetOutput:
-        """tokens/positions [R, T] for the cache rows `rows` (default: all rows, R = batch size)."""
+        """tokens/positions [R, T] for the cache rows `rows` (default: all rows, R = batch size).
+        `embeds` = (mask [R, T] bool, values [n, D]): input embeddings for the masked positions (media
+        soft tokens), in order; those positions embed as the pad token for PLE, as transformers does."""
         plan = cache.plan(positions, rows)
         tokens = tokens.to(self.device)
-        h = self.embed(tokens)
+        if embeds is not None:
+            mask = embeds[0].to(self.device)
+            tokens = tokens.masked_fill(mask, self.config.pad_token_id or 0)
+            h = self.embed(tokens)
+            h = h.masked_scatter(mask[..., None], embeds[1].to(h.device, h.dtype))
+        else:
+            h = self.embed(tokens)
         ple = self._per_layer_inputs(tokens, h) if self.config.ple_dim else None
         tables: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
         shared: dict[int, tuple] = {}
