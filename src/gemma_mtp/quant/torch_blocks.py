@@ -337,6 +337,11 @@ class TorchBlockWeight(nn.Module):
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x `[M, K]` -> `[M, N]` in x's dtype: `x @ W.T` with W decoded tile by tile."""
         x = x.to(self.data.device)
+        if x.is_cuda:  # 1-8 rows of a common type: the fused Triton kernel, where triton imports
+            from .triton_blocks import triton_linear, triton_ok
+
+            if triton_ok(self.qtype, x.shape[0]):
+                return triton_linear(x, self.data, self.qtype).to(x.dtype)
         step = self.tile_rows
         if step >= self.out_features:
             return F.linear(x, dequantize_blocks(self.data, self.qtype).to(x.dtype))
