@@ -432,7 +432,8 @@ def plot(rows: list[dict], path: Path) -> None:
             right.plot(ts, [med[(engine, "forward", t)] for t in ts], marker="o", label=engine)
     right.set_xlabel("positions in one forward")
     right.set_ylabel("ms")
-    right.legend()
+    if right.lines:
+        right.legend()
     first = rows[0]
     fig.suptitle(f"{first['shape']} {first['target_type']} + {first['assistant_type']} assistant, "
                  f"{first['threads']} threads, commit {first['commit']}")  # fmt: skip
