@@ -59,6 +59,7 @@ class Engine:
         self.load_s = 0.0
         self.stats: dict[str, SpecStats] = {}  # cumulative, per strategy
         self.media: MediaEncoder | None = None  # the vision tower, loaded on the first image
+        self.mmproj: str | None = None  # llama.cpp's --mmproj: the vision tower's GGUF, if separate
         self.decoder = BatchDecoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
         drafters: dict[str, Drafter] = {"ngram": NgramDrafter()}
         if isinstance(drafter, AssistantModel):
@@ -151,6 +152,7 @@ class Engine:
     def media_encoder(self) -> MediaEncoder:
         """The model's vision tower and image settings (loaded on first use); MediaError without one."""
         if self.media is None:
+            from ..media.prompt import MediaTokens
             from .media import load_media_encoder
 
             options = self.load_options
@@ -162,6 +164,9 @@ class Engine:
                 dtype=options.dtype,
                 device=str(self.target.device),
                 bidirectional=self.config.raw.get("use_bidirectional_attention"),
+                mmproj=self.mmproj,
+                vocab_size=self.config.vocab_size,
+                tokens=None if self.tokenizer is None else MediaTokens.from_vocab(self.tokenizer.token_to_id),
             )
         return self.media
 

@@ -92,15 +92,21 @@ def no_vision_error(model: str) -> MediaError:
 
 
 def load_media_encoder(
-    model: str, *, dtype: str, device: str, bidirectional: str | None = None
+    model: str,
+    *,
+    dtype: str,
+    device: str,
+    bidirectional: str | None = None,
+    mmproj: str | None = None,
+    vocab_size: int | None = None,
+    tokens: MediaTokens | None = None,
 ) -> MediaEncoder:
-    """The vision tower of a HF Gemma 4 directory (`model`), ready to encode; MediaError when the
-    model has none. `bidirectional`: the text config's `use_bidirectional_attention`."""
+    """The vision tower of a HF Gemma 4 directory (`model`) or of a llama.cpp mmproj GGUF (`mmproj`),
+    ready to encode; MediaError when there is none. `bidirectional`: the text config's
+    `use_bidirectional_attention`; `tokens`: the marker ids for an mmproj (default: the released ids)."""
     from ..weights.towers import has_hf_vision, load_hf_vision
 
     path = Path(model)
-    if not has_hf_vision(path):
-        raise no_vision_error(model)
     if bidirectional == "vision":
         # those models let image tokens attend to each other on sliding layers; our KV cache
         # masks are causal only, so their soft tokens would be read wrongly
@@ -108,6 +114,21 @@ def load_media_encoder(
             f"{model}: use_bidirectional_attention 'vision' (image tokens attending to each other) "
             "is not supported yet; images work with the E2B/E4B-style causal models"
         )
+    if mmproj is not None:
+        from ..weights.mmproj import load_mmproj_vision
+
+        vision = load_mmproj_vision(mmproj, dtype=dtype, device=device)
+        tokens = tokens or MediaTokens()  # an mmproj names no token ids
+        if vocab_size is not None and max(tokens.image, tokens.boi, tokens.eoi) >= vocab_size:
+            raise MediaError(
+                f"{model}: its vocabulary ({vocab_size} tokens) has no Gemma 4 image tokens "
+                f"({tokens.boi}, {tokens.image}, {tokens.eoi}); --mmproj needs a Gemma 4 target"
+            )
+        cfg = vision.config
+        options = ImageOptions(patch_size=cfg.patch_size, pooling_kernel_size=cfg.pooling_kernel_size)
+        return MediaEncoder(vision, tokens=tokens, options=options)
+    if not has_hf_vision(path):
+        raise no_vision_error(model)
     vision = load_hf_vision(path, dtype=dtype, device=device)
     data = json.loads((path / "config.json").read_text())
     return MediaEncoder(vision, tokens=MediaTokens.from_config(data), options=image_options_for(path, vision))

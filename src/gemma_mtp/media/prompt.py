@@ -44,6 +44,15 @@ class MediaTokens:
             **{ours: int(data[theirs]) for ours, theirs in keys.items() if data.get(theirs) is not None}
         )
 
+    @classmethod
+    def from_vocab(cls, token_to_id) -> MediaTokens:
+        """Looked up by text in a tokenizer (`token_to_id(text) -> id | None`); missing ones keep the
+        released ids."""
+        texts = {"image": "<|image|>", "boi": "<|image>", "eoi": "<image|>"}
+        texts |= {"audio": "<|audio|>", "boa": "<|audio>", "eoa": "<audio|>"}
+        found = {ours: token_to_id(text) for ours, text in texts.items()}
+        return cls(**{ours: int(i) for ours, i in found.items() if i is not None})
+
     def markers(self, kind: str) -> tuple[int, int, int]:
         """(placeholder, begin, end) for "image" or "audio"."""
         return (self.image, self.boi, self.eoi) if kind == "image" else (self.audio, self.boa, self.eoa)

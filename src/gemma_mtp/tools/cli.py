@@ -21,6 +21,7 @@ from ..gguf.writer import DEFAULT_OUT_TYPE, OUT_TYPES
 from .diff import diff_gguf
 from .inspect import inspect_gguf
 from .pair import pair_gguf
+from .paths import check_output
 from .quantize import FILE_TYPES, quantize_gguf
 from .sanitize import sanitize_gguf
 
@@ -62,6 +63,13 @@ def convert_command(args: argparse.Namespace) -> int:
         if args.centroids_from:
             raise UsageError("--centroids-from applies to a drafter .gguf; a checkpoint keeps its own head")
         kwargs = {"out_type": args.outtype.upper()} if args.outtype else {}
+        if args.mmproj:  # llama.cpp's converter flag: the media tower only, as its mmproj file
+            from ..weights.mmproj import write_mmproj
+
+            path = write_mmproj(src, check_output(src, out), **kwargs)
+            gf = open_gguf(path)
+            _out(f"wrote {path} (mmproj, {len(gf.tensors)} tensors, {_size(path.stat().st_size)})")
+            return 0
         from .convert import convert_hf_to_gguf  # torch (safetensors reading): only when converting
 
         path = convert_hf_to_gguf(
@@ -288,6 +296,8 @@ def add_gguf_commands(subparsers: Any) -> None:
                    help=f"matrix type for HF conversion (default {_CONVERT_DEFAULTS['out_type'].lower()})")  # fmt: skip
     p.add_argument("--keep-centroids", action="store_true",
                    help="keep a drafter's centroid head in mainline output (llama.cpp cannot load such a file)")  # fmt: skip
+    p.add_argument("--mmproj", action="store_true",
+                   help="write the vision tower as llama.cpp's mmproj GGUF (for --mmproj at run time)")  # fmt: skip
     p.add_argument("--centroids-from", metavar="HF_DIR",
                    help="put the centroid head back into a drafter .gguf from its HF assistant checkpoint")  # fmt: skip
 
