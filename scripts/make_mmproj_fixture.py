@@ -47,7 +47,16 @@ def main() -> int:
         hf_dir = Path(tmp) / "e2b_vision"
         mref.build_e2b_vision(hf_dir)
         script = converter(llama)
-        cmd = [sys.executable, str(script), str(hf_dir), "--mmproj", "--outtype", "f32", "--outfile", str(OUT / NAME)]
+        cmd = [
+            sys.executable,
+            str(script),
+            str(hf_dir),
+            "--mmproj",
+            "--outtype",
+            "f32",
+            "--outfile",
+            str(OUT / NAME),
+        ]
         env = {**os.environ, "PYTHONPATH": str(script.parent / "gguf-py")}
         print("+", " ".join(cmd), file=sys.stderr, flush=True)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
