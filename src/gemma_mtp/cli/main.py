@@ -13,6 +13,7 @@ from gemma_mtp.calibrate.cli import add_imatrix_arguments, imatrix_command
 from gemma_mtp.cli.args import add_chat_arguments, add_run_arguments
 from gemma_mtp.cli.chat import chat_command
 from gemma_mtp.cli.kernels import add_build_kernels_arguments, build_kernels_command
+from gemma_mtp.cli.media_args import add_media_arguments
 from gemma_mtp.cli.run import run_command
 from gemma_mtp.errors import GemmaMTPError
 from gemma_mtp.server.cli import add_serve_arguments, serve_command
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="one generation", description="One generation.", allow_abbrev=False)
     add_run_arguments(run)
+    add_media_arguments(run)
     chat = commands.add_parser(
         "chat",
         help="interactive chat with the model's template",
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add_chat_arguments(chat)
+    add_media_arguments(chat, images=False)
     add_gguf_commands(commands)
     add_serve_arguments(commands)
     add_bench_arguments(commands)

@@ -26,6 +26,7 @@ from gemma_mtp.cli.common import (
     with_demo_pair,
 )
 from gemma_mtp.cli.escapes import process_escapes
+from gemma_mtp.cli.media_args import attach_mmproj, check_images, user_content, with_image_placeholders
 from gemma_mtp.engine.results import Result
 from gemma_mtp.errors import ContextOverflowError, GemmaMTPError, UsageError
 
@@ -40,40 +41,51 @@ def run_command(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     sampling = sampling_from_args(args)
     text = _prompt_text(options)  # usage errors first: without -m the demo target may be fetched
+    images = list(getattr(args, "images", None) or [])
+    check_images(images)
     options = with_demo_pair(options)
     tokenizer = read_tokenizer(options.load.model, required=text is not None)
     if text is None:
         prompt_ids = list(options.prompt_ids or ())
     elif options.uses_template:
-        prompt_ids = chat_prompt_ids(tokenizer, _messages(options, text), options)
+        prompt_ids = chat_prompt_ids(tokenizer, _messages(options, text, len(images)), options)
     else:
         prompt_ids = tokenizer.encode(text)
     check_fits(len(prompt_ids), options.load.ctx_size)  # before the weights load: they may take minutes
 
     engine = load_engine(options, show_progress=_show_progress(options))
+    attach_mmproj(engine, args)
     spec = resolve_spec(options, engine)
     if not options.quiet:
         print_lines(load_summary(engine, options))
     _check_vocabulary(prompt_ids, engine)
     engine.tokenizer = tokenizer
+    if images and not options.uses_template:  # a raw prompt: the model's own placeholder id
+        prompt_ids = with_image_placeholders(
+            prompt_ids, len(images), engine.media_encoder().tokens.image, bos=2
+        )
 
     start = time.perf_counter()
     if options.json:
-        result = engine.generate(prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec)
+        media = {"images": images} if images else {}  # (engines without media support stay usable)
+        result = engine.generate(
+            prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec, **media
+        )
         print(json.dumps(result.to_dict()))
     else:
-        result = _stream(engine, prompt_ids, options, sampling, spec, tokenizer)
+        result = _stream(engine, prompt_ids, options, sampling, spec, tokenizer, images)
     if not options.quiet and not options.json:
         print(summary_line(result, time.perf_counter() - start), file=sys.stderr)
     return 0
 
 
-def _stream(engine: Engine, prompt_ids, options: RunOptions, sampling, spec, tokenizer) -> Result:
+def _stream(engine: Engine, prompt_ids, options: RunOptions, sampling, spec, tokenizer, images=()) -> Result:
     """Write each committed piece of text as it arrives; without a tokenizer, the ids at the end."""
     out = sys.stdout
     result = Result()
+    media = {"images": images} if images else {}
     for step in engine.stream(
-        prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec, result=result
+        prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec, result=result, **media
     ):
         if step.text:
             out.write(step.text)
@@ -111,9 +123,9 @@ def read_prompt_file(path: str) -> str:
         raise GemmaMTPError(f"-f/--file {path}: cannot read it ({reason})") from None
 
 
-def _messages(options: RunOptions, text: str) -> list[dict[str, str]]:
+def _messages(options: RunOptions, text: str, n_images: int = 0) -> list[dict]:
     system = [{"role": "system", "content": options.system_prompt}] if options.system_prompt else []
-    return [*system, {"role": "user", "content": text}]
+    return [*system, {"role": "user", "content": user_content(text, n_images)}]
 
 
 def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict], options: RunOptions) -> list[int]:

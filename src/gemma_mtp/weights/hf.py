@@ -180,7 +180,9 @@ def load_hf_model(
             f"{path}: missing tensor {prefix}{missing[0]}{more}; the checkpoint is incomplete"
         )
     if skipped:
-        report.notices.append(f"skipped non-text weights: {', '.join(sorted(skipped))} (text-only runtime)")
+        report.notices.append(
+            f"skipped non-text weights: {', '.join(sorted(skipped))} (a Gemma 4 vision tower loads with the first image)"
+        )
     model.load_state_dict(loaded, strict=True, assign=True)
     rebuild_rotary(model, model.config.text if isinstance(model, AssistantModel) else model.config)
     dev = resolve_device(device)
