@@ -92,3 +92,85 @@ def test_image_for_a_text_only_model_is_one_clear_error(reference_models, image_
     err = capsys.readouterr().err
     assert code == 1
     assert "has no vision tower" in err
+
+
+class _Tokenizer:
+    """Just enough of a tokenizer for ChatSession: `<|image|>` is the checkpoint's placeholder."""
+
+    stop_ids = frozenset()
+
+    def encode(self, text: str) -> list[int]:
+        parts = text.split("<|image|>")
+        ids = [2]
+        for i, part in enumerate(parts):
+            ids += [3 + ord(c) % 200 for c in part]
+            if i < len(parts) - 1:
+                ids.append(mref.IMAGE_TOKEN)
+        return ids
+
+    def decode(self, ids) -> str:
+        return ""
+
+    def token_to_id(self, token: str):
+        return None
+
+    def incremental_decoder(self):
+        class _Decoder:
+            def push(self, ids):
+                return ""
+
+            def flush(self):
+                return ""
+
+        return _Decoder()
+
+
+class _Template:
+    def render(self, messages, enable_thinking=None) -> str:
+        def text(content):
+            if isinstance(content, str):
+                return content
+            return "".join("<|image|>" if p["type"] == "image" else p["text"] for p in content)
+
+        return "".join(f"[{m['role']}]{text(m['content'])}" for m in messages)
+
+
+def test_chat_image_command_attaches_to_the_next_message_and_stays_in_the_history(
+    checkpoint, image_file, tmp_path
+):
+    import io
+
+    from gemma_mtp.cli.args import ChatOptions
+    from gemma_mtp.cli.chat import ChatSession
+    from gemma_mtp.errors import GemmaMTPError
+
+    engine = gemma_mtp.load(checkpoint.path, dtype="float32", device="cpu", ctx_size=512)
+    engine.tokenizer = _Tokenizer()
+    greedy = SamplingParams(temperature=0)
+    session = ChatSession(
+        engine,
+        _Template(),
+        options=ChatOptions(n_predict=4),
+        sampling=greedy,
+        spec=SpecOptions(),
+        out=io.StringIO(),
+    )
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(GemmaMTPError, match="not a readable image"):
+        session.attach(str(bad))
+    session.attach(str(image_file))
+    first_ids = session.prompt_ids("what is it?")
+    first = session.answer("what is it?")
+    expected = engine.generate(
+        first_ids, images=[str(image_file)], n_predict=4, sampling=greedy, spec=SpecOptions()
+    )
+    assert first.token_ids == expected.token_ids
+    assert session.pending == [] and session.images == [str(image_file)]
+    second_ids = session.prompt_ids("and now?")
+    assert second_ids.count(mref.IMAGE_TOKEN) == 1  # the first turn's image, re-read with the history
+    second = session.answer("and now?")
+    again = engine.generate(
+        second_ids, images=[str(image_file)], n_predict=4, sampling=greedy, spec=SpecOptions()
+    )
+    assert second.token_ids == again.token_ids

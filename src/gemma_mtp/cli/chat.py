@@ -30,8 +30,10 @@ from gemma_mtp.cli.common import (
     status_line,
     with_demo_pair,
 )
+from gemma_mtp.cli.media_args import attach_mmproj, user_content
 from gemma_mtp.engine.results import Result
-from gemma_mtp.errors import ContextOverflowError
+from gemma_mtp.errors import ContextOverflowError, GemmaMTPError
+from gemma_mtp.media.image import MediaError
 
 if TYPE_CHECKING:
     from gemma_mtp.api import Engine
@@ -43,7 +45,8 @@ __all__ = ["chat_command", "ChatSession", "AnswerView", "RESET_COMMAND", "EXIT_C
 RESET_COMMAND = "/reset"
 EXIT_COMMANDS = ("/exit", "/quit")
 _DIM, _PLAIN = "\x1b[2m", "\x1b[0m"
-_HELLO = "chat: /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+IMAGE_COMMAND = "/image"  # llama.cpp's mtmd-cli: `/image PATH` goes with the next message
+_HELLO = "chat: /image PATH adds an image, /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
 
 
 def chat_command(args: argparse.Namespace) -> int:
@@ -60,6 +63,7 @@ def chat_command(args: argparse.Namespace) -> int:
     if not options.quiet:
         print_lines(load_summary(engine, options))
     engine.tokenizer = tokenizer
+    attach_mmproj(engine, args)
     session = ChatSession(engine, template, options=options, sampling=sampling, spec=spec)
 
     interactive = sys.stdin.isatty()
@@ -71,6 +75,12 @@ def chat_command(args: argparse.Namespace) -> int:
             continue
         if command in EXIT_COMMANDS:
             break
+        if command.startswith(IMAGE_COMMAND + " "):
+            try:
+                session.attach(command[len(IMAGE_COMMAND) :].strip())
+            except GemmaMTPError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+            continue
         if command == RESET_COMMAND:
             session.reset()
             if not options.quiet:
@@ -80,6 +90,10 @@ def chat_command(args: argparse.Namespace) -> int:
             result = session.answer(line)
         except ContextOverflowError as exc:
             print(f"error: {exc}; {RESET_COMMAND} clears the history", file=sys.stderr)
+            continue
+        except MediaError as exc:  # e.g. a model without a vision tower: the images are dropped
+            print(f"error: {exc}", file=sys.stderr)
+            session.pending.clear()
             continue
         if not options.quiet:
             stopped = "[stopped] " if result.stop_reason == "cancelled" else ""
@@ -121,14 +135,27 @@ class ChatSession:
         self.options, self.sampling, self.spec = options, sampling, spec
         self.out = out or sys.stdout
         self.messages: list[dict[str, Any]] = []  # user and assistant turns, no system message
+        self.images: list[str] = []  # the history's images, in order (every turn re-reads them all)
+        self.pending: list[str] = []  # `/image` files for the next message
 
     def reset(self) -> None:
         self.messages.clear()
+        self.images.clear()
+        self.pending.clear()
+
+    def attach(self, path: str) -> None:
+        """Check an image now (a bad file is an error here, not after the next message)."""
+        from gemma_mtp.engine.media import MAX_IMAGE_BYTES
+        from gemma_mtp.media.image import open_image
+
+        open_image(path, max_bytes=MAX_IMAGE_BYTES)
+        self.pending.append(path)
 
     def prompt_ids(self, user_text: str) -> list[int]:
         system = self.options.system_prompt
         head = [{"role": "system", "content": system}] if system else []
-        messages = [*head, *self.messages, {"role": "user", "content": user_text}]
+        user = {"role": "user", "content": user_content(user_text, len(self.pending))}
+        messages = [*head, *self.messages, user]
         rendered = self.template.render(messages, enable_thinking=self.options.enable_thinking)
         return self.engine.tokenizer.encode(rendered)
 
@@ -144,6 +171,7 @@ class ChatSession:
             sampling=self.sampling,
             spec=self.spec,
             result=result,
+            **({"images": self.images + self.pending} if self.images or self.pending else {}),
         )
         try:
             for step in steps:
@@ -154,7 +182,9 @@ class ChatSession:
             steps.close()
         view.show(parser.finish())
         view.end()
-        self.messages.append({"role": "user", "content": user_text})
+        self.messages.append({"role": "user", "content": user_content(user_text, len(self.pending))})
+        self.images += self.pending
+        self.pending = []
         self.messages.append(view.assistant_message())
         return result
 
