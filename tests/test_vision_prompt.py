@@ -151,3 +151,29 @@ def test_images_for_a_text_only_model_are_a_clear_error(reference_models, image)
     text_only = gemma_mtp.load(path, dtype="float32", device="cpu", ctx_size=64)
     with pytest.raises(GemmaMTPError, match="has no vision tower"):
         text_only.generate([2, 5, 258880 % ref.VOCAB], images=[image], n_predict=2, sampling=GREEDY)
+
+
+def test_scheduler_job_with_an_image_equals_the_engine(engine, image):
+    """The server's path: a job carrying media beside a text job, in the scheduler's continuous batch."""
+    from gemma_mtp.engine.scheduler import Job, Scheduler, Tokens
+
+    ids, media = engine.media_encoder().prepare(PROMPT, [image])
+    spec = SpecOptions(type="mtp", n_max=3)
+    expected = engine.generate(PROMPT, images=[image], n_predict=N_NEW, sampling=GREEDY, spec=spec).token_ids
+    text_alone = engine.generate(TEXT_PROMPT, n_predict=N_NEW, sampling=GREEDY, spec=spec).token_ids
+    scheduler = Scheduler(engine.decoder, max_queue=2)
+    jobs = [
+        Job(prompt_ids=TEXT_PROMPT, n_predict=N_NEW, sampling=GREEDY, spec=spec, stop_ids=frozenset()),
+        Job(prompt_ids=ids, n_predict=N_NEW, sampling=GREEDY, spec=spec, stop_ids=frozenset(), media=media),
+    ]
+    for j in jobs:
+        scheduler.submit(j)
+    got: dict[str, list[int]] = {j.id: [] for j in jobs}
+    for _ in range(200):
+        if scheduler.idle:
+            break
+        for j, event in scheduler.step():
+            if isinstance(event, Tokens):
+                got[j.id] += event.ids
+    assert got[jobs[0].id] == text_alone
+    assert got[jobs[1].id] == expected

@@ -28,6 +28,7 @@ from ..speculative.stats import SpecStats
 from .results import slot_timings
 
 if TYPE_CHECKING:
+    from ..media.prompt import PromptMedia
     from ..sampling import SamplingParams
     from ..speculative.base import SpecOptions
     from .batch import BatchDecoder, Slot
@@ -107,6 +108,8 @@ class Job:
     spec: SpecOptions
     stop_ids: frozenset[int]
     stop_check: Callable[[list[int]], int | None] | None = None
+    # soft tokens for the prompt's media slots (`Engine.media_encoder().prepare`)
+    media: PromptMedia | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     cancelled: bool = False
     slot: Slot | None = None
@@ -203,6 +206,7 @@ class Scheduler:
                 sampling=job.sampling,
                 spec=job.spec,
                 stop_ids=job.stop_ids,
+                **({"media": job.media} if job.media else {}),
             )
         except Exception as exc:
             if not isinstance(exc, GemmaMTPError):
