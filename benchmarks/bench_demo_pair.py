@@ -66,7 +66,7 @@ def run_all(engine, prompts: list[list[int]], n: int, specs: list[SpecOptions], 
         for ids in prompts:
             for acc, spec in zip(per, specs, strict=True):
                 result = engine.generate(ids, n_predict=n, sampling=GREEDY, spec=spec)
-                tokens = max(result.n_generated - 1, 0)  # the first token comes from the prefill
+                tokens = result.timings.decode_tokens  # after the first round (its time is prompt_ms)
                 acc["tokens"] += tokens
                 acc["seconds"] += result.timings.decode_ms / 1e3
                 acc["rates"].append(tokens / max(result.timings.decode_ms / 1e3, 1e-9))

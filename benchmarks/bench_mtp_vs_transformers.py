@@ -196,7 +196,7 @@ def ours(engine: Engine, prompts: list[list[int]], spec: SpecOptions, n: int, re
         tokens, seconds, outs = 0, 0.0, []
         for p in prompts:
             r = engine.generate(p, n_predict=n, sampling=GREEDY, spec=spec)
-            tokens += r.n_generated - 1
+            tokens += r.timings.decode_tokens  # after the first round (its time is prompt_ms)
             seconds += r.timings.decode_ms / 1e3
             outs.append(r.token_ids)
             if r.speculative:

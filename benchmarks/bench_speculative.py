@@ -63,7 +63,7 @@ def measure(engine, prompts, n: int, spec: SpecOptions, reps: int) -> dict:
             t0 = time.perf_counter()
             result = engine.generate(prompt, n_predict=n, sampling=GREEDY, spec=spec)
             decode_s += time.perf_counter() - t0 - result.timings.prompt_ms / 1e3
-            tokens += max(result.n_generated - 1, 0)
+            tokens += result.timings.decode_tokens  # after the first round (its time is prompt_ms)
             outputs.append(result.token_ids)
             if result.speculative:
                 stats.append(result.speculative)

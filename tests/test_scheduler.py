@@ -211,3 +211,21 @@ def test_slot_timings_split_prefill_and_first_round_from_later_rounds():
     timings = slot_timings(slot, load_s=1.5)
     assert (timings.load_s, timings.prompt_ms, timings.decode_ms) == (1.5, 25.0, 30.0)
     assert timings.decode_tokens_per_s == pytest.approx(3 / 0.030)  # 3 tokens after the first
+
+
+def test_tokens_the_first_round_commits_are_not_counted_in_the_decode_rate(models):
+    """With MTP the first round already verifies drafts (the prefill left the hidden state), so it
+    can commit several tokens; they arrive within prompt_ms, so the rate must leave them out."""
+    from gemma_mtp.speculative.synthetic import SyntheticAcceptance
+
+    decoder = make_decoder(models, rows=1)
+    spec = SpecOptions(type="mtp", n_max=3, synthetic=SyntheticAcceptance(rates=(1.0, 1.0, 1.0), seed=0))
+    slot = decoder.add(PROMPTS[0], n_predict=13, sampling=GREEDY, spec=spec, stop_ids=frozenset())
+    decoder.step()
+    first = len(slot.generated)
+    assert slot.first_round_tokens == first == 4  # every draft imposed accepted: 3 drafts + 1
+    while not slot.done:
+        decoder.step()
+    timings = slot_timings(slot)
+    assert timings.decode_tokens_per_s * timings.decode_ms / 1e3 == pytest.approx(len(slot.generated) - first)
+    decoder.release(slot)

@@ -24,7 +24,7 @@ class Generation:
 
     category: str
     rep: int
-    n_decoded: int  # tokens after the first (the first comes out of the prefill)
+    n_decoded: int  # tokens after the first round (whose time is the time to the first token)
     decode_ms: float
     drafted: int = 0
     accepted: int = 0
@@ -33,6 +33,7 @@ class Generation:
     drafted_by_position: tuple[int, ...] = ()
     autotune_chosen: tuple[int, ...] = ()  # rounds per n chosen, with --spec-autotune
     ttft_ms: float | None = None  # time to the first token: prefill and the round that sampled it
+    n_generated: int | None = None  # every token generated (default: n_decoded + the first)
 
     @classmethod
     def from_result(cls, result: Any, *, category: str, rep: int) -> Generation:
@@ -42,7 +43,8 @@ class Generation:
         return cls(
             category=category,
             rep=rep,
-            n_decoded=max(int(d["n_generated"]) - 1, 0),
+            n_decoded=int(d["timings"].get("decode_tokens", max(int(d["n_generated"]) - 1, 0))),
+            n_generated=int(d["n_generated"]),
             decode_ms=float(d["timings"]["decode_ms"]),
             drafted=int(spec.get("drafted", 0)),
             accepted=int(spec.get("accepted", 0)),
@@ -68,6 +70,7 @@ class Totals:
     accepted: int = 0
     rounds: int = 0
     n_generations: int = 0
+    n_generated: int = 0
     accepted_by_position: list[int] = field(default_factory=list)
     drafted_by_position: list[int] = field(default_factory=list)
     autotune_chosen: list[int] = field(default_factory=list)
@@ -77,7 +80,7 @@ class Totals:
     def tokens_per_forward(self) -> float | None:
         """Tokens committed per target forward (the first token's included): every forward commits
         one token plus the drafts it accepted, so forwards = tokens - accepted."""
-        tokens = self.n_decoded + self.n_generations
+        tokens = self.n_generated
         forwards = tokens - self.accepted
         return tokens / forwards if forwards > 0 else None
 
@@ -112,6 +115,7 @@ def totals(generations: Iterable[Generation]) -> Totals:
         t.accepted += g.accepted
         t.rounds += g.rounds
         t.n_generations += 1
+        t.n_generated += g.n_generated if g.n_generated is not None else g.n_decoded + 1
         if g.ttft_ms is not None:
             t.ttft_ms.append(g.ttft_ms)
         _add(t.accepted_by_position, g.accepted_by_position)

@@ -43,6 +43,7 @@ class Slot:
     has_hidden: bool = False  # the target's hidden state before the pending token is known (MTP needs it)
     prompt_ms: float = 0.0  # prefill of all prompt tokens but the last
     first_round_ms: float = 0.0  # the round that fed the last prompt token and sampled the first token
+    first_round_tokens: int = 0  # tokens that round committed (more than one when it verified drafts)
     decode_ms: float = 0.0  # every round, the first included
     tuner: AutotuneSession | None = None  # --spec-autotune: chooses this row's draft length per round
     last_round_end: float | None = None  # perf_counter when this slot's previous round ended
@@ -234,6 +235,7 @@ class BatchDecoder:
             s.last_round_end = t2
             if s.decode_ms == 0.0:
                 s.first_round_ms = (t2 - t0) * 1e3
+                s.first_round_tokens = len(committed.get(s.row, ()))
             s.decode_ms += (t2 - t0) * 1e3
         return committed
 

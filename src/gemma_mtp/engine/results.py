@@ -16,21 +16,26 @@ class Timings:
     load_s: float = 0.0
     prompt_ms: float = 0.0  # prefill forward(s) and the first sampled token
     decode_ms: float = 0.0  # every forward after the prefill
-    decode_tokens_per_s: float = 0.0  # tokens committed after the first / decode time
+    decode_tokens: int = 0  # tokens committed by the rounds in decode_ms (after the first round)
+    decode_tokens_per_s: float = 0.0  # decode_tokens / decode time
 
 
 def slot_timings(slot: Slot, *, load_s: float = 0.0) -> Timings:
     """A finished (or cancelled) slot's timings: the one place they are computed.
 
     ``prompt_ms`` is the prefill plus the round that fed the last prompt token and sampled the
-    first token; ``decode_ms`` is every later round; the rate counts the tokens after the first.
+    first token; ``decode_ms`` is every later round; the rate counts the tokens those later rounds
+    committed. The first round can commit several tokens (with MTP it already verifies drafts when
+    the prefill left the hidden state it needs): they came within ``prompt_ms``, so counting them in
+    the rate would credit speculation with tokens whose time is not in ``decode_ms``.
     """
     decode_ms = max(slot.decode_ms - slot.first_round_ms, 0.0)
-    n_after_first = max(len(slot.generated) - 1, 0)
+    n_after_first = max(len(slot.generated) - max(slot.first_round_tokens, 1), 0)
     return Timings(
         load_s=load_s,
         prompt_ms=slot.prompt_ms + slot.first_round_ms,
         decode_ms=decode_ms,
+        decode_tokens=n_after_first,
         decode_tokens_per_s=n_after_first / (decode_ms / 1e3) if decode_ms > 0 else 0.0,
     )
 

@@ -71,6 +71,7 @@ class Finished:
     prompt_ms: float  # prefill and the round that sampled the first token
     predicted_ms: float  # every later round
     stats: SpecStats
+    predicted_n: int = 0  # tokens those later rounds committed (the first round may commit several)
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,7 @@ class Scheduler:
             prompt_ms=timings.prompt_ms,
             predicted_ms=timings.decode_ms,
             stats=slot.stats,
+            predicted_n=timings.decode_tokens,
         )
         return job, finished
 

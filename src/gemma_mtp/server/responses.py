@@ -87,7 +87,7 @@ def usage(finished: Finished) -> dict[str, int]:
 
 def timings(finished: Finished) -> dict[str, float | int]:
     """llama-server's per-request ``timings`` (prompt = prefill and the first token's round)."""
-    n_decoded = max(finished.n_generated - 1, 0)  # tokens after the first one
+    n_decoded = finished.predicted_n  # tokens after the first round, whose time is in prompt_ms
     predicted_ms = finished.predicted_ms
     prompt_ms = finished.prompt_ms
     return {
