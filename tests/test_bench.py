@@ -251,6 +251,32 @@ def test_the_seeds_preset_renders_chat_prompts_with_thinking_off(monkeypatch):
     assert len(ids) == 5 and {p.category for p in SEEDS} == {"code", "reasoning"}
 
 
+def test_chat_template_file_renders_the_prompts_instead_of_the_models_template(tmp_path):
+    """--chat-template-file: a target without a template (or one the user replaces) still benches
+    chat prompts, through the file given."""
+    import argparse
+
+    from gemma_mtp.assets import llama_cpp_vocab
+    from gemma_mtp.bench import cli as bench_cli
+    from gemma_mtp.bench.prompts import SEEDS
+    from gemma_mtp.bench.runner import BenchConfig, _encode
+    from gemma_mtp.engine.options import LoadOptions
+    from gemma_mtp.tokenizer import load_tokenizer
+
+    template = tmp_path / "t.jinja"
+    template.write_text("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}")
+    parser = argparse.ArgumentParser()
+    bench_cli.add_bench_arguments(parser.add_subparsers())
+    args = parser.parse_args(["bench", "-m", "t.gguf", "--chat", "--chat-template-file", str(template)])
+    assert args.chat_template_file == str(template)
+    vocab = str(llama_cpp_vocab("gemma-4"))
+    config = BenchConfig(
+        load=LoadOptions(model=vocab), prompts="seeds", chat=True, chat_template_file=str(template)
+    )
+    ids = _encode(SEEDS, config)
+    assert ids[0] == load_tokenizer(vocab).encode(f"<<{SEEDS[0].prompt}>>")
+
+
 def test_tokens_per_forward_and_time_to_first_token_on_a_hand_made_case():
     """Every target forward commits one token plus the drafts it accepted: forwards = tokens - accepted."""
     from gemma_mtp.bench.stats import Generation, summarize

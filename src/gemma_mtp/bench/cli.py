@@ -208,6 +208,13 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         help="send text prompts as one user message through the model's chat template",
     )
     run.add_argument(
+        "--chat-template-file",
+        dest="chat_template_file",
+        default=None,
+        metavar="FILE",
+        help="with --chat: this Jinja template (or tokenizer_config.json) instead of the model's",
+    )
+    run.add_argument(
         "-rea",
         "--reasoning",
         choices=("auto", "on", "off"),
@@ -388,6 +395,7 @@ def _run_local(args: argparse.Namespace) -> list[dict[str, Any]]:
         chat=args.chat,
         reasoning=args.reasoning,
         chat_template_fallback=fallback,
+        chat_template_file=args.chat_template_file,
         check_lossless=args.check_lossless,
     )
     return run_bench(config, progress=_progress)

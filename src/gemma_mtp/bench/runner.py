@@ -55,6 +55,7 @@ class BenchConfig:
     chat: bool = False  # render text prompts as one user message through the chat template
     reasoning: str = "auto"  # the template's enable_thinking: on | off | auto (its own default)
     chat_template_fallback: str | None = None  # the template when the model has none (the demo pair's)
+    chat_template_file: str | None = None  # --chat-template-file: instead of the model's template
     targets: tuple[str, ...] = ()  # more targets (-m A B ...): each benched in turn; () = load.model
     temperatures: tuple[float, ...] = ()  # --temp 0,0.3: each its own runs; () = temperature
     # --check-lossless DRAWS: at temperature > 0, plain vs speculative first tokens over DRAWS seeds
@@ -230,7 +231,9 @@ def _encode(prompts: Sequence[BenchPrompt], config: BenchConfig) -> list[list[in
         return [tokenizer.encode(p.prompt) if p.is_text else list(p.prompt) for p in prompts]
     from ..chat import ChatTemplate
 
-    template = ChatTemplate.for_tokenizer(tokenizer, fallback_file=config.chat_template_fallback)
+    template = ChatTemplate.for_tokenizer(
+        tokenizer, override_file=config.chat_template_file, fallback_file=config.chat_template_fallback
+    )
     thinking = {"on": True, "off": False}.get(config.reasoning)
 
     def render(text: str) -> list[int]:
