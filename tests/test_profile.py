@@ -225,3 +225,18 @@ def test_recommend_takes_an_optional_file():
 
     assert build_parser().parse_args(["bench", "--recommend"]).recommend == DEFAULT_PROFILES
     assert build_parser().parse_args(["bench", "--recommend", "p.json"]).recommend == "p.json"
+
+
+def test_recommend_into_a_missing_folder_fails_before_the_benchmark_runs(tmp_path, monkeypatch):
+    from gemma_mtp.bench import cli as bench_cli
+    from gemma_mtp.cli.main import build_parser
+
+    def no_run(args):
+        raise AssertionError("benchmarked before checking where the profile goes")
+
+    monkeypatch.setattr(bench_cli, "_run_local", no_run)
+    args = build_parser().parse_args(
+        ["bench", "-m", "t.gguf", "--recommend", str(tmp_path / "nope" / "p.json")]
+    )
+    with pytest.raises(UsageError, match="does not exist; create it first"):
+        bench_cli.bench_command(args)

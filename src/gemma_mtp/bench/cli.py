@@ -262,10 +262,26 @@ def _workload(args: argparse.Namespace) -> None:
         args.temperature = (args.temperature,)
 
 
+def _check_profile_path(path: str | None) -> None:
+    """--recommend FILE must be writable where it is named: fail in a second, not after the run."""
+    if path is None or path == DEFAULT_PROFILES:
+        return
+    parent = Path(path).expanduser().resolve().parent
+    if not parent.is_dir():
+        raise UsageError(
+            f"--recommend {path}: the folder {parent} does not exist; create it first or name another file"
+        )
+    if not os.access(parent, os.W_OK):
+        raise UsageError(
+            f"--recommend {path}: cannot write in {parent}; name a file in a folder you can write"
+        )
+
+
 def bench_command(args: argparse.Namespace) -> int:
     if getattr(args, "emit", None) and not args.recommend:
         return _emit(args, _profile_to_emit(args))
     _workload(args)
+    _check_profile_path(getattr(args, "recommend", None))  # before the benchmark, not after it
     if args.endpoints:
         rows = _run_endpoints(args)
     else:
