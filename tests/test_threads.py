@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 
+import pytest
 import torch
 
 from gemma_mtp import ops
@@ -48,16 +50,52 @@ def test_set_threads_and_single_thread_restore():
     torch.set_num_threads(1)
 
 
-def test_openmp_waits_are_passive_on_a_busy_machine_unless_the_user_chose():
+@pytest.fixture
+def two_busy_processes():
+    """Other processes spinning on every core (two at least), as on a shared machine."""
     import subprocess
     import sys
 
-    def policy(load: float, *, first: str = "gemma_mtp", env: dict | None = None) -> str:
+    n = max(2, physical_cores())
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    time.sleep(0.3)  # started and spinning
+    yield
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_busy_cpus_sees_other_processes_spinning(two_busy_processes):
+    from gemma_mtp.threads import busy_cpus
+
+    busy = busy_cpus(0.3)
+    assert busy is not None and busy >= 1.0  # two spinning processes on any machine with 1+ CPUs
+
+
+def test_busy_cpus_is_none_without_the_kernels_counters(tmp_path):
+    from gemma_mtp.threads import busy_cpus
+
+    assert busy_cpus(0.0, stat=str(tmp_path / "missing")) is None
+    (tmp_path / "stat").write_text("cpu  1 2 3 4 5 6 7 8 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    assert busy_cpus(0.0, stat=str(tmp_path / "stat")) is None  # counters that do not advance
+
+
+def test_waits_are_passive_only_when_other_processes_hold_a_share_of_the_cores():
+    from gemma_mtp.threads import wait_policy_for
+
+    assert wait_policy_for(0.0, 2) is None  # idle: the runtime's spinning default is faster
+    assert wait_policy_for(0.1, 2) is None  # a shell, a log writer
+    assert wait_policy_for(1.0, 2) == "PASSIVE"  # another process holds one of two cores
+    assert wait_policy_for(1.0, 16) is None and wait_policy_for(8.0, 16) == "PASSIVE"
+
+
+def test_openmp_waits_are_passive_on_a_busy_machine_unless_the_user_chose(two_busy_processes):
+    import subprocess
+    import sys
+
+    def policy(*, first: str = "gemma_mtp", env: dict | None = None) -> str:
         second = "torch" if first == "gemma_mtp" else "gemma_mtp"
-        code = (
-            f"import os; os.getloadavg = lambda: ({load}, 0.0, 0.0)\n"
-            f"import {first}, {second}; print(os.environ.get('OMP_WAIT_POLICY'))"
-        )
+        code = f"import os, {first}, {second}; print(os.environ.get('OMP_WAIT_POLICY'))"
         base = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
         done = subprocess.run(
             [sys.executable, "-c", code],
@@ -68,7 +106,6 @@ def test_openmp_waits_are_passive_on_a_busy_machine_unless_the_user_chose():
         )
         return done.stdout.strip()
 
-    assert policy(50.0) == "PASSIVE"  # busy: spinning waits would fight the other processes
-    assert policy(0.0) == "None"  # idle: the runtime's spinning default is faster
-    assert policy(50.0, env={"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"  # the user's choice wins
-    assert policy(50.0, first="torch") == "None"  # torch already loaded: too late, left alone
+    assert policy() == "PASSIVE"  # busy: spinning waits would fight the other processes
+    assert policy(env={"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"  # the user's choice wins
+    assert policy(first="torch") == "None"  # torch already loaded: too late, left alone
