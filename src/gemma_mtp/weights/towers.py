@@ -1,8 +1,9 @@
 """Media towers from a Hugging Face `Gemma4ForConditionalGeneration` checkpoint, strictly.
 
-The text loader (weights/hf.py) skips `model.vision_tower.*` / `model.embed_vision.*`; this module
-reads exactly those tensors into a `models.vision.VisionModel`: every missing or unexpected tensor
-and every shape mismatch is reported by name.
+The text loader (weights/hf.py) skips `model.vision_tower.*` / `model.embed_vision.*` and
+`model.audio_tower.*` / `model.embed_audio.*`; this module reads exactly those tensors into a
+`models.vision.VisionModel` or a `models.audio.AudioModel`: every missing or unexpected tensor and
+every shape mismatch is reported by name.
 """
 
 from __future__ import annotations
@@ -17,16 +18,30 @@ from torch import nn
 
 from ..errors import ModelFormatError
 from ..gguf.formats import check_readable
+from ..models.audio import AudioConfig, AudioModel, audio_config_from_dict
 from ..models.vision import VisionConfig, VisionModel, vision_config_from_dict
 from .hf import safetensors_files
 from .placement import resolve_device, resolve_dtype
 
-__all__ = ["VISION_PREFIXES", "load_hf_vision", "read_vision_config", "has_hf_vision"]
+__all__ = [
+    "VISION_PREFIXES",
+    "AUDIO_PREFIXES",
+    "load_hf_vision",
+    "read_vision_config",
+    "has_hf_vision",
+    "load_hf_audio",
+    "read_audio_config",
+    "has_hf_audio",
+]
 
 # Checkpoint prefix -> our prefix (VisionModel's attributes mirror the checkpoint).
 VISION_PREFIXES = (
     ("model.vision_tower.", "vision_tower."),
     ("model.embed_vision.", "embed_vision."),
+)
+AUDIO_PREFIXES = (
+    ("model.audio_tower.", "audio_tower."),
+    ("model.embed_audio.", "embed_audio."),
 )
 
 
@@ -62,8 +77,8 @@ def read_vision_config(path: str | Path) -> VisionConfig:
     return vision_config_from_dict(vision, text_hidden_size=int(text.get("hidden_size", 0)), source=str(path))
 
 
-def _ours(name: str) -> str | None:
-    for src, dst in VISION_PREFIXES:
+def _ours(name: str, prefixes=VISION_PREFIXES) -> str | None:
+    for src, dst in prefixes:
         if name.startswith(src):
             return dst + name[len(src) :]
     return None
@@ -134,3 +149,62 @@ def load_hf_vision(path: str | Path, *, dtype: str = "auto", device: str = "cpu"
     model = build_vision(config)
     load_state_strict(model, tensors, str(path), want_dtype)
     return finish_vision(model, device)
+
+
+# -- audio ------------------------------------------------------------------------------------
+
+
+def has_hf_audio(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / "config.json").is_file() and bool(_read_json(path).get("audio_config"))
+
+
+def read_audio_config(path: str | Path) -> AudioConfig:
+    path = Path(path)
+    data = _read_json(path)
+    audio = data.get("audio_config")
+    if not audio:
+        raise ModelFormatError(
+            f"{path / 'config.json'}: this model has no audio tower (no audio_config); "
+            "audio needs a Gemma 4 checkpoint with one (E2B or E4B)"
+        )
+    if data.get("model_type") != "gemma4":
+        raise ModelFormatError(
+            f"{path / 'config.json'}: audio towers of model_type {data.get('model_type')!r} are not supported "
+            "(gemma4 only)"
+        )
+    text = data.get("text_config") or {}
+    return audio_config_from_dict(audio, text_hidden_size=int(text.get("hidden_size", 0)), source=str(path))
+
+
+def load_hf_audio(path: str | Path, *, dtype: str = "auto", device: str = "cpu") -> AudioModel:
+    """The audio tower + embedder of a HF Gemma 4 directory. Raises ModelFormatError on any mismatch
+    or when the model has no audio tower."""
+    path = Path(path)
+    config = read_audio_config(path)
+    raw = _read_json(path)
+    want_dtype = resolve_dtype(dtype, (raw.get("text_config") or {}).get("dtype") or raw.get("dtype"))
+    tensors = _read_tensors(path, AUDIO_PREFIXES)
+    with torch.device("meta"):
+        model = AudioModel(config)
+    load_state_strict(model, tensors, str(path), want_dtype)
+    model.to(resolve_device(device))
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _read_tensors(path: Path, prefixes) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for f in safetensors_files(path):
+        check_readable(f)
+        try:
+            handle = safe_open(str(f), framework="pt")
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise ModelFormatError(f"{f}: not a readable safetensors file ({exc})") from None
+        with handle:
+            for name in handle.keys():
+                ours = _ours(name, prefixes)
+                if ours is not None:
+                    tensors[ours] = handle.get_tensor(name)
+    return tensors
