@@ -85,8 +85,10 @@ TEMPLATE = """{{- bos_token -}}
 """
 
 
-def tiny_tokenizer(vocab_size: int = 256) -> Tokenizer:
-    """A Gemma 4-style BPE vocabulary: specials at Gemma 4's ids, ASCII characters, a few merges."""
+def tiny_tokenizer(vocab_size: int = 256, *, specials: dict[int, tuple[str, int]] | None = None) -> Tokenizer:
+    """A Gemma 4-style BPE vocabulary: specials at Gemma 4's ids (and ``specials``), ASCII
+    characters, a few merges."""
+    specials = {**SPECIAL_TOKENS, **(specials or {})}
     normal = ["\n", "\u2581", *(chr(c) for c in range(33, 127))]
     merges = []
     for word in WORDS:
@@ -97,7 +99,7 @@ def tiny_tokenizer(vocab_size: int = 256) -> Tokenizer:
     pieces = iter(normal)
     tokens, types = [], []
     for token_id in range(vocab_size):
-        text, kind = SPECIAL_TOKENS.get(token_id) or (next(pieces, None), 1)
+        text, kind = specials.get(token_id) or (next(pieces, None), 1)
         if text is None:
             text, kind = f"<unused{token_id}>", 3
         tokens.append(text)
@@ -115,10 +117,16 @@ def tiny_tokenizer(vocab_size: int = 256) -> Tokenizer:
     return tokenizer_from_gguf_metadata(metadata, source="tiny")
 
 
-def write_tokenizer(model_dir: Path, *, template: str | None = TEMPLATE, vocab_size: int = 256) -> None:
+def write_tokenizer(
+    model_dir: Path,
+    *,
+    template: str | None = TEMPLATE,
+    vocab_size: int = 256,
+    extra_specials: dict | None = None,
+) -> None:
     """``tokenizer.json``, ``tokenizer_config.json`` and ``chat_template.jinja`` into ``model_dir``
     (ids past the characters and merges are unused control tokens, left out of decoded text)."""
-    tiny_tokenizer(vocab_size).backend.save(str(model_dir / "tokenizer.json"))
+    tiny_tokenizer(vocab_size, specials=extra_specials).backend.save(str(model_dir / "tokenizer.json"))
     specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     (model_dir / "tokenizer_config.json").write_text(json.dumps(specials))
     if template is not None:

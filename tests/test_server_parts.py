@@ -119,9 +119,20 @@ def test_completion_fields_we_cannot_honour_are_refused_by_name(body, param):
     assert info.value.param == param
 
 
-def test_image_content_parts_are_refused():
-    body = b'{"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}'
-    with pytest.raises(RequestError, match="image_url"):
+def test_content_parts_of_unknown_types_are_refused_naming_the_known_ones():
+    body = b'{"messages": [{"role": "user", "content": [{"type": "file", "file": {"file_id": "x"}}]}]}'
+    with pytest.raises(RequestError, match="image_url") as info:
+        parse_request(body, ChatCompletionRequest)
+    assert info.value.param == "messages[0].content[0].type"
+
+
+def test_image_parts_need_their_field_and_a_user_message():
+    body = b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}'
+    with pytest.raises(RequestError) as info:
+        parse_request(body, ChatCompletionRequest)
+    assert info.value.param == "messages[0].content[0].image_url"
+    body = b'{"messages": [{"role": "assistant", "content": [{"type": "image_url", "image_url": "x"}]}]}'
+    with pytest.raises(RequestError, match="user messages"):
         parse_request(body, ChatCompletionRequest)
 
 

@@ -100,7 +100,8 @@ def load(
 
     ``options`` (`LoadOptions`) says how; keyword ``fields`` override single fields of it (e.g.
     ``load(path, dtype="float32", ctx_size=1024)``), and ``model``/``draft`` override its
-    ``model``/``model_draft``. ``progress(n_loaded, n_total)`` is called as the target's tensors
+    ``model``/``model_draft``. ``mmproj``: the media towers as llama.cpp's mmproj GGUF (for a GGUF
+    target; loaded on the first image). ``progress(n_loaded, n_total)`` is called as the target's tensors
     load (for a progress bar). ``quantized``/``quant_kernels`` (GGUF only): keep quantized weights
     quantized (default: on the CPU) and per-type kernel overrides such as ``{"Q8_0": "int8"}`` (see
     `quant.policy`). With ``dtype="auto"`` the drafter runs in the target's dtype (they share the KV
@@ -121,6 +122,8 @@ def load(
         raise UsageError(
             "no model given: pass -m/--model with a Hugging Face model directory or a .gguf file"
         )
+    if options.mmproj is not None and not Path(options.mmproj).is_file():
+        raise UsageError(f"--mmproj {options.mmproj}: no such file")
     t0 = time.perf_counter()
     if options.threads is not None:  # the surfaces pass theirs (-t, default: the physical cores)
         set_threads(options.threads)
@@ -158,6 +161,7 @@ def load(
     )
     engine.load_report = report
     engine.load_options = options
+    engine.mmproj = options.mmproj
     engine.threads = torch.get_num_threads()
     engine.load_s = time.perf_counter() - t0
     return engine

@@ -167,6 +167,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
         parser,
         model_help="Hugging Face model directory or .gguf file (default: the demo pair, Gemma 3 270M + "
         "its trained drafter)",
+        media=True,
     )
 
 

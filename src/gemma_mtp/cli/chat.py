@@ -30,7 +30,7 @@ from gemma_mtp.cli.common import (
     status_line,
     with_demo_pair,
 )
-from gemma_mtp.cli.media_args import attach_mmproj, user_content
+from gemma_mtp.cli.media_args import user_content
 from gemma_mtp.engine.results import Result
 from gemma_mtp.errors import ContextOverflowError, GemmaMTPError
 from gemma_mtp.media.image import MediaError
@@ -63,7 +63,6 @@ def chat_command(args: argparse.Namespace) -> int:
     if not options.quiet:
         print_lines(load_summary(engine, options))
     engine.tokenizer = tokenizer
-    attach_mmproj(engine, args)
     session = ChatSession(engine, template, options=options, sampling=sampling, spec=spec)
 
     interactive = sys.stdin.isatty()

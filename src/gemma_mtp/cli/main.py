@@ -60,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     add_chat_arguments(chat)
-    add_media_arguments(chat, images=False)
     add_gguf_commands(commands)
     add_serve_arguments(commands)
     add_bench_arguments(commands)

@@ -1,9 +1,9 @@
 """Model-loading flags shared by ``run``, ``chat``, ``serve``, ``bench`` and ``train-drafter``: one
 spelling of each, one options object (`engine.options.LoadOptions`) built from them.
 
-`add_load_arguments` declares -m, -md, --device, --dtype, -ngl, -ngld, -c and -t with the defaults
-of `LoadOptions` (no default is repeated here) and `add_quant_arguments` the quantized-weight
-flags; `load_options_from_args` turns the parsed flags into the `LoadOptions` that
+`add_load_arguments` declares -m, -md, --device, --dtype, -ngl, -ngld, -c, -t (and --mmproj for the
+surfaces that take media) with the defaults of `LoadOptions` (no default is repeated here) and
+`add_quant_arguments` the quantized-weight flags; `load_options_from_args` turns the parsed flags into the `LoadOptions` that
 `gemma_mtp.load` takes.
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "add_gpu_layer_arguments",
     "add_ctx_size_argument",
     "add_threads_argument",
+    "add_mmproj_argument",
     "add_quant_arguments",
     "parse_quant_kernels",
 ]
@@ -125,6 +126,16 @@ def add_threads_argument(group: _Group, *, help: str = "CPU threads (default: th
     group.add_argument("-t", "--threads", type=int, default=LoadOptions().threads, metavar="N", help=help)
 
 
+def add_mmproj_argument(group: _Group, defaults: Any) -> None:
+    """``--mmproj FILE`` (llama.cpp's name): the media towers' GGUF beside a GGUF target."""
+    group.add_argument(
+        "--mmproj",
+        metavar="FILE",
+        default=defaults.mmproj,
+        help="the vision tower as llama.cpp's mmproj GGUF, for a GGUF target (a HF checkpoint has its own)",
+    )
+
+
 # LoadOptions' fields that flags set (max_batch is the server's slot count, not a load flag)
 LOAD_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(LoadOptions) if f.name != "max_batch")
 
@@ -138,9 +149,11 @@ def add_load_arguments(
     models_repeatable: bool = False,
     group_title: str = "models",
     ctx_default: int | None = LoadOptions().ctx_size,
+    media: bool = False,
 ) -> argparse._ArgumentGroup:
-    """-m, -md (a list with ``drafts_repeatable``), --device, --dtype, -ngl, -ngld, -c, -t and the
-    quantized-weight flags, with `LoadOptions`' defaults; returns the group for the caller's extras."""
+    """-m, -md (a list with ``drafts_repeatable``), --device, --dtype, -ngl, -ngld, -c, -t, --mmproj
+    (with ``media``) and the quantized-weight flags, with `LoadOptions`' defaults; returns the group
+    for the caller's extras."""
     defaults = LoadOptions()
     group = parser.add_argument_group(group_title)
     add_model_argument(group, defaults, help=model_help, repeatable=models_repeatable)
@@ -154,6 +167,8 @@ def add_load_arguments(
         "-c", "--ctx-size", dest="ctx_size", type=int, default=ctx_default, metavar="N", help=ctx_help
     )
     add_threads_argument(group)
+    if media:
+        add_mmproj_argument(group, defaults)
     add_quant_arguments(parser, defaults)
     return group
 

@@ -26,7 +26,7 @@ from gemma_mtp.cli.common import (
     with_demo_pair,
 )
 from gemma_mtp.cli.escapes import process_escapes
-from gemma_mtp.cli.media_args import attach_mmproj, check_images, user_content, with_image_placeholders
+from gemma_mtp.cli.media_args import check_images, user_content, with_image_placeholders
 from gemma_mtp.engine.results import Result
 from gemma_mtp.errors import ContextOverflowError, GemmaMTPError, UsageError
 
@@ -42,48 +42,55 @@ def run_command(args: argparse.Namespace) -> int:
     sampling = sampling_from_args(args)
     text = _prompt_text(options)  # usage errors first: without -m the demo target may be fetched
     images = list(getattr(args, "images", None) or [])
+    audio = list(getattr(args, "audio", None) or [])
     check_images(images)
+    check_images(audio, "--audio")
     options = with_demo_pair(options)
     tokenizer = read_tokenizer(options.load.model, required=text is not None)
     if text is None:
         prompt_ids = list(options.prompt_ids or ())
     elif options.uses_template:
-        prompt_ids = chat_prompt_ids(tokenizer, _messages(options, text, len(images)), options)
+        prompt_ids = chat_prompt_ids(tokenizer, _messages(options, text, len(images), len(audio)), options)
     else:
         prompt_ids = tokenizer.encode(text)
     check_fits(len(prompt_ids), options.load.ctx_size)  # before the weights load: they may take minutes
 
     engine = load_engine(options, show_progress=_show_progress(options))
-    attach_mmproj(engine, args)
     spec = resolve_spec(options, engine)
     if not options.quiet:
         print_lines(load_summary(engine, options))
     _check_vocabulary(prompt_ids, engine)
     engine.tokenizer = tokenizer
-    if images and not options.uses_template:  # a raw prompt: the model's own placeholder id
-        prompt_ids = with_image_placeholders(
-            prompt_ids, len(images), engine.media_encoder().tokens.image, bos=2
-        )
+    if (images or audio) and not options.uses_template:  # a raw prompt: the model's own placeholder ids
+        encoder = engine.media_encoder()
+        encoder.require(images=bool(images), audio=bool(audio))  # before the ids meet the vocabulary
+        tokens = encoder.tokens
+        with_audio = with_image_placeholders(prompt_ids, len(audio), tokens.audio, bos=2)
+        prompt_ids = with_image_placeholders(with_audio, len(images), tokens.image, bos=2)
 
     start = time.perf_counter()
     if options.json:
-        media = {"images": images} if images else {}  # (engines without media support stay usable)
+        media = _media(images, audio)  # (engines without media support stay usable)
         result = engine.generate(
             prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec, **media
         )
         print(json.dumps(result.to_dict()))
     else:
-        result = _stream(engine, prompt_ids, options, sampling, spec, tokenizer, images)
+        result = _stream(engine, prompt_ids, options, sampling, spec, tokenizer, _media(images, audio))
     if not options.quiet and not options.json:
         print(summary_line(result, time.perf_counter() - start), file=sys.stderr)
     return 0
 
 
-def _stream(engine: Engine, prompt_ids, options: RunOptions, sampling, spec, tokenizer, images=()) -> Result:
+def _media(images: list[str], audio: list[str]) -> dict[str, list[str]]:
+    return {**({"images": images} if images else {}), **({"audio": audio} if audio else {})}
+
+
+def _stream(engine: Engine, prompt_ids, options: RunOptions, sampling, spec, tokenizer, media=None) -> Result:
     """Write each committed piece of text as it arrives; without a tokenizer, the ids at the end."""
     out = sys.stdout
     result = Result()
-    media = {"images": images} if images else {}
+    media = media or {}
     for step in engine.stream(
         prompt_ids, n_predict=options.n_predict, sampling=sampling, spec=spec, result=result, **media
     ):
@@ -123,9 +130,9 @@ def read_prompt_file(path: str) -> str:
         raise GemmaMTPError(f"-f/--file {path}: cannot read it ({reason})") from None
 
 
-def _messages(options: RunOptions, text: str, n_images: int = 0) -> list[dict]:
+def _messages(options: RunOptions, text: str, n_images: int = 0, n_audio: int = 0) -> list[dict]:
     system = [{"role": "system", "content": options.system_prompt}] if options.system_prompt else []
-    return [*system, {"role": "user", "content": user_content(text, n_images)}]
+    return [*system, {"role": "user", "content": user_content(text, n_images, n_audio)}]
 
 
 def chat_prompt_ids(tokenizer: Tokenizer, messages: list[dict], options: RunOptions) -> list[int]:

@@ -27,7 +27,7 @@ from .results import Result, Step, slot_timings
 if TYPE_CHECKING:
     from ..tokenizer import Tokenizer
     from ..weights.hf import LoadReport
-    from .media import ImageInput, MediaEncoder
+    from .media import AudioInput, ImageInput, MediaEncoder
     from .options import LoadOptions
 
 __all__ = ["Engine"]
@@ -114,16 +114,18 @@ class Engine:
         spec: SpecOptions | None = None,
         result: Result | None = None,
         images: Sequence[ImageInput] = (),
+        audio: Sequence[AudioInput] = (),
     ) -> Iterator[Step]:
         """Generate, yielding the tokens each round commits; fills `result` (if given) as it goes.
-        `images` (files, bytes or PIL images) fill the prompt's image placeholders, in order."""
+        `images` (files, bytes or PIL images) fill the prompt's image placeholders, in order;
+        `audio` (WAV files, bytes, or mono 16 kHz samples) its audio placeholders."""
         sampling = sampling or SamplingParams()
         spec = spec or self.default_spec()
         self._check_spec(spec)
         ids = self._prompt_ids(prompt)
         media = None
-        if images:
-            ids, media = self.media_encoder().prepare(ids, images)
+        if images or audio:
+            ids, media = self.media_encoder().prepare(ids, images, audio)
         result = result if result is not None else Result()
         result.n_prompt = len(ids)
         tokenizer, stop_ids, text = self.tokenizer, self.stop_ids, None
@@ -150,7 +152,8 @@ class Engine:
                 result.text = tokenizer.decode(generated[:-1] if result.stop_reason == "eos" else generated)
 
     def media_encoder(self) -> MediaEncoder:
-        """The model's vision tower and image settings (loaded on first use); MediaError without one."""
+        """The model's media towers and their settings (loaded on first use); its `prepare` raises
+        MediaError for media whose tower the model lacks."""
         if self.media is None:
             from ..media.prompt import MediaTokens
             from .media import load_media_encoder
@@ -186,10 +189,17 @@ class Engine:
         sampling: SamplingParams | None = None,
         spec: SpecOptions | None = None,
         images: Sequence[ImageInput] = (),
+        audio: Sequence[AudioInput] = (),
     ) -> Result:
         result = Result()
         steps = self.stream(
-            prompt, n_predict=n_predict, sampling=sampling, spec=spec, result=result, images=images
+            prompt,
+            n_predict=n_predict,
+            sampling=sampling,
+            spec=spec,
+            result=result,
+            images=images,
+            audio=audio,
         )
         for _ in steps:
             pass

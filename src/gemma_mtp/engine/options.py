@@ -1,8 +1,8 @@
 """How to load a target and its drafter: one object, the single source of the load defaults.
 
 `gemma_mtp.load` takes it; every surface builds it once from the flags `cli.model_args` declares
-(-m, -md, --device, --dtype, -ngl, -ngld, --n-cpu-moe, -c, -t, --quantized, --quant-kernels), and the server
-sets ``max_batch`` to its slot count.
+(-m, -md, --device, --dtype, -ngl, -ngld, --n-cpu-moe, -c, -t, --quantized, --quant-kernels, and --mmproj
+on run, chat and serve), and the server sets ``max_batch`` to its slot count.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ __all__ = ["LoadOptions"]
 class LoadOptions:
     model: str | None = None  # HF directory or .gguf file of the target
     model_draft: str | None = None  # MTP assistant or draft model
+    mmproj: str | None = None  # llama.cpp's mmproj GGUF: the media towers of a GGUF target
     dtype: str = "auto"
     device: str = "auto"
     n_gpu_layers: int | None = None  # None: auto (as many as fit, GGUF on CUDA); negative: all

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .generate import Generation, chat_prompt, completion_prompt
+from .generate import Generation, chat_input, completion_input
 from .metrics import Metrics
 from .page import add_page
 from .responses import ApiError, error_body
@@ -177,12 +177,12 @@ def _private_routes(state: ServerState) -> APIRouter:
     @router.post("/v1/chat/completions")
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
-        return await _generate(state, request, "/v1/chat/completions", ChatCompletionRequest, chat_prompt)
+        return await _generate(state, request, "/v1/chat/completions", ChatCompletionRequest, chat_input)
 
     @router.post("/v1/completions")
     @router.post("/completions")
     async def completions(request: Request):
-        return await _generate(state, request, "/v1/completions", CompletionRequest, completion_prompt)
+        return await _generate(state, request, "/v1/completions", CompletionRequest, completion_input)
 
     return router
 
@@ -192,7 +192,8 @@ async def _generate(state: ServerState, request: Request, endpoint: str, schema:
     service = state.ready()
     body = parse_request(await request.body(), schema)
     _check_model(service, body.model)
-    generation = Generation(service, body, make_prompt(service, body), chat=schema is ChatCompletionRequest)
+    prompt_ids, media = await make_prompt(service, body)
+    generation = Generation(service, body, prompt_ids, chat=schema is ChatCompletionRequest, media=media)
     if body.stream:
         return EventStreamResponse(generation.stream(), on_close=generation.close)
 

@@ -42,6 +42,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         parser,
         model_help="HF model directory or .gguf (default: the demo pair, Gemma 3 270M + its trained drafter)",
         ctx_help="context of each slot in tokens (default: %(default)s)",
+        media=True,
     )
     model.add_argument("--alias", default=d.alias, metavar="NAME", help="model name in the API")
     model.add_argument(
@@ -89,6 +90,14 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="max_tokens of requests that give none, -1 = until end of turn (default: %(default)s)",
     )
+    server.add_argument(
+        "--allow-local-media",
+        "--allowed-local-media-path",
+        dest="allow_local_media",
+        default=d.allow_local_media,
+        metavar="DIR",
+        help="let image_url parts name files (a path or file:// URL) under DIR (default: only data: URLs)",
+    )
     server.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="log every request")
 
     add_spec_arguments(parser, title='speculative decoding (each request may override: "speculative")')
@@ -116,6 +125,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         n_predict=args.n_predict,
         chat_template_file=args.chat_template_file,
         fallback_chat_template=template,
+        allow_local_media=args.allow_local_media,
     )
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..chat import ChatEvent, collect_events
 from ..errors import GemmaMTPError
+from .media import encode_media, has_media, media_encoder, request_media, template_content
 from .responses import ApiError, Envelope, chat_delta, chat_message, sse, timings, usage
 from .schemas import ChatCompletionRequest, CompletionRequest, RequestError, sampling_params, spec_options
 from .service import Service
@@ -22,7 +23,30 @@ from .speculation import SpecTally
 from .text import StopCheck, TextOutput
 from .worker import Failed, Finished, Job, QueueFull, Tokens, WorkerStopped
 
-__all__ = ["Generation", "chat_prompt", "completion_prompt"]
+if TYPE_CHECKING:
+    from ..media.prompt import PromptMedia
+
+__all__ = ["Generation", "chat_prompt", "completion_prompt", "chat_input", "completion_input"]
+
+PromptInput = tuple[list[int], "PromptMedia | None"]
+
+
+async def chat_input(service: Service, request: ChatCompletionRequest) -> PromptInput:
+    """The prompt ids and, when the messages carry images, their soft tokens. Decoding and the
+    towers run in a thread, so the event loop keeps streaming other requests meanwhile."""
+    if not has_media(request):
+        return chat_prompt(service, request), None
+
+    def prepare() -> PromptInput:
+        parts = request_media(request, local_dir=service.local_media, max_bytes=service.max_media_bytes)
+        encoder = media_encoder(service, parts)  # no tower: said before the template renders parts
+        return encode_media(encoder, service.media_lock, chat_prompt(service, request), parts)
+
+    return await asyncio.to_thread(prepare)
+
+
+async def completion_input(service: Service, request: CompletionRequest) -> PromptInput:
+    return completion_prompt(service, request), None
 
 
 def chat_prompt(service: Service, request: ChatCompletionRequest) -> list[int]:
@@ -38,7 +62,7 @@ def chat_prompt(service: Service, request: ChatCompletionRequest) -> list[int]:
         if item["role"] == "developer":
             item["role"] = "system"
         if isinstance(message.content, list):
-            item["content"] = "".join(part.text or "" for part in message.content)
+            item["content"] = template_content(message)
         messages.append(item)
     tools = [tool.model_dump(exclude_none=True) for tool in request.tools or []]
     choice = request.tool_choice
@@ -84,6 +108,7 @@ class Generation:
         prompt_ids: list[int],
         *,
         chat: bool,
+        media: PromptMedia | None = None,
     ) -> None:
         if not prompt_ids:
             raise RequestError("the prompt is empty", param="prompt")
@@ -127,6 +152,7 @@ class Generation:
             # timings count no token past it and no round is spent after it
             stop_check=StopCheck(service.tokenizer, stops, skip_ids=stop_ids) if stops else None,
             deliver=deliver,
+            media=media,
         )
         try:
             service.worker.submit(self.job)

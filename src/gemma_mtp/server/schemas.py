@@ -9,6 +9,7 @@ refused with a 400 naming them rather than silently ignored. llama.cpp's extensi
 ``return_speculation`` (streamed chunks then carry ``x_speculation``, see ``speculation.py``).
 ``tool_choice`` selects which tools reach the template (``"none"``: none; a named function: that
 one); nothing constrains decoding, so ``"required"`` cannot force the model to call a tool.
+User messages may carry ``image_url`` and ``input_audio`` content parts (decoded in ``media.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ __all__ = [
     "ChatCompletionRequest",
     "CompletionRequest",
     "ChatMessage",
+    "ContentPart",
+    "MEDIA_PARTS",
     "SpeculativeField",
     "RequestError",
     "parse_request",
@@ -98,9 +101,25 @@ class _Generation(_Strict):
         return self.max_tokens if self.max_tokens is not None else default
 
 
+class ImageURL(_Strict):
+    url: str
+    detail: str | None = None  # OpenAI's resolution hint; the processor's budget decides here
+
+
+class InputAudio(_Strict):
+    data: str  # base64
+    format: str | None = None  # "wav"
+
+
+# content part type -> the field that carries it and the kind of media it is
+MEDIA_PARTS = {"image_url": "image", "input_audio": "audio"}
+
+
 class ContentPart(_Strict):
     type: str
     text: str | None = None
+    image_url: ImageURL | str | None = None  # some clients send the URL itself
+    input_audio: InputAudio | None = None
 
 
 class ChatMessage(_Strict):
@@ -202,11 +221,7 @@ def unsupported_fields(request: _Generation) -> list[tuple[str, str]]:
         kind = (request.response_format or {}).get("type", "text")
         if kind != "text":
             out.append(("response_format", f"type {kind!r} is not supported; only 'text'"))
-        for i, message in enumerate(request.messages):
-            for part in message.content if isinstance(message.content, list) else []:
-                if part.type != "text":
-                    field = f"messages[{i}].content"
-                    out.append((field, f"content parts of type {part.type!r} are not supported; only text"))
+        out += _content_part_errors(request.messages)
     if isinstance(request, CompletionRequest):
         if isinstance(request.prompt, list) and request.prompt and isinstance(request.prompt[0], str):
             if len(request.prompt) != 1:
@@ -217,6 +232,29 @@ def unsupported_fields(request: _Generation) -> list[tuple[str, str]]:
             out.append(("suffix", "suffix (fill-in-the-middle) is not supported"))
         if request.best_of not in (None, 1):
             out.append(("best_of", "only best_of=1 is supported"))
+    return out
+
+
+def _content_part_errors(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+    out = []
+    for i, message in enumerate(messages):
+        for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+            field = f"messages[{i}].content[{j}]"
+            if part.type == "text":
+                continue
+            if part.type not in MEDIA_PARTS:
+                kinds = ", ".join(["text", *MEDIA_PARTS])
+                out.append(
+                    (f"{field}.type", f"content parts of type {part.type!r} are not supported; use {kinds}")
+                )
+            elif getattr(part, part.type) is None:
+                out.append(
+                    (f"{field}.{part.type}", f"a part of type {part.type!r} needs its {part.type!r} field")
+                )
+            elif message.role != "user":
+                out.append(
+                    (field, f"{MEDIA_PARTS[part.type]}s go in user messages, not {message.role!r} ones")
+                )
     return out
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ..chat import ChatTemplate
 from ..errors import GemmaMTPError, UsageError
@@ -32,6 +36,11 @@ class Service:
     metrics: Metrics
     created: int = field(default_factory=lambda: int(time.time()))
     info: dict = field(default_factory=dict)
+    # images: the engine's tower (loaded on the first image), one request encoding at a time
+    media_encoder: Callable[[], Any] | None = None
+    media_lock: threading.Lock = field(default_factory=threading.Lock)
+    local_media: Path | None = None  # --allow-local-media DIR: image files a request may name
+    max_media_bytes: int = 32 << 20
 
     @property
     def model_ids(self) -> list[str]:
@@ -46,6 +55,7 @@ class Service:
 def load_service(settings: ServerSettings, *, metrics: Metrics | None = None) -> Service:
     """Load the target (and drafter), build a ``parallel``-row decoder and its worker (not started)."""
     from .. import api  # torch and the models: imported only when a server really loads
+    from ..engine.media import MAX_IMAGE_BYTES
 
     if settings.load.model is None:
         raise UsageError("no model: pass -m/--model PATH (a Hugging Face model directory or a .gguf file)")
@@ -56,6 +66,7 @@ def load_service(settings: ServerSettings, *, metrics: Metrics | None = None) ->
     if not settings.spec.wants_drafter:
         load = dataclasses.replace(load, model_draft=None)
     engine = api.load(load.model, load.model_draft, options=load)
+    engine.tokenizer = tokenizer  # the media tokens of a GGUF's mmproj are looked up in it
     default_spec = settings.spec.resolve(engine.default_spec().type)
     metrics = metrics or Metrics()
     worker = Worker(engine.decoder, max_queue=settings.max_queue, metrics=metrics)
@@ -69,6 +80,9 @@ def load_service(settings: ServerSettings, *, metrics: Metrics | None = None) ->
         default_spec=default_spec,
         n_predict=settings.n_predict,
         metrics=metrics,
+        media_encoder=engine.media_encoder,
+        local_media=None if settings.allow_local_media is None else Path(settings.allow_local_media),
+        max_media_bytes=MAX_IMAGE_BYTES,
         info={
             "family": engine.config.family,
             "vocab_size": engine.config.vocab_size,

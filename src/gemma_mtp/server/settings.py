@@ -31,6 +31,7 @@ class ServerSettings:
     n_predict: int = -1  # default max_tokens: until the end of the turn or a full context
     chat_template_file: str | None = None
     fallback_chat_template: str | None = None  # used when the model has none (the demo pair's)
+    allow_local_media: str | None = None  # a directory whose image files requests may name
 
     def __post_init__(self) -> None:
         if self.parallel < 1:
@@ -40,6 +41,8 @@ class ServerSettings:
         if self.n_predict < -1:
             raise UsageError(f"-n/--n-predict must be >= -1, got {self.n_predict}")
         self.spec.check_drafter(self.load.model_draft)
+        if self.allow_local_media is not None and not Path(self.allow_local_media).is_dir():
+            raise UsageError(f"--allow-local-media {self.allow_local_media}: not a directory")
 
     @property
     def model_id(self) -> str:
