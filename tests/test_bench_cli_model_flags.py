@@ -132,3 +132,14 @@ def test_quantized_takes_no_value(capsys):
     assert main([*BENCH, "--quantized=yes"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--quantized" in err
+
+
+def test_drafters_take_a_list_like_targets_and_repeat_too():
+    """-m A B and -md X Y (the issue's shape), or -md X -md Y: every drafter benched."""
+    from gemma_mtp.cli.main import build_parser
+
+    args = build_parser().parse_args(
+        ["bench", "-m", "a.gguf", "b.gguf", "-md", "x.gguf", "y.gguf", "-md", "z.gguf"]
+    )
+    assert args.models == ["a.gguf", "b.gguf"] and args.drafts == ["x.gguf", "y.gguf", "z.gguf"]
+    assert build_parser().parse_args(["bench"]).drafts == []

@@ -93,7 +93,7 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
     add_load_arguments(
         p,
         model_help="target: Hugging Face directory or .gguf (default: the demo pair, Gemma 3 270M + its "
-        "trained drafter; repeat -md to compare several drafters)",
+        "trained drafter; -m A B ... and -md X Y ... (or -md X -md Y) compare several)",
         ctx_help="context size in tokens (default: the longest prompt + -n + room for drafts)",
         drafts_repeatable=True,
         models_repeatable=True,

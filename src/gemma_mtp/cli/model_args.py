@@ -56,7 +56,7 @@ def add_draft_argument(
 ) -> None:
     """``-md/--model-draft/--spec-draft-model``; ``repeatable`` (bench) collects a list in ``drafts``."""
     if repeatable:
-        more = {"dest": "drafts", "action": "append", "default": list(defaults.drafts)}
+        more = {"dest": "drafts", "action": "extend", "nargs": "+", "default": list(defaults.drafts)}
     else:
         more = {"dest": "model_draft", "default": defaults.model_draft}
     group.add_argument("-md", "--model-draft", "--spec-draft-model", metavar="PATH", help=help, **more)
