@@ -16,7 +16,9 @@
 // max|x| / 127 (llama.cpp does the same for its Q8_0-type dot products); a sub-block's sum of
 // products is exact in int32, then scaled and accumulated in float32. Each weight block is decoded
 // once for up to 4 rows of activations, so a forward over a few drafted positions reads the weights
-// once, and every row's result is independent of the other rows.
+// once; over more than kTiledRows rows (prefill) a tile of super-block rows is decoded once for all
+// of them. Either way the arithmetic per row is the same: every row's result is independent of the
+// other rows and of M, and the same input gives the same bits.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -266,17 +268,46 @@ inline void dot_sub(const __m256i c, const __m256i ac, const __m256i s, float d,
   }
 }
 
+// One decoded 32-wide sub-block kept for reuse (what decode_vec gives for it, unchanged), and
+// Q2_K's per-block mins.
+struct alignas(32) PSub {
+  __m256i c, s;
+  float d, m;
+};
+struct alignas(32) PMins {
+  __m256i ms;
+  float dm;
+};
+
+// Weight rows [n0, n1) decoded once into ps (and pm for Q2_K), row by row, block by block.
+template <int T>
+void decode_tile(const uint8_t* w, int64_t pitch, int64_t K, int64_t n0, int64_t n1, PSub* ps, PMins* pm) {
+  constexpr Layout L = layout_of(T);
+  constexpr int subs = L.elems / 32;
+  const int64_t nblk = K / L.elems;
+  VBlock blk;
+  for (int64_t n = n0; n < n1; ++n) {
+    for (int64_t bi = 0; bi < nblk; ++bi) {
+      decode_vec<T>(w + n * pitch + bi * L.bytes, blk);
+      PSub* o = ps + ((n - n0) * nblk + bi) * subs;
+      for (int j = 0; j < subs; ++j) o[j] = {blk.c[j], blk.s[j], blk.d[j], blk.m[j]};
+      if constexpr (T == Q2_K) pm[(n - n0) * nblk + bi] = {blk.ms, blk.dm};
+    }
+  }
+}
+
+// With ps null each block is decoded here; otherwise rows [n0, n1) come decoded by decode_tile
+// (ps, pm start at row n0). The arithmetic is the same either way, so is every bit of the result.
 template <int T, int MB>
 void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out, int64_t ldo,
-               const int64_t* idx) {
+               const int64_t* idx, const PSub* ps = nullptr, const PMins* pm = nullptr) {
   constexpr Layout L = layout_of(T);
   constexpr int subs = L.elems / 32;
   constexpr bool uc = unsigned_codes<T>(), wz = has_zero<T>();
   const int64_t nblk = a.K / L.elems, nb = a.K / 32;
   VBlock blk;
-  auto sub = [&](int j, int64_t b, __m256* acc, float* zacc) {
-    const __m256i c = blk.c[j];
-    dot_sub<MB>(c, uc ? c : _mm256_sign_epi8(c, c), blk.s[j], blk.d[j], blk.m[j], uc, wz, a, b, nb, acc, zacc);
+  auto sub = [&](const __m256i c, const __m256i s, float d, float zm, int64_t b, __m256* acc, float* zacc) {
+    dot_sub<MB>(c, uc ? c : _mm256_sign_epi8(c, c), s, d, zm, uc, wz, a, b, nb, acc, zacc);
   };
   for (int64_t n = n0; n < n1; ++n) {
     __m256 even[MB], odd[MB], zero16[MB];
@@ -286,31 +317,46 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
       zacc[m] = 0.f;
     }
     const uint8_t* row = w + (idx ? idx[n] : n) * pitch;
+    const PSub* prow = ps ? ps + (n - n0) * nb : nullptr;
+    // sub-block j of block bi into acc
+    auto one = [&](int64_t bi, int j, __m256* acc) {
+      const int64_t b = bi * subs + j;
+      if (prow) {
+        const PSub& p = prow[b];
+        sub(p.c, p.s, p.d, p.m, b, acc, zacc);
+      } else {
+        sub(blk.c[j], blk.s[j], blk.d[j], blk.m[j], b, acc, zacc);
+      }
+    };
+    auto load = [&](int64_t bi) {
+      if (!prow) decode_vec<T>(row + bi * L.bytes, blk);
+    };
     if constexpr (subs == 1) {
       int64_t bi = 0;
       for (; bi + 1 < nblk; bi += 2) {
-        decode_vec<T>(row + bi * L.bytes, blk);
-        sub(0, bi, even, zacc);
-        decode_vec<T>(row + (bi + 1) * L.bytes, blk);
-        sub(0, bi + 1, odd, zacc);
+        load(bi);
+        one(bi, 0, even);
+        load(bi + 1);
+        one(bi + 1, 0, odd);
       }
       if (bi < nblk) {
-        decode_vec<T>(row + bi * L.bytes, blk);
-        sub(0, bi, even, zacc);
+        load(bi);
+        one(bi, 0, even);
       }
     } else {
       for (int64_t bi = 0; bi < nblk; ++bi) {
-        decode_vec<T>(row + bi * L.bytes, blk);
+        load(bi);
         for (int j = 0; j < subs; j += 2) {
-          sub(j, bi * subs + j, even, zacc);
-          sub(j + 1, bi * subs + j + 1, odd, zacc);
+          one(bi, j, even);
+          one(bi, j + 1, odd);
         }
         if constexpr (T == Q2_K) {  // the 16 mins: lane j = its two per-16 sums for sub-block j
-          const __m256 dm = _mm256_set1_ps(blk.dm);
+          const __m256i bms = prow ? pm[(n - n0) * nblk + bi].ms : blk.ms;
+          const __m256 dm = _mm256_set1_ps(prow ? pm[(n - n0) * nblk + bi].dm : blk.dm);
           for (int m = 0; m < MB; ++m) {
             const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bs + m * 2 * nb + bi * 16));
             const __m256 ad = _mm256_mul_ps(_mm256_loadu_ps(a.d + m * nb + bi * 8), dm);
-            zero16[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(blk.ms, bs)), ad, zero16[m]);
+            zero16[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bms, bs)), ad, zero16[m]);
           }
         }
       }
@@ -320,6 +366,64 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
       if constexpr (T == Q2_K) y += hsum(zero16[m]);
       out[m * ldo + n] = y;
     }
+  }
+}
+
+// Many activation rows: weight rows [n0, n1) are decoded once per tile into a buffer of at most
+// ~512 KB (per thread) and every group of 4 activation rows reads the tile from there, instead of
+// decoding every block again for each group. Same arithmetic as rows_avx2 without a buffer, so the
+// same bits for each row, whatever M.
+template <int T>
+void rows_tiled(const uint8_t* w, int64_t pitch, const Acts& a, int64_t M, int64_t n0, int64_t n1, float* out,
+                int64_t ldo) {
+  constexpr Layout L = layout_of(T);
+  const int64_t nb = a.K / 32, nblk = a.K / L.elems;
+  const int64_t tile = std::max<int64_t>(4, (512 << 10) / (nb * int64_t(sizeof(PSub))));
+  // kept per thread between calls: a fresh buffer of this size would be page-faulted in every call
+  thread_local std::vector<PSub> ps;
+  thread_local std::vector<PMins> pm;
+  const int64_t rows = std::min(tile, n1 - n0);
+  if (int64_t(ps.size()) < rows * nb) ps.resize(rows * nb);
+  if (T == Q2_K && int64_t(pm.size()) < rows * nblk) pm.resize(rows * nblk);
+  for (int64_t t0 = n0; t0 < n1; t0 += tile) {
+    const int64_t t1 = std::min(n1, t0 + tile);
+    decode_tile<T>(w, pitch, a.K, t0, t1, ps.data(), pm.data());
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int64_t mb = std::min<int64_t>(4, M - m0);
+      const Acts am{a.q + m0 * a.K, a.d + m0 * nb, a.s + m0 * nb, a.bs + m0 * 2 * nb, a.K};
+      float* om = out + m0 * ldo;
+      switch (mb) {
+        case 1: rows_avx2<T, 1>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+        case 2: rows_avx2<T, 2>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+        case 3: rows_avx2<T, 3>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+        default: rows_avx2<T, 4>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+      }
+    }
+  }
+}
+
+void rows_tiled_any(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int64_t M, int64_t n0, int64_t n1,
+                    float* out, int64_t ldo) {
+  switch (type) {
+    case Q4_0: return rows_tiled<Q4_0>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q4_1: return rows_tiled<Q4_1>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q5_0: return rows_tiled<Q5_0>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q5_1: return rows_tiled<Q5_1>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q8_0: return rows_tiled<Q8_0>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q4_K: return rows_tiled<Q4_K>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q5_K: return rows_tiled<Q5_K>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q6_K: return rows_tiled<Q6_K>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q2_K: return rows_tiled<Q2_K>(w, pitch, a, M, n0, n1, out, ldo);
+    case Q3_K: return rows_tiled<Q3_K>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ4_NL: return rows_tiled<IQ4_NL>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ4_XS: return rows_tiled<IQ4_XS>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ3_XXS: return rows_tiled<IQ3_XXS>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ3_S: return rows_tiled<IQ3_S>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ2_XXS: return rows_tiled<IQ2_XXS>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ2_XS: return rows_tiled<IQ2_XS>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ2_S: return rows_tiled<IQ2_S>(w, pitch, a, M, n0, n1, out, ldo);
+    case IQ1_S: return rows_tiled<IQ1_S>(w, pitch, a, M, n0, n1, out, ldo);
+    default: return rows_tiled<IQ1_M>(w, pitch, a, M, n0, n1, out, ldo);
   }
 }
 
@@ -383,6 +487,12 @@ std::vector<Part> check_parts(const std::vector<torch::Tensor>& ws, const std::v
   return parts;
 }
 
+// Above this many activation rows (prefill chunks) gguf_mm decodes each tile of weight rows of the
+// super-block types once for all rows (rows_tiled); at or below it (decoding, verifying drafts), and
+// for the 32-wide types (cheap to decode: measured no faster tiled, Q8_0 slower), each group of 4
+// rows decodes the blocks itself. Both give the same bits, so the choice is speed only.
+constexpr int64_t kTiledRows = 8;
+
 }  // namespace gguf_blocks
 
 // x [M, K] (any float dtype) times each weight (uint8 [N_i, bytes per row] of GGUF blocks of
@@ -411,6 +521,15 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
   at::parallel_for(0, N, grain, [&](int64_t c0, int64_t c1) {
     for (const Part& p : parts) {
       const int64_t lo = std::max(c0, p.start), hi = std::min(c1, p.start + p.n);
+#if GG_AVX2
+      if (vectorized && M > kTiledRows && layout_of(p.type).elems == 256) {
+        if (lo < hi) {
+          const Acts a{xq, xd, xs, xbs, K};
+          rows_tiled_any(p.type, p.w, p.pitch, a, M, lo - p.start, hi - p.start, o + p.start, N);
+        }
+        continue;
+      }
+#endif
       for (int64_t t0 = lo; t0 < hi; t0 += tile) {
         const int64_t t1 = std::min(hi, t0 + tile);
         for (int64_t m0 = 0; m0 < M; m0 += 4) {
