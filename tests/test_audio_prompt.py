@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import gemma_mtp
-from gemma_mtp.cli import main
+from gemma_mtp.cli.main import main
 from gemma_mtp.errors import GemmaMTPError
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions

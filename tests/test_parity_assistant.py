@@ -193,7 +193,10 @@ def test_hf_assistant_sees_last_window_plus_one_sliding_entries(reference_models
         return hf_assistant(assistant, inputs, 20, kv).logits
 
     everything = logits_with_last(None)
-    assert torch.equal(logits_with_last(W + 1), everything)
+    # equal up to float reassociation: torch's CPU attention kernels sum a different number of
+    # (masked) keys per ISA (exactly equal on AVX2, 1.4e-6 apart on an AVX-512 machine)
+    diff = (logits_with_last(W + 1) - everything).abs().max().item()
+    assert diff < 1e-5, diff
     assert not torch.allclose(logits_with_last(W), everything, atol=1e-3)
 
 

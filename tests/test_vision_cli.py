@@ -8,7 +8,7 @@ import media_reference as mref
 import pytest
 
 import gemma_mtp
-from gemma_mtp.cli import main
+from gemma_mtp.cli.main import main
 from gemma_mtp.sampling import SamplingParams
 from gemma_mtp.speculative.base import SpecOptions
 

@@ -14,7 +14,7 @@ import torch
 from gguf import GGUFReader
 
 import gemma_mtp
-from gemma_mtp.cli import main
+from gemma_mtp.cli.main import main
 from gemma_mtp.engine.media import load_media_encoder
 from gemma_mtp.errors import GemmaMTPError, ModelFormatError
 from gemma_mtp.media.image import ImageOptions, preprocess_image
