@@ -296,9 +296,10 @@ void decode_tile(const uint8_t* w, int64_t pitch, int64_t K, int64_t n0, int64_t
   }
 }
 
-// With ps null each block is decoded here; otherwise rows [n0, n1) come decoded by decode_tile
+// With P false each block is decoded here; with P rows [n0, n1) come decoded by decode_tile
 // (ps, pm start at row n0). The arithmetic is the same either way, so is every bit of the result.
-template <int T, int MB>
+// P is a template parameter so that the decode path (1-8 rows) carries no branch for the tiled one.
+template <int T, int MB, bool P = false>
 void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64_t n1, float* out, int64_t ldo,
                const int64_t* idx, const PSub* ps = nullptr, const PMins* pm = nullptr) {
   constexpr Layout L = layout_of(T);
@@ -317,11 +318,11 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
       zacc[m] = 0.f;
     }
     const uint8_t* row = w + (idx ? idx[n] : n) * pitch;
-    const PSub* prow = ps ? ps + (n - n0) * nb : nullptr;
+    const PSub* prow = P ? ps + (n - n0) * nb : nullptr;
     // sub-block j of block bi into acc
     auto one = [&](int64_t bi, int j, __m256* acc) {
       const int64_t b = bi * subs + j;
-      if (prow) {
+      if constexpr (P) {
         const PSub& p = prow[b];
         sub(p.c, p.s, p.d, p.m, b, acc, zacc);
       } else {
@@ -329,7 +330,7 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
       }
     };
     auto load = [&](int64_t bi) {
-      if (!prow) decode_vec<T>(row + bi * L.bytes, blk);
+      if constexpr (!P) decode_vec<T>(row + bi * L.bytes, blk);
     };
     if constexpr (subs == 1) {
       int64_t bi = 0;
@@ -351,8 +352,8 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
           one(bi, j + 1, odd);
         }
         if constexpr (T == Q2_K) {  // the 16 mins: lane j = its two per-16 sums for sub-block j
-          const __m256i bms = prow ? pm[(n - n0) * nblk + bi].ms : blk.ms;
-          const __m256 dm = _mm256_set1_ps(prow ? pm[(n - n0) * nblk + bi].dm : blk.dm);
+          const __m256i bms = P ? pm[(n - n0) * nblk + bi].ms : blk.ms;
+          const __m256 dm = _mm256_set1_ps(P ? pm[(n - n0) * nblk + bi].dm : blk.dm);
           for (int m = 0; m < MB; ++m) {
             const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.bs + m * 2 * nb + bi * 16));
             const __m256 ad = _mm256_mul_ps(_mm256_loadu_ps(a.d + m * nb + bi * 8), dm);
@@ -393,10 +394,10 @@ void rows_tiled(const uint8_t* w, int64_t pitch, const Acts& a, int64_t M, int64
       const Acts am{a.q + m0 * a.K, a.d + m0 * nb, a.s + m0 * nb, a.bs + m0 * 2 * nb, a.K};
       float* om = out + m0 * ldo;
       switch (mb) {
-        case 1: rows_avx2<T, 1>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
-        case 2: rows_avx2<T, 2>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
-        case 3: rows_avx2<T, 3>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
-        default: rows_avx2<T, 4>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+        case 1: rows_avx2<T, 1, true>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+        case 2: rows_avx2<T, 2, true>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+        case 3: rows_avx2<T, 3, true>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
+        default: rows_avx2<T, 4, true>(w, pitch, am, t0, t1, om, ldo, nullptr, ps.data(), pm.data()); break;
       }
     }
   }
