@@ -23,7 +23,7 @@ from torch import nn
 from .. import native
 from .policy import LOWBIT_TYPES
 
-__all__ = ["GGUFBlockWeight", "GGUFMultiWeight", "BLOCK_TYPES", "gguf_kernel_ok", "as_tensor"]
+__all__ = ["BlockBytes", "GGUFBlockWeight", "GGUFMultiWeight", "BLOCK_TYPES", "gguf_kernel_ok", "as_tensor"]
 
 Q = GGMLQuantizationType
 BLOCK_TYPES = frozenset({Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, *LOWBIT_TYPES})
@@ -41,8 +41,9 @@ def as_tensor(data: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(data.view(np.uint8))
 
 
-class GGUFBlockWeight(nn.Module):
-    kind = "gguf"
+class BlockBytes(nn.Module):
+    """A matrix held as its GGUF blocks, `data` uint8 `[N, bytes_per_row]`: what every kernel over
+    raw blocks (this module's native one, `torch_blocks`' portable one) is built on."""
 
     def __init__(self, data: torch.Tensor, qtype: GGMLQuantizationType, in_features: int) -> None:
         super().__init__()
@@ -57,9 +58,17 @@ class GGUFBlockWeight(nn.Module):
         self.max_error = 0.0  # the weights are the file's, exactly
 
     @classmethod
-    def from_blocks(cls, data: np.ndarray, qtype: GGMLQuantizationType) -> GGUFBlockWeight:
+    def from_blocks(cls, data: np.ndarray, qtype: GGMLQuantizationType):
         block, size = GGML_QUANT_SIZES[qtype]
         return cls(as_tensor(data), qtype, data.shape[1] // size * block)
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+
+class GGUFBlockWeight(BlockBytes):
+    kind = "gguf"
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """x `[M, K]` (any float dtype) -> `[M, N]` float32."""
@@ -78,10 +87,6 @@ class GGUFBlockWeight(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         return self.rows(torch.arange(self.out_features))
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel()
 
 
 class GGUFMultiWeight(nn.Module):

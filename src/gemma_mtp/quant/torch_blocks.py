@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
-from torch import nn
+
+from .blocks import BlockBytes
 
 __all__ = ["TorchBlockWeight", "TORCH_BLOCK_TYPES", "dequantize_blocks", "torch_kernel_ok", "TILE_BYTES"]
 
@@ -302,7 +303,7 @@ def dequantize_blocks(data: torch.Tensor, qtype: GGMLQuantizationType) -> torch.
     return DECODERS[qtype](blocks).view(*lead, width // size * block)
 
 
-class TorchBlockWeight(nn.Module):
+class TorchBlockWeight(BlockBytes):
     """GGUF blocks (`data` uint8 `[N, bytes_per_row]`) with `GGUFBlockWeight`'s interface, on any
     device: products in the activations' dtype, a tile of at most `TILE_BYTES` of float32 weights
     decoded at a time, so a 262,144-row head never exists as floats."""
@@ -310,25 +311,9 @@ class TorchBlockWeight(nn.Module):
     kind = "torch"
 
     def __init__(self, data: torch.Tensor, qtype: GGMLQuantizationType, in_features: int) -> None:
-        super().__init__()
-        block, size = GGML_QUANT_SIZES[qtype]
         if qtype not in DECODERS:
             raise ValueError(f"{qtype.name}: no torch decoder for these blocks")
-        if data.dim() != 2 or data.dtype != torch.uint8 or data.shape[1] != in_features // block * size:
-            raise ValueError(
-                f"{qtype.name}: {in_features} inputs take {in_features // block * size} bytes per row"
-            )
-        self.register_buffer("data", data)
-        self.qtype = qtype
-        self.out_features, self.in_features = data.shape[0], in_features
-        self.max_error = 0.0  # the weights are the file's, exactly
-
-    @classmethod
-    def from_blocks(cls, data: np.ndarray, qtype: GGMLQuantizationType) -> TorchBlockWeight:
-        from .blocks import as_tensor
-
-        block, size = GGML_QUANT_SIZES[qtype]
-        return cls(as_tensor(data), qtype, data.shape[1] // size * block)
+        super().__init__(data, qtype, in_features)
 
     @property
     def tile_rows(self) -> int:
@@ -367,7 +352,3 @@ class TorchBlockWeight(nn.Module):
             stop = start + self.tile_rows
             out[start:stop] = dequantize_blocks(self.data[start:stop], self.qtype)
         return out
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel()

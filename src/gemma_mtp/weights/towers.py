@@ -59,22 +59,28 @@ def has_hf_vision(path: str | Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and bool(_read_json(path).get("vision_config"))
 
 
-def read_vision_config(path: str | Path) -> VisionConfig:
-    path = Path(path)
+def _tower_config(path: Path, key: str, what: str, needs: str) -> tuple[dict, int]:
+    """config.json's ``key`` section (vision_config / audio_config) and the text hidden size, or a
+    ModelFormatError saying the model has no such tower or is not a Gemma 4."""
     data = _read_json(path)
-    vision = data.get("vision_config")
-    if not vision:
+    section = data.get(key)
+    if not section:
         raise ModelFormatError(
-            f"{path / 'config.json'}: this model has no vision tower (no vision_config); "
-            "images need a Gemma 4 checkpoint with one (Gemma4ForConditionalGeneration)"
+            f"{path / 'config.json'}: this model has no {what} tower (no {key}); "
+            f"{needs} need a Gemma 4 checkpoint with one"
         )
     if data.get("model_type") != "gemma4":
         raise ModelFormatError(
-            f"{path / 'config.json'}: vision towers of model_type {data.get('model_type')!r} are not supported "
+            f"{path / 'config.json'}: {what} towers of model_type {data.get('model_type')!r} are not supported "
             "(gemma4 only)"
         )
-    text = data.get("text_config") or {}
-    return vision_config_from_dict(vision, text_hidden_size=int(text.get("hidden_size", 0)), source=str(path))
+    return section, int((data.get("text_config") or {}).get("hidden_size", 0))
+
+
+def read_vision_config(path: str | Path) -> VisionConfig:
+    path = Path(path)
+    vision, hidden = _tower_config(path, "vision_config", "vision", "images (Gemma4ForConditionalGeneration)")
+    return vision_config_from_dict(vision, text_hidden_size=hidden, source=str(path))
 
 
 def _ours(name: str, prefixes=VISION_PREFIXES) -> str | None:
@@ -161,20 +167,8 @@ def has_hf_audio(path: str | Path) -> bool:
 
 def read_audio_config(path: str | Path) -> AudioConfig:
     path = Path(path)
-    data = _read_json(path)
-    audio = data.get("audio_config")
-    if not audio:
-        raise ModelFormatError(
-            f"{path / 'config.json'}: this model has no audio tower (no audio_config); "
-            "audio needs a Gemma 4 checkpoint with one (E2B or E4B)"
-        )
-    if data.get("model_type") != "gemma4":
-        raise ModelFormatError(
-            f"{path / 'config.json'}: audio towers of model_type {data.get('model_type')!r} are not supported "
-            "(gemma4 only)"
-        )
-    text = data.get("text_config") or {}
-    return audio_config_from_dict(audio, text_hidden_size=int(text.get("hidden_size", 0)), source=str(path))
+    audio, hidden = _tower_config(path, "audio_config", "audio", "clips (E2B or E4B)")
+    return audio_config_from_dict(audio, text_hidden_size=hidden, source=str(path))
 
 
 def load_hf_audio(path: str | Path, *, dtype: str = "auto", device: str = "cpu") -> AudioModel:
