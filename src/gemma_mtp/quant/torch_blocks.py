@@ -6,11 +6,14 @@ decodes every type our native kernel reads (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, 
 low-bit Q2_K, Q3_K, IQ4_NL, IQ4_XS, IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M) with
 gguf-py's float32 arithmetic in gguf-py's order, one elementwise op at a time, so the weights are
 `gguf.quants.dequantize`'s bit for bit (the IQ grids are gguf-py's own tables). `TorchBlockWeight`
-multiplies a tile of rows at a time: at most `TILE_BYTES` of float weights exist at once.
+multiplies a tile of rows at a time: at most `TILE_BYTES` of float weights exist at once; on a GPU
+1-8 rows of the types `triton_blocks.py` has a kernel for take it instead, and the other types
+say once that they fall back. `TorchBlockExperts` is a MoE expert stack kept as blocks the same way.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -18,19 +21,34 @@ import torch
 import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf import quants as gq
+from torch import nn
 
-from .blocks import BlockBytes
+from .blocks import BlockBytes, as_tensor
 
-__all__ = ["TorchBlockWeight", "TORCH_BLOCK_TYPES", "dequantize_blocks", "torch_kernel_ok", "TILE_BYTES"]
+__all__ = [
+    "TorchBlockWeight",
+    "TorchBlockExperts",
+    "TORCH_BLOCK_TYPES",
+    "FUSED_DEVICES",
+    "block_linear",
+    "dequantize_blocks",
+    "lookup_table",
+    "torch_kernel_ok",
+    "TILE_BYTES",
+]
 
 Q = GGMLQuantizationType
 TILE_BYTES = 32 << 20  # float weights decoded at once by `linear`
+# Devices where `block_linear` takes the fused Triton kernel (`triton_blocks.py`) for 1-8 rows of
+# its types. The tests add "cpu" to run it through Triton's interpreter (TRITON_INTERPRET=1).
+FUSED_DEVICES = frozenset({"cuda"})
+_ANNOUNCED: set[GGMLQuantizationType] = set()  # types whose fallback from the fused kernel was said
 
 _Decoder = Callable[[torch.Tensor], torch.Tensor]
 _TABLES: dict[tuple[str, torch.device], torch.Tensor] = {}
 
 
-def _table(name: str, device: torch.device) -> torch.Tensor:
+def lookup_table(name: str, device: torch.device) -> torch.Tensor:
     """gguf-py's lookup tables (IQ grids float32 `[rows, cols]`, ksigns, kvalues) on `device`."""
     key = (name, device)
     if key not in _TABLES:
@@ -168,7 +186,7 @@ def _q6_k(b: torch.Tensor) -> torch.Tensor:
 
 
 def _iq4_nl(b: torch.Tensor) -> torch.Tensor:
-    q = _table("kvalues", b.device)[_nibbles(b[:, 2:18].int(), 16).reshape(b.shape[0], 32)]
+    q = lookup_table("kvalues", b.device)[_nibbles(b[:, 2:18].int(), 16).reshape(b.shape[0], 32)]
     return _f16(b, 0) * q
 
 
@@ -178,13 +196,13 @@ def _iq4_xs(b: torch.Tensor) -> torch.Tensor:
     high = _bits(_words(b, 2, 1, 2).view(n), 8, 2, 3)
     sc = (low | (high << 4).int()) - 32
     dl = (_f16(b, 0) * sc.float()).view(n, 8, 1)
-    q = _table("kvalues", b.device)[_nibbles(b[:, 8:136].int(), 16).reshape(n, 8, 32)]
+    q = lookup_table("kvalues", b.device)[_nibbles(b[:, 8:136].int(), 16).reshape(n, 8, 32)]
     return (dl * q).view(n, 256)
 
 
 def _ksigns(index: torch.Tensor) -> torch.Tensor:
     """7-bit sign indices -> `[..., 8]` of +-1 (gguf-py's ksigns table)."""
-    return _signs(_bits(_table("ksigns", index.device)[index], 8, 1, 1))
+    return _signs(_bits(lookup_table("ksigns", index.device)[index], 8, 1, 1))
 
 
 def _half_db(b: torch.Tensor, ls: torch.Tensor, k: float) -> torch.Tensor:
@@ -197,7 +215,7 @@ def _iq2_xxs(b: torch.Tensor) -> torch.Tensor:
     aux = _words(b, 2, 16, 4).view(n, 8, 2)
     db = _half_db(b, aux[..., 1] >> 28, 0.25).view(n, 8, 1, 1)
     signs = _ksigns(_bits(aux[..., 1], 4, 7, 0x7F))  # [n, 8, 4, 8]
-    grid = _table("IQ2_XXS", b.device)[b[:, 2:66].view(n, 8, 2, 4)[:, :, 0].long()]
+    grid = lookup_table("IQ2_XXS", b.device)[b[:, 2:66].view(n, 8, 2, 4)[:, :, 0].long()]
     return (db * grid * signs).view(n, 256)
 
 
@@ -206,7 +224,7 @@ def _iq2_xs(b: torch.Tensor) -> torch.Tensor:
     qs = _words(b, 2, 32, 2)
     db = _half_db(b, _nibbles(b[:, 66:74].int(), 1).reshape(n, 16), 0.25).view(n, 16, 1, 1)
     signs = _ksigns(qs >> 9).view(n, 16, 2, 8)
-    grid = _table("IQ2_XS", b.device)[qs & 511].view(n, 16, 2, 8)
+    grid = lookup_table("IQ2_XS", b.device)[qs & 511].view(n, 16, 2, 8)
     return (db * grid * signs).view(n, 256)
 
 
@@ -215,7 +233,7 @@ def _iq2_s(b: torch.Tensor) -> torch.Tensor:
     db = _half_db(b, _nibbles(b[:, 74:82].int(), 1).reshape(n, 16), 0.25).view(n, 16, 1, 1)
     signs = _signs(_bits(b[:, 34:66].int(), 8, 1, 1)).view(n, 16, 2, 8)
     index = b[:, 2:34].long() | (_bits(b[:, 66:74].long(), 4, 2, 3).reshape(n, 32) << 8)
-    grid = _table("IQ2_S", b.device)[index].view(n, 16, 2, 8)
+    grid = lookup_table("IQ2_S", b.device)[index].view(n, 16, 2, 8)
     return (db * grid * signs).view(n, 256)
 
 
@@ -224,7 +242,7 @@ def _iq3_xxs(b: torch.Tensor) -> torch.Tensor:
     aux = _words(b, 66, 8, 4)
     db = _half_db(b, aux >> 28, 0.5).view(n, 8, 1, 1)
     signs = _ksigns(_bits(aux, 4, 7, 0x7F))
-    grid = _table("IQ3_XXS", b.device)[b[:, 2:66].long()].view(n, 8, 4, 8)
+    grid = lookup_table("IQ3_XXS", b.device)[b[:, 2:66].long()].view(n, 8, 4, 8)
     return (db * grid * signs).view(n, 256)
 
 
@@ -234,7 +252,7 @@ def _iq3_s(b: torch.Tensor) -> torch.Tensor:
     db = (_f16(b, 0) * (1 + 2 * ls).float()).view(n, 8, 1, 1)
     signs = _signs(_bits(b[:, 74:106].int(), 8, 1, 1)).view(n, 8, 4, 8)
     index = b[:, 2:66].long() | (_bits(b[:, 66:74].long(), 8, 1, 1).reshape(n, 64) << 8)
-    grid = _table("IQ3_S", b.device)[index].view(n, 8, 4, 8)
+    grid = lookup_table("IQ3_S", b.device)[index].view(n, 8, 4, 8)
     return (db * grid * signs).view(n, 256)
 
 
@@ -248,7 +266,7 @@ def _iq1_s(b: torch.Tensor) -> torch.Tensor:
     dl = (_f16(b, 0) * (2 * ((qh >> 12) & 7) + 1).float()).view(n, 8, 1, 1)
     delta = _delta(qh & 0x8000).view(n, 8, 1, 1)
     index = b[:, 2:34].long() | (_bits(qh, 4, 3, 7).reshape(n, 32) << 8)
-    grid = _table("IQ1_S", b.device)[index].view(n, 8, 4, 8)
+    grid = lookup_table("IQ1_S", b.device)[index].view(n, 8, 4, 8)
     return (dl * (grid + delta)).view(n, 256)
 
 
@@ -261,7 +279,7 @@ def _iq1_m(b: torch.Tensor) -> torch.Tensor:
     qh = _bits(b[:, 32:48].long(), 2, 4, 0xF).reshape(n, 32)
     index = b[:, :32].long() | ((qh & 7) << 8)
     delta = _delta(qh & 8).view(n, 8, 2, 2, 1)
-    grid = _table("IQ1_M", b.device)[index].view(n, 8, 2, 2, 8)
+    grid = lookup_table("IQ1_M", b.device)[index].view(n, 8, 2, 2, 8)
     return (dl * (grid + delta)).view(n, 256)
 
 
@@ -303,6 +321,48 @@ def dequantize_blocks(data: torch.Tensor, qtype: GGMLQuantizationType) -> torch.
     return DECODERS[qtype](blocks).view(*lead, width // size * block)
 
 
+def _fused(qtype: GGMLQuantizationType, x: torch.Tensor) -> bool:
+    """Whether `x` times `qtype` blocks takes the fused Triton kernel; on a device where it would,
+    a type without one says so (a warning, once per type), never silently."""
+    if x.device.type not in FUSED_DEVICES:
+        return False
+    from .triton_blocks import MAX_ROWS, why_not_fused
+
+    why = why_not_fused(qtype)
+    if why is not None:
+        if qtype not in _ANNOUNCED:
+            _ANNOUNCED.add(qtype)
+            warnings.warn(
+                f"{qtype.name} blocks on {x.device.type}: {why}; the torch-ops path decodes a tile "
+                "of rows at a time and multiplies instead (slower)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return False
+    return 1 <= x.shape[0] <= MAX_ROWS
+
+
+def block_linear(x: torch.Tensor, data: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
+    """x `[M, K]` times the blocks `data` uint8 `[N, bytes_per_row]` transposed -> `[M, N]` in x's
+    dtype: the fused Triton kernel for 1-8 rows of its types on a GPU, else W decoded a tile of
+    at most `TILE_BYTES` at a time and multiplied in x's dtype."""
+    x = x.to(data.device)
+    if _fused(qtype, x):
+        from .triton_blocks import triton_linear
+
+        return triton_linear(x, data, qtype).to(x.dtype)
+    block, size = GGML_QUANT_SIZES[qtype]
+    n_rows, in_features = data.shape[0], data.shape[1] // size * block
+    step = max(1, TILE_BYTES // (4 * in_features))
+    if step >= n_rows:
+        return F.linear(x, dequantize_blocks(data, qtype).to(x.dtype))
+    out = x.new_empty(x.shape[0], n_rows)
+    for start in range(0, n_rows, step):
+        tile = dequantize_blocks(data[start : start + step], qtype).to(x.dtype)
+        out[:, start : start + step] = F.linear(x, tile)
+    return out
+
+
 class TorchBlockWeight(BlockBytes):
     """GGUF blocks (`data` uint8 `[N, bytes_per_row]`) with `GGUFBlockWeight`'s interface, on any
     device: products in the activations' dtype, a tile of at most `TILE_BYTES` of float32 weights
@@ -320,21 +380,8 @@ class TorchBlockWeight(BlockBytes):
         return max(1, TILE_BYTES // (4 * self.in_features))
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """x `[M, K]` -> `[M, N]` in x's dtype: `x @ W.T` with W decoded tile by tile."""
-        x = x.to(self.data.device)
-        if x.is_cuda:  # 1-8 rows of a common type: the fused Triton kernel, where triton imports
-            from .triton_blocks import triton_linear, triton_ok
-
-            if triton_ok(self.qtype, x.shape[0]):
-                return triton_linear(x, self.data, self.qtype).to(x.dtype)
-        step = self.tile_rows
-        if step >= self.out_features:
-            return F.linear(x, dequantize_blocks(self.data, self.qtype).to(x.dtype))
-        out = x.new_empty(x.shape[0], self.out_features)
-        for start in range(0, self.out_features, step):
-            tile = dequantize_blocks(self.data[start : start + step], self.qtype).to(x.dtype)
-            out[:, start : start + step] = F.linear(x, tile)
-        return out
+        """x `[M, K]` -> `[M, N]` in x's dtype: `x @ W.T` (`block_linear`)."""
+        return block_linear(x, self.data, self.qtype)
 
     def linear_rows(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x `[M, K]`, ids `[M, n]` -> `[M, n]` float32: `linear(x)[m, ids[m]]` without the other rows."""
@@ -352,3 +399,47 @@ class TorchBlockWeight(BlockBytes):
             stop = start + self.tile_rows
             out[start:stop] = dequantize_blocks(self.data[start:stop], self.qtype)
         return out
+
+
+class TorchBlockExperts(nn.Module):
+    """A MoE expert stack kept as its GGUF blocks, `data` uint8 `[E, N, bytes_per_row]` (the
+    file's 3-D tensor): `linear(x, e)` multiplies by expert e's matrix alone (`block_linear` on
+    its rows: a view, nothing gathered), so only the experts the router picks are decoded."""
+
+    kind = "torch"
+
+    def __init__(self, data: torch.Tensor, qtype: GGMLQuantizationType, in_features: int) -> None:
+        super().__init__()
+        block, size = GGML_QUANT_SIZES[qtype]
+        if qtype not in DECODERS:
+            raise ValueError(f"{qtype.name}: no torch decoder for these blocks")
+        if data.dim() != 3 or data.dtype != torch.uint8 or data.shape[2] != in_features // block * size:
+            raise ValueError(
+                f"{qtype.name} experts: uint8 [experts, rows, {in_features // block * size}] for "
+                f"{in_features} inputs, got {data.dtype} {list(data.shape)}"
+            )
+        self.register_buffer("data", data)
+        self.qtype = qtype
+        self.n_experts, self.out_features, self.in_features = data.shape[0], data.shape[1], in_features
+
+    @classmethod
+    def from_blocks(cls, data: np.ndarray, qtype: GGMLQuantizationType) -> TorchBlockExperts:
+        block, size = GGML_QUANT_SIZES[qtype]
+        return cls(as_tensor(data), qtype, data.shape[-1] // size * block)
+
+    @property
+    def shape(self) -> torch.Size:
+        """The float stack's shape `[E, N, K]` (what code written for a 3-D parameter reads)."""
+        return torch.Size((self.n_experts, self.out_features, self.in_features))
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def linear(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        """x `[M, K]` -> `[M, N]` in x's dtype: x times expert `expert`'s matrix transposed."""
+        return block_linear(x, self.data[expert], self.qtype)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 stack `[E, N, K]`, exactly gguf-py's weights."""
+        return torch.stack([dequantize_blocks(self.data[e], self.qtype) for e in range(self.n_experts)])
