@@ -1,6 +1,13 @@
-"""The Gemma 4 26B-A4B mixture-of-experts block that runs beside the dense MLP."""
+"""The Gemma 4 26B-A4B mixture-of-experts block that runs beside the dense MLP.
+
+An expert stack is a float parameter `[E, N, K]` or, kept as the GGUF file's blocks, a
+`quant.torch_blocks.TorchBlockExperts` (`Experts.keep_blocks`): either way only the experts some
+token picked are multiplied, and with blocks only those experts' weights are decoded.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -8,6 +15,9 @@ from torch import nn
 from .. import observe
 from ..config import TextConfig
 from .common import ACTIVATIONS, Linear, RMSNorm
+
+if TYPE_CHECKING:
+    from ..quant.torch_blocks import TorchBlockExperts
 
 __all__ = ["Router", "Experts"]
 
@@ -32,7 +42,8 @@ class Router(nn.Module):
 
 
 class Experts(nn.Module):
-    """Expert weights stored as 3-D tensors, as in the checkpoints: [E, 2*I, D] and [E, D, I]."""
+    """Expert weights stored as 3-D tensors, as in the checkpoints: [E, 2*I, D] and [E, D, I]
+    (float parameters, or GGUF blocks after `keep_blocks`)."""
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
@@ -48,10 +59,29 @@ class Experts(nn.Module):
             token, slot = torch.where(ids == expert)
             if observe.OBSERVER is not None:
                 observe.OBSERVER(self.gate_up_proj, x[token], expert)
-            gate, up = nn.functional.linear(x[token], self.gate_up_proj[expert]).chunk(2, dim=-1)
+            gate, up = _expert_linear(self.gate_up_proj, x[token], expert).chunk(2, dim=-1)
             hidden = self.act(gate) * up
             if observe.OBSERVER is not None:
                 observe.OBSERVER(self.down_proj, hidden, expert)
-            y = nn.functional.linear(hidden, self.down_proj[expert])
+            y = _expert_linear(self.down_proj, hidden, expert)
             out.index_add_(0, token, (y * weights[token, slot, None]).to(out.dtype))
         return out
+
+    def keep_blocks(self, gate_up: TorchBlockExperts, down: TorchBlockExperts) -> None:
+        """Hold both stacks as GGUF blocks instead of float parameters (the parameters go; the
+        state dict then has `gate_up_proj.data` / `down_proj.data`, the file's bytes)."""
+        for name, stack in (("gate_up_proj", gate_up), ("down_proj", down)):
+            want = tuple(getattr(self, name).shape)
+            if tuple(stack.shape) != want:
+                raise ValueError(
+                    f"experts.{name}: blocks of shape {list(stack.shape)}, the model has {list(want)}"
+                )
+            delattr(self, name)
+            setattr(self, name, stack)
+
+
+def _expert_linear(stack: torch.Tensor | TorchBlockExperts, x: torch.Tensor, expert: int) -> torch.Tensor:
+    """x `[M, K]` times expert `expert`'s matrix `[N, K]` transposed, whichever form the stack has."""
+    if isinstance(stack, torch.Tensor):
+        return nn.functional.linear(x, stack[expert])
+    return stack.linear(x, expert)
