@@ -38,13 +38,14 @@ def audio_kwargs(**overrides):
     return kwargs
 
 
-def build_e2b_audio(path: Path, *, seed: int = 13, vision: bool = False) -> ref.Reference:
+def build_e2b_audio(path: Path, *, seed: int = 13, vision: bool = False, audio=None) -> ref.Reference:
+    """`audio`: overrides of `audio_kwargs`."""
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 
     config = Gemma4Config(
         text_config=ref.e2b_text_kwargs(),
         vision_config=mref.vision_kwargs() if vision else None,
-        audio_config=audio_kwargs(),
+        audio_config=audio_kwargs(**(audio or {})),
         image_token_id=mref.IMAGE_TOKEN,
         audio_token_id=mref.AUDIO_TOKEN,
         video_token_id=ref.VOCAB - 3,
@@ -111,3 +112,23 @@ def hf_audio_features(model, clips) -> list[torch.Tensor]:
 
 def audio_placeholder(n: int) -> list[int]:
     return [mref.BOA] + [mref.AUDIO_TOKEN] * n + [mref.EOA]
+
+
+SKIPPED_KEYS = ("GGUF.", "general.name", "general.size_label")  # the file's name, not its content
+
+
+def gguf_digest(path) -> str:
+    """sha256 over a GGUF's tensors (name, type, shape, bytes, in file order) and its metadata keys and
+    values (but the name and size label): equal digests, equal content."""
+    import hashlib
+
+    from gguf import GGUFReader
+
+    reader = GGUFReader(path)
+    digest = hashlib.sha256()
+    for t in reader.tensors:
+        digest.update(f"{t.name}|{t.tensor_type.name}|{[int(n) for n in t.shape]}|".encode())
+        digest.update(np.ascontiguousarray(t.data).tobytes())
+    fields = {k: f.contents() for k, f in reader.fields.items() if not k.startswith(SKIPPED_KEYS)}
+    digest.update(repr(sorted(fields.items())).encode())
+    return digest.hexdigest()

@@ -132,7 +132,8 @@ def add_mmproj_argument(group: _Group, defaults: Any) -> None:
         "--mmproj",
         metavar="FILE",
         default=defaults.mmproj,
-        help="the vision tower as llama.cpp's mmproj GGUF, for a GGUF target (a HF checkpoint has its own)",
+        help="the media towers (vision, and audio where converted from E2B/E4B) as llama.cpp's mmproj "
+        "GGUF, for a GGUF target (a HF checkpoint has its own)",
     )
 
 

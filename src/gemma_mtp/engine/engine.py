@@ -59,7 +59,7 @@ class Engine:
         self.load_s = 0.0
         self.stats: dict[str, SpecStats] = {}  # cumulative, per strategy
         self.media: MediaEncoder | None = None  # the vision tower, loaded on the first image
-        self.mmproj: str | None = None  # llama.cpp's --mmproj: the vision tower's GGUF, if separate
+        self.mmproj: str | None = None  # llama.cpp's --mmproj: the media towers' GGUF, if separate
         self.decoder = BatchDecoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
         drafters: dict[str, Drafter] = {"ngram": NgramDrafter()}
         if isinstance(drafter, AssistantModel):

@@ -213,7 +213,17 @@ def expand_media(
 def no_audio_error(model: str) -> MediaError:
     return MediaError(
         f"{model}: this model has no audio tower, so it cannot take audio; use a Gemma 4 E2B or E4B "
-        "checkpoint with one (Gemma4ForConditionalGeneration with an audio_config)"
+        "checkpoint with one (Gemma4ForConditionalGeneration with an audio_config), or for a GGUF pass "
+        "an mmproj file with an audio tower with --mmproj"
+    )
+
+
+def unified_error(model: str) -> MediaError:
+    return MediaError(
+        f"{model}: the 12B unified Gemma 4 (gemma4_unified) has no vision or audio tower: it feeds raw "
+        "image patches and raw 640-sample waveform frames through its own embedders (embed_vision, "
+        "embed_audio), which gemma-mtp does not run yet; its text works, and images and audio work "
+        "with the E2B/E4B models"
     )
 
 
@@ -234,13 +244,17 @@ def load_media_encoder(
     vocab_size: int | None = None,
     tokens: MediaTokens | None = None,
 ) -> MediaEncoder:
-    """The media towers of a HF Gemma 4 directory (`model`: vision now, audio on the first clip) or the
-    vision tower of a llama.cpp mmproj GGUF (`mmproj`), ready to encode; `prepare` raises MediaError
+    """The media towers of a HF Gemma 4 directory (`model`) or of a llama.cpp mmproj GGUF (`mmproj`):
+    vision now, audio on the first clip, ready to encode; `prepare` raises MediaError
     for media whose tower the model lacks. `bidirectional`: the text config's
     `use_bidirectional_attention`; `tokens`: the marker ids for an mmproj (default: the released ids)."""
     from ..weights.towers import has_hf_vision, load_hf_vision
 
     path = Path(model)
+    config = path / "config.json"
+    data = json.loads(config.read_text()) if path.is_dir() and config.is_file() else {}
+    if data.get("model_type") == "gemma4_unified":
+        raise unified_error(model)
     if bidirectional == "vision":
         # those models let image tokens attend to each other on sliding layers; our KV cache
         # masks are causal only, so their soft tokens would be read wrongly
@@ -249,30 +263,63 @@ def load_media_encoder(
             "is not supported yet; images work with the E2B/E4B-style causal models"
         )
     if mmproj is not None:
-        from ..weights.mmproj import load_mmproj_vision
-
-        vision = load_mmproj_vision(mmproj, dtype=dtype, device=device)
-        tokens = tokens or MediaTokens()  # an mmproj names no token ids
-        if vocab_size is not None and max(tokens.image, tokens.boi, tokens.eoi) >= vocab_size:
-            raise MediaError(
-                f"{model}: its vocabulary ({vocab_size} tokens) has no Gemma 4 image tokens "
-                f"({tokens.boi}, {tokens.image}, {tokens.eoi}); --mmproj needs a Gemma 4 target"
-            )
-        cfg = vision.config
-        options = ImageOptions(patch_size=cfg.patch_size, pooling_kernel_size=cfg.pooling_kernel_size)
-        return MediaEncoder(vision, tokens=tokens, options=options, source=model)
+        return _mmproj_encoder(
+            model, mmproj, dtype=dtype, device=device, vocab_size=vocab_size, tokens=tokens
+        )
     from ..weights.towers import has_hf_audio, load_hf_audio
 
     # a model without a tower still gets an encoder: `prepare` names the tower a request lacks
     vision = load_hf_vision(path, dtype=dtype, device=device) if has_hf_vision(path) else None
     with_audio = has_hf_audio(path)
-    config = path / "config.json"
-    data = json.loads(config.read_text()) if path.is_dir() and config.is_file() else {}
     return MediaEncoder(
         vision,
         tokens=MediaTokens.from_config(data),
         options=image_options_for(path, vision) if vision is not None else None,
         audio=(lambda: load_hf_audio(path, dtype=dtype, device=device)) if with_audio else None,
         audio_options=audio_options_for(path) if with_audio else None,
+        source=model,
+    )
+
+
+def _mmproj_encoder(
+    model: str, mmproj: str, *, dtype: str, device: str, vocab_size: int | None, tokens: MediaTokens | None
+) -> MediaEncoder:
+    """The towers an mmproj holds (`clip.has_vision_encoder`, `clip.has_audio_encoder`); the extractor
+    settings are transformers' defaults (an mmproj carries only the mel bins, llama.cpp fixes the rest)."""
+    from ..gguf.reader import open_gguf
+    from ..weights.mmproj import is_vision_mmproj, load_mmproj_vision
+    from ..weights.mmproj_audio import is_audio_mmproj, load_mmproj_audio, mel_bins, mmproj_audio_config
+
+    gguf = open_gguf(mmproj)
+    has_vision, has_audio = is_vision_mmproj(gguf), is_audio_mmproj(gguf)
+    if not has_vision and not has_audio:
+        raise ModelFormatError(
+            f"{mmproj}: not an mmproj (general.architecture {gguf.arch!r}, neither clip.has_vision_encoder "
+            "nor clip.has_audio_encoder); --mmproj takes the towers' file that llama.cpp's converter "
+            "writes with --mmproj"
+        )
+    tokens = tokens or MediaTokens()  # an mmproj names no token ids
+    for kind, present in (("image", has_vision), ("audio", has_audio)):
+        ids = tokens.markers(kind)
+        if present and vocab_size is not None and max(ids) >= vocab_size:
+            raise MediaError(
+                f"{model}: its vocabulary ({vocab_size} tokens) has no Gemma 4 {kind} tokens "
+                f"({', '.join(map(str, sorted(ids)))}); --mmproj needs a Gemma 4 target"
+            )
+    vision = load_mmproj_vision(mmproj, dtype=dtype, device=device) if has_vision else None
+    options = None
+    if vision is not None:
+        cfg = vision.config
+        options = ImageOptions(patch_size=cfg.patch_size, pooling_kernel_size=cfg.pooling_kernel_size)
+    audio_options = None
+    if has_audio:
+        mmproj_audio_config(gguf)  # a bad audio tower is an error now, not at the first clip
+        audio_options = AudioOptions(feature_size=mel_bins(gguf))
+    return MediaEncoder(
+        vision,
+        tokens=tokens,
+        options=options,
+        audio=(lambda: load_mmproj_audio(mmproj, dtype=dtype, device=device)) if has_audio else None,
+        audio_options=audio_options,
         source=model,
     )

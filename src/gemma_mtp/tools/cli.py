@@ -63,7 +63,7 @@ def convert_command(args: argparse.Namespace) -> int:
         if args.centroids_from:
             raise UsageError("--centroids-from applies to a drafter .gguf; a checkpoint keeps its own head")
         kwargs = {"out_type": args.outtype.upper()} if args.outtype else {}
-        if args.mmproj:  # llama.cpp's converter flag: the media tower only, as its mmproj file
+        if args.mmproj:  # llama.cpp's converter flag: the media towers only, as its mmproj file
             from ..weights.mmproj import write_mmproj
 
             path = write_mmproj(src, check_output(src, out), **kwargs)
@@ -297,7 +297,7 @@ def add_gguf_commands(subparsers: Any) -> None:
     p.add_argument("--keep-centroids", action="store_true",
                    help="keep a drafter's centroid head in mainline output (llama.cpp cannot load such a file)")  # fmt: skip
     p.add_argument("--mmproj", action="store_true",
-                   help="write the vision tower as llama.cpp's mmproj GGUF (for --mmproj at run time)")  # fmt: skip
+                   help="write the media towers (vision, and audio when the checkpoint has one) as llama.cpp's mmproj GGUF (for --mmproj at run time)")  # fmt: skip
     p.add_argument("--centroids-from", metavar="HF_DIR",
                    help="put the centroid head back into a drafter .gguf from its HF assistant checkpoint")  # fmt: skip
 

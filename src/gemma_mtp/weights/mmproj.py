@@ -6,7 +6,8 @@ The layout is what llama.cpp's converter (`Gemma4VisionAudioModel`) writes: name
 `input_proj` reads patches as (row, col, channel)), scalar clip bounds as 1-element tensors.
 Metadata carries no kv-head count, pooling size or RoPE theta: kv heads come from `attn_k`'s shape,
 the pooling size from `clip.vision.projector.scale_factor` (llama.cpp's default 3) and theta is
-llama.cpp's fixed 100 (transformers' default). Audio tensors (`a.*`, `mm.a.*`) are not read here.
+llama.cpp's fixed 100 (transformers' default). The audio tower's tensors (`a.*`, `mm.a.*`) and
+keys are `weights.mmproj_audio`'s; `write_mmproj` writes both towers when the checkpoint has both.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from ..errors import ModelFormatError
 from ..gguf.reader import GGUFFile, open_gguf, tensor_shape, tensor_values
 from ..gguf.writer import Entry, encode_tensor, write_gguf
 from ..models.vision import VisionConfig, VisionModel
+from .mmproj_audio import is_audio_tensor
 from .placement import resolve_dtype
 from .towers import build_vision, finish_vision, load_state_strict, read_vision_config
 
-__all__ = ["MMPROJ_NAMES", "load_mmproj_vision", "write_mmproj", "is_vision_mmproj"]
+__all__ = ["MMPROJ_NAMES", "load_mmproj_vision", "write_mmproj", "is_vision_mmproj", "mmproj_config"]
 
 V = "clip.vision."
 # our module path (prefix) -> GGUF name (prefix); {i} is the layer
@@ -83,6 +85,11 @@ def mmproj_config(gguf: GGUFFile) -> VisionConfig:
         raise ModelFormatError(
             f"{path}: not a vision mmproj (general.architecture {gguf.arch!r}, no clip.has_vision_encoder)"
         )
+    if kind == "gemma4uv":
+        raise ModelFormatError(
+            f"{path}: vision projector_type 'gemma4uv' is the 12B unified model's encoder-free embedder "
+            "(raw image patches), which gemma-mtp does not run; images work with gemma4v towers"
+        )
     if kind != "gemma4v":
         raise ModelFormatError(f"{path}: vision projector_type {kind!r} is not supported (gemma4v)")
 
@@ -137,7 +144,7 @@ def load_mmproj_vision(path: str | Path, *, dtype: str = "auto", device: str = "
     tensors: dict[str, torch.Tensor] = {}
     unexpected = []
     for name, info in gguf.tensors.items():
-        if name.startswith(("a.", "mm.a.")):  # the audio tower, not read here
+        if is_audio_tensor(name):  # the audio tower: load_mmproj_audio
             continue
         if name not in names:
             unexpected.append(name)
@@ -153,7 +160,7 @@ def load_mmproj_vision(path: str | Path, *, dtype: str = "auto", device: str = "
     return finish_vision(model, device)
 
 
-def _entries(config: VisionConfig, name: str, file_type: int) -> list[Entry]:
+def _vision_entries(config: VisionConfig, name: str, file_type: int) -> list[Entry]:
     u32, f32, s = GGUFValueType.UINT32, GGUFValueType.FLOAT32, GGUFValueType.STRING
     b = GGUFValueType.BOOL
     return [
@@ -170,40 +177,70 @@ def _entries(config: VisionConfig, name: str, file_type: int) -> list[Entry]:
         Entry(V + "attention.head_count", config.num_heads, u32),
         Entry(V + "image_mean", [0.0, 0.0, 0.0], GGUFValueType.ARRAY, f32),
         Entry(V + "image_std", [1.0, 1.0, 1.0], GGUFValueType.ARRAY, f32),
-        Entry(V + "projector_type", "gemma4v", s),
-        Entry(V + "attention.layer_norm_epsilon", config.rms_norm_eps, f32),
-        Entry("general.quantization_version", 2, u32),
     ]
 
 
+def _vision_projector_entries(config: VisionConfig) -> list[Entry]:
+    return [
+        Entry(V + "projector_type", "gemma4v", GGUFValueType.STRING),
+        Entry(V + "attention.layer_norm_epsilon", config.rms_norm_eps, GGUFValueType.FLOAT32),
+    ]
+
+
+def _vision_tensors(
+    model: VisionModel, out_type: str
+) -> Iterator[tuple[str, np.ndarray, GGMLQuantizationType]]:
+    config = model.config
+    for ours, value in sorted(model.state_dict().items()):
+        name = gguf_name(ours)
+        v = value.float()
+        if ours.endswith("patch_embedder.input_proj.weight"):
+            p = config.patch_size
+            v = v.reshape(config.hidden_size, p, p, 3).permute(0, 3, 1, 2)
+        elif ours.endswith(CLIPS):
+            v = v.reshape(1)
+        kind = "F32" if name.startswith("v.position_embd") else out_type
+        if name == "v.patch_embd.weight":  # llama.cpp: F16 for --outtype f16, else F32
+            kind = "F16" if out_type == "F16" else "F32"
+        data, qtype = encode_tensor(v.contiguous().numpy(), kind, name)
+        yield name, data, qtype
+
+
 def write_mmproj(hf_dir: str | Path, out: str | Path, *, out_type: str = "F32") -> Path:
-    """The vision tower of a HF Gemma 4 checkpoint as a llama.cpp mmproj GGUF (what its converter's
-    `--mmproj` writes). Matrices take `out_type`; norms, clip bounds and the position table stay F32."""
+    """The media towers of a HF Gemma 4 checkpoint as a llama.cpp mmproj GGUF (what its converter's
+    `--mmproj` writes): the vision tower, and the audio tower too when the checkpoint has one.
+    Matrices take `out_type`; norms, clip bounds, the position table, the patch embedding (F16 at
+    `out_type` F16) and the audio convolutions stay F32."""
     from ..gguf.writer import OUT_TYPES
-    from .towers import load_hf_vision
+    from .mmproj_audio import audio_entries, audio_projector_entries, audio_tensors, check_writable
+    from .towers import has_hf_audio, load_hf_audio, load_hf_vision, read_audio_config
 
     hf_dir = Path(hf_dir)
-    config = read_vision_config(hf_dir)
+    config = read_vision_config(hf_dir)  # (llama.cpp's converter, too, needs a vision tower)
     if config.head_dim * config.num_heads != config.hidden_size:
         raise ModelFormatError(
             f"{hf_dir}: vision head_dim {config.head_dim} x {config.num_heads} heads != width "
             f"{config.hidden_size}; an mmproj cannot say so (llama.cpp derives head_dim)"
         )
-    model = load_hf_vision(hf_dir, dtype="float32")
+    audio_config = read_audio_config(hf_dir) if has_hf_audio(hf_dir) else None
+    if audio_config is not None:
+        check_writable(audio_config, str(hf_dir))
+    vision = load_hf_vision(hf_dir, dtype="float32")
+    audio = load_hf_audio(hf_dir, dtype="float32") if audio_config is not None else None
+    file_type = int(OUT_TYPES[out_type][1])
+    entries = _vision_entries(config, hf_dir.name, file_type)
+    if audio_config is not None:
+        entries += audio_entries(audio_config)
+    entries += _vision_projector_entries(config)
+    if audio_config is not None:
+        entries += audio_projector_entries(audio_config)
+    entries.append(Entry("general.quantization_version", 2, GGUFValueType.UINT32))
 
     def tensors() -> Iterator[tuple[str, np.ndarray, GGMLQuantizationType]]:
-        # in the checkpoint's (sorted) order, as llama.cpp's converter writes them
-        for ours, value in sorted(model.state_dict().items()):
-            name = gguf_name(ours)
-            v = value.float()
-            if ours.endswith("patch_embedder.input_proj.weight"):
-                p = config.patch_size
-                v = v.reshape(config.hidden_size, p, p, 3).permute(0, 3, 1, 2)
-            elif ours.endswith(CLIPS):
-                v = v.reshape(1)
-            kind = out_type if not name.startswith("v.position_embd") else "F32"
-            data, qtype = encode_tensor(v.contiguous().numpy(), kind, name)
-            yield name, data, qtype
+        # in the checkpoint's (sorted) order, as llama.cpp's converter writes them: model.audio_tower,
+        # model.embed_audio, then the vision tensors
+        if audio is not None:
+            yield from audio_tensors(dict(sorted(audio.state_dict().items())), out_type)
+        yield from _vision_tensors(vision, out_type)
 
-    file_type = int(OUT_TYPES[out_type][1])
-    return write_gguf(out, "clip", _entries(config, hf_dir.name, file_type), tensors())
+    return write_gguf(out, "clip", entries, tensors())
