@@ -1,6 +1,7 @@
 """``gemma-mtp chat``: an interactive conversation with history, rendered with the model's template.
 
-One input line is one user message. ``/reset`` clears the history, ``/exit`` (or end of input,
+One input line is one user message; ``/image PATH`` and ``/audio PATH`` (a WAV clip) go with the
+next one and stay in the history. ``/reset`` clears the history, ``/exit`` (or end of input,
 Ctrl-D) quits. Ctrl-C during an answer stops that answer; what was shown of it stays in the
 history (the next turn sees what the user saw) and the session goes on. When stdin is not a
 terminal, lines are read as a script, which is how the tests drive it.
@@ -46,7 +47,11 @@ RESET_COMMAND = "/reset"
 EXIT_COMMANDS = ("/exit", "/quit")
 _DIM, _PLAIN = "\x1b[2m", "\x1b[0m"
 IMAGE_COMMAND = "/image"  # llama.cpp's mtmd-cli: `/image PATH` goes with the next message
-_HELLO = "chat: /image PATH adds an image, /reset clears the history, /exit or Ctrl-D quits, Ctrl-C stops an answer"
+AUDIO_COMMAND = "/audio"  # (and `/audio PATH`, a WAV clip, likewise)
+_HELLO = (
+    "chat: /image PATH adds an image, /audio PATH a WAV clip, /reset clears the history, "
+    "/exit or Ctrl-D quits, Ctrl-C stops an answer"
+)
 
 
 def chat_command(args: argparse.Namespace) -> int:
@@ -74,9 +79,11 @@ def chat_command(args: argparse.Namespace) -> int:
             continue
         if command in EXIT_COMMANDS:
             break
-        if command.startswith(IMAGE_COMMAND + " "):
+        attach = {IMAGE_COMMAND: session.attach, AUDIO_COMMAND: session.attach_audio}
+        name, _, path = command.partition(" ")
+        if name in attach:
             try:
-                session.attach(command[len(IMAGE_COMMAND) :].strip())
+                attach[name](path.strip())
             except GemmaMTPError as exc:
                 print(f"error: {exc}", file=sys.stderr)
             continue
@@ -90,9 +97,10 @@ def chat_command(args: argparse.Namespace) -> int:
         except ContextOverflowError as exc:
             print(f"error: {exc}; {RESET_COMMAND} clears the history", file=sys.stderr)
             continue
-        except MediaError as exc:  # e.g. a model without a vision tower: the images are dropped
+        except MediaError as exc:  # e.g. a model without a vision tower: the pending media are dropped
             print(f"error: {exc}", file=sys.stderr)
             session.pending.clear()
+            session.pending_audio.clear()
             continue
         if not options.quiet:
             stopped = "[stopped] " if result.stop_reason == "cancelled" else ""
@@ -136,25 +144,49 @@ class ChatSession:
         self.messages: list[dict[str, Any]] = []  # user and assistant turns, no system message
         self.images: list[str] = []  # the history's images, in order (every turn re-reads them all)
         self.pending: list[str] = []  # `/image` files for the next message
+        self.audio: list[str] = []  # the history's clips, in order
+        self.pending_audio: list[str] = []  # `/audio` files for the next message
 
     def reset(self) -> None:
         self.messages.clear()
-        self.images.clear()
-        self.pending.clear()
+        for media in (self.images, self.pending, self.audio, self.pending_audio):
+            media.clear()
 
     def attach(self, path: str) -> None:
         """Check an image now (a bad file is an error here, not after the next message)."""
         from gemma_mtp.engine.media import MAX_IMAGE_BYTES
         from gemma_mtp.media.image import open_image
 
+        if not path:
+            raise MediaError(f"{IMAGE_COMMAND} needs a file: {IMAGE_COMMAND} PATH")
         open_image(path, max_bytes=MAX_IMAGE_BYTES)
         self.pending.append(path)
+
+    def attach_audio(self, path: str) -> None:
+        """Check a WAV clip now, as `attach` does an image."""
+        from gemma_mtp.engine.media import MAX_AUDIO_BYTES
+        from gemma_mtp.media.audio import read_wav
+
+        if not path:
+            raise MediaError(f"{AUDIO_COMMAND} needs a WAV file: {AUDIO_COMMAND} PATH")
+        read_wav(path, max_bytes=MAX_AUDIO_BYTES)
+        self.pending_audio.append(path)
+
+    def _user_message(self, user_text: str) -> dict[str, Any]:
+        return {
+            "role": "user",
+            "content": user_content(user_text, len(self.pending), len(self.pending_audio)),
+        }
+
+    def _media(self) -> dict[str, list[str]]:
+        """The images and clips of the history and of the next message, in order, as `stream` takes them."""
+        images, audio = self.images + self.pending, self.audio + self.pending_audio
+        return {**({"images": images} if images else {}), **({"audio": audio} if audio else {})}
 
     def prompt_ids(self, user_text: str) -> list[int]:
         system = self.options.system_prompt
         head = [{"role": "system", "content": system}] if system else []
-        user = {"role": "user", "content": user_content(user_text, len(self.pending))}
-        messages = [*head, *self.messages, user]
+        messages = [*head, *self.messages, self._user_message(user_text)]
         rendered = self.template.render(messages, enable_thinking=self.options.enable_thinking)
         return self.engine.tokenizer.encode(rendered)
 
@@ -170,7 +202,7 @@ class ChatSession:
             sampling=self.sampling,
             spec=self.spec,
             result=result,
-            **({"images": self.images + self.pending} if self.images or self.pending else {}),
+            **self._media(),
         )
         try:
             for step in steps:
@@ -181,9 +213,10 @@ class ChatSession:
             steps.close()
         view.show(parser.finish())
         view.end()
-        self.messages.append({"role": "user", "content": user_content(user_text, len(self.pending))})
+        self.messages.append(self._user_message(user_text))
         self.images += self.pending
-        self.pending = []
+        self.audio += self.pending_audio
+        self.pending, self.pending_audio = [], []
         self.messages.append(view.assistant_message())
         return result
 

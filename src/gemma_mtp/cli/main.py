@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser(
         "chat",
         help="interactive chat with the model's template",
-        description="Interactive chat: one line is one message; /reset clears the history, /exit quits.",
+        description="Interactive chat: one line is one message; /image PATH and /audio PATH (a WAV clip) "
+        "go with the next one, /reset clears the history, /exit quits.",
         allow_abbrev=False,
     )
     add_chat_arguments(chat)
