@@ -94,11 +94,13 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         p,
         model_help="target: Hugging Face directory or .gguf (default: the demo pair, Gemma 3 270M + its "
         "trained drafter; -m A B ... and -md X Y ... (or -md X -md Y) compare several)",
-        ctx_help="context size in tokens (default: the longest prompt + -n + room for drafts)",
+        ctx_help="context size in tokens (default: the longest prompt + -n + room for drafts and for "
+        "each prompt's images and audio)",
         drafts_repeatable=True,
         models_repeatable=True,
         group_title="models (local mode)",
         ctx_default=None,
+        media=True,
     )
 
     spec = p.add_argument_group("speculative decoding")
@@ -177,7 +179,8 @@ def add_bench_arguments(subparsers) -> argparse.ArgumentParser:
         "--prompts",
         default=None,
         metavar="builtin|seeds|FILE",
-        help=f"JSONL: category, prompt (default: {d['prompts']})",
+        help="JSONL: category, prompt, and optionally images and audio (lists of files relative to "
+        f"the JSONL file) (default: {d['prompts']})",
     )
     run.add_argument(
         "-n",

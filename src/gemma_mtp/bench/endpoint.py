@@ -219,6 +219,12 @@ def run_endpoint_bench(
 ) -> list[dict[str, Any]]:
     say = progress or (lambda message: None)
     prompts = load_prompts(config.prompts)
+    with_media = next((n for n, p in enumerate(prompts, 1) if p.has_media), None)
+    if with_media is not None:  # (they are not sent as content parts yet: the numbers would be text-only)
+        raise UsageError(
+            f"--endpoint: prompt {with_media} of --prompts carries images or audio; media prompts are "
+            "benched locally (-m), not against an endpoint"
+        )
     settings: list[int | None] = list(config.n_max) or [None]
     runs: dict[tuple[str, int | None], list[Generation]] = {}
     sources: dict[str, str] = {}

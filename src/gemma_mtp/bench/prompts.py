@@ -1,8 +1,12 @@
 """Benchmark prompts: a built-in set of our own, grouped by category, or a JSONL file.
 
 A file holds one object per line: `{"category": "code", "prompt": "def f(x):"}`; `prompt` may also
-be a list of token ids (no tokenizer needed). Acceptance depends on the kind of text far more than
-on anything else, so every number the harness reports is also broken down by category.
+be a list of token ids (no tokenizer needed). A prompt may carry media for a Gemma 4 model with the
+towers: `"images": ["photo.png"]`, `"audio": ["clip.wav"]` (paths relative to the JSONL file), which
+fill the prompt's `<|image|>` / `<|audio|>` placeholders in order (with `--chat`, the user message
+carries them before its text; a prompt without placeholders gets them after `<bos>`). Acceptance
+depends on the kind of text far more than on anything else, so every number the harness reports is
+also broken down by category.
 """
 
 from __future__ import annotations
@@ -13,19 +17,44 @@ from pathlib import Path
 
 from ..errors import UsageError
 
-__all__ = ["CATEGORIES", "BUILTIN", "SEEDS", "PRESETS", "BenchPrompt", "load_prompts"]
+__all__ = [
+    "CATEGORIES",
+    "BUILTIN",
+    "SEEDS",
+    "PRESETS",
+    "MEDIA_FIELDS",
+    "MEDIA_ROOM",
+    "BenchPrompt",
+    "load_prompts",
+    "media_room",
+    "user_content",
+    "with_placeholders",
+]
 
 CATEGORIES = ("code", "json", "prose", "reasoning", "multilingual")
+
+
+MEDIA_FIELDS = ("images", "audio")
 
 
 @dataclass(frozen=True)
 class BenchPrompt:
     category: str
     prompt: str | tuple[int, ...]  # text, or token ids
+    images: tuple[str, ...] = ()  # image files, for the prompt's image placeholders in order
+    audio: tuple[str, ...] = ()  # WAV files, likewise
 
     @property
     def is_text(self) -> bool:
         return isinstance(self.prompt, str)
+
+    @property
+    def has_media(self) -> bool:
+        return bool(self.images or self.audio)
+
+    def media(self) -> dict[str, list[str]]:
+        """`Engine.generate`'s keyword arguments for the media (none: {})."""
+        return {k: list(v) for k, v in (("images", self.images), ("audio", self.audio)) if v}
 
 
 _BUILTIN_TEXT: dict[str, tuple[str, ...]] = {
@@ -116,7 +145,8 @@ PRESETS: dict[str, dict[str, object]] = {
 
 
 def load_prompts(source: str) -> list[BenchPrompt]:
-    """`builtin`, `seeds`, or a JSONL file of `{"category": ..., "prompt": text or [token ids]}`."""
+    """`builtin`, `seeds`, or a JSONL file of `{"category": ..., "prompt": text or [token ids]}`,
+    optionally with `"images": [files]` and `"audio": [WAV files]` (relative to the file)."""
     if source == "builtin":
         return list(BUILTIN)
     if source == "seeds":
@@ -142,7 +172,60 @@ def load_prompts(source: str) -> list[BenchPrompt]:
             prompt = tuple(prompt)
         elif not isinstance(prompt, str) or not prompt:
             raise UsageError(f"{where}: prompt must be non-empty text or a list of token ids")
-        prompts.append(BenchPrompt(str(item.get("category", "uncategorized")), prompt))
+        media = {key: _media_files(item.get(key), key, path, where) for key in MEDIA_FIELDS}
+        prompts.append(BenchPrompt(str(item.get("category", "uncategorized")), prompt, **media))
     if not prompts:
         raise UsageError(f"--prompts {path}: the file holds no prompts")
     return prompts
+
+
+def _media_files(value: object, key: str, jsonl: Path, where: str) -> tuple[str, ...]:
+    """A prompt's `images` / `audio` list: each a file, relative to the JSONL file's folder."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise UsageError(f'{where}: "{key}" must be a list of file paths, e.g. "{key}": ["file"]')
+    files = []
+    for name in value:
+        file = jsonl.parent / name  # (an absolute name stays as it is)
+        if not file.is_file():
+            raise UsageError(
+                f'{where}: "{key}" file {name} not found (looked for {file}); paths are relative to the prompts file'
+            )
+        files.append(str(file))
+    return tuple(files)
+
+
+# Context room per image / clip when -c is not given: the largest soft-token budget of Gemma 4's
+# processors (max_soft_tokens 1120; 750 for 30 s of audio) plus the begin/end markers.
+MEDIA_ROOM = {"images": 1120 + 2, "audio": 750 + 2}
+
+
+def media_room(prompt: BenchPrompt) -> int:
+    return len(prompt.images) * MEDIA_ROOM["images"] + len(prompt.audio) * MEDIA_ROOM["audio"]
+
+
+def user_content(prompt: BenchPrompt) -> str | list[dict[str, str]]:
+    """The chat template's user content for a text prompt: its images, then its clips, then the text."""
+    if not prompt.has_media:
+        return str(prompt.prompt)
+    media = [{"type": "image"} for _ in prompt.images] + [{"type": "audio"} for _ in prompt.audio]
+    return [*media, {"type": "text", "text": str(prompt.prompt)}]
+
+
+def with_placeholders(ids: list[int], prompt: BenchPrompt, tokens, number: int, *, bos: int = 2) -> list[int]:
+    """`ids` with one placeholder per image / clip: a prompt without any gets them after `<bos>` (as
+    `run` does); one with some must have exactly one per file. `tokens`: a `media.prompt.MediaTokens`."""
+    if not prompt.has_media:
+        return ids
+    for kind, files in (("audio", prompt.audio), ("image", prompt.images)):  # images end up first
+        placeholder = tokens.markers(kind)[0]
+        if files and placeholder not in ids:
+            head = 1 if ids[:1] == [bos] else 0
+            ids = [*ids[:head], *([placeholder] * len(files)), *ids[head:]]
+        if ids.count(placeholder) != len(files):
+            raise UsageError(
+                f"--prompts: prompt {number} has {ids.count(placeholder)} {kind} placeholders but "
+                f"{len(files)} {kind} files; give one file per placeholder, or no placeholders"
+            )
+    return ids

@@ -21,7 +21,7 @@ from ..engine.options import LoadOptions
 from ..errors import UsageError
 from ..sampling_params import SamplingParams
 from ..speculative.options import MAX_DRAFT, SPEC_TYPES, SpecOptions, canonical_spec_type
-from .prompts import BenchPrompt, load_prompts
+from .prompts import BenchPrompt, load_prompts, media_room, user_content, with_placeholders
 from .provenance import environment, weights_description
 from .stats import Generation, summarize
 
@@ -151,8 +151,12 @@ def run_bench(config: BenchConfig, *, progress: Callable[[str], None] | None = N
     for target in config.targets or (config.model,):
         one = dataclasses.replace(config, load=dataclasses.replace(config.load, model=target))
         prompts = load_prompts(one.prompts)
+        if config.check_lossless and all(p.has_media for p in prompts):
+            raise UsageError("--check-lossless draws on a prompt without media; --prompts has none")
         ids = _encode(prompts, one)
-        base, groups = _load(one, max(map(len, ids)), say)
+        longest = max(len(i) + media_room(p) for i, p in zip(ids, prompts, strict=True))
+        base, groups = _load(one, longest, say)
+        ids = _media_ready(base, groups, prompts, ids)
         for temperature in config.temperatures or (config.temperature,):
             at = dataclasses.replace(one, temperature=temperature)
             rows += _run_loaded(at, base, groups, prompts, ids, say)
@@ -165,7 +169,8 @@ def _run_loaded(config: BenchConfig, base, groups, prompts, ids, say) -> list[di
     say(f"warm-up ({Path(config.model).name}, temperature {config.temperature:g})")
     warm = [(base, SpecOptions())] + [(g.engine, _specs(config, g)[0][1]) for g in groups]
     for engine, spec in warm:
-        engine.generate(ids[0], n_predict=8, sampling=config.sampling(config.seed), spec=spec)
+        sampling = config.sampling(config.seed)
+        engine.generate(ids[0], n_predict=8, sampling=sampling, spec=spec, **prompts[0].media())
     runs = _Runs()
     for rep in range(config.reps):
         say(f"rep {rep + 1}/{config.reps}: plain decoding")
@@ -179,13 +184,14 @@ def _run_loaded(config: BenchConfig, base, groups, prompts, ids, say) -> list[di
     if config.check_lossless and config.temperature > 0:
         from .lossless import check_lossless_sampling
 
+        text_only = next(i for i, p in enumerate(prompts) if not p.has_media)
         for group in groups:
             label, spec = _specs(config, group)[0]
             say(f"lossless check: {group.label} {label}, {config.check_lossless} seeded draws")
             check = check_lossless_sampling(
                 base,
                 group.engine,
-                ids[0],
+                ids[text_only],
                 sampling=config.sampling(config.seed),
                 spec=spec,
                 draws=config.check_lossless,
@@ -216,8 +222,24 @@ def _label(n_max: int, p_min: float, config: BenchConfig) -> str:
 def _measure(engine, spec, key, rep, prompts, ids, config, runs: _Runs) -> None:
     for index, (prompt, prompt_ids) in enumerate(zip(prompts, ids, strict=True)):
         sampling = config.sampling(config.seed + 1000 * rep + index)
-        result = engine.generate(prompt_ids, n_predict=config.n_predict, sampling=sampling, spec=spec)
+        result = engine.generate(
+            prompt_ids, n_predict=config.n_predict, sampling=sampling, spec=spec, **prompt.media()
+        )
         runs.add(key, rep, index, prompt, result)
+
+
+def _media_ready(base, groups: list[_Group], prompts: Sequence[BenchPrompt], ids: list[list[int]]):
+    """For prompts with media: the towers they need (one MediaError naming a missing tower, before
+    any run), one encoder shared by every engine, and each prompt's placeholders."""
+    images, audio = any(p.images for p in prompts), any(p.audio for p in prompts)
+    if not (images or audio):
+        return ids
+    encoder = base.media_encoder()
+    encoder.require(images=images, audio=audio)
+    for group in groups:
+        group.engine.media = encoder
+    pairs = enumerate(zip(ids, prompts, strict=True), 1)
+    return [with_placeholders(i, p, encoder.tokens, n) for n, (i, p) in pairs]
 
 
 def _encode(prompts: Sequence[BenchPrompt], config: BenchConfig) -> list[list[int]]:
@@ -236,12 +258,11 @@ def _encode(prompts: Sequence[BenchPrompt], config: BenchConfig) -> list[list[in
     )
     thinking = {"on": True, "off": False}.get(config.reasoning)
 
-    def render(text: str) -> list[int]:
-        return tokenizer.encode(
-            template.render([{"role": "user", "content": text}], enable_thinking=thinking)
-        )
+    def render(prompt: BenchPrompt) -> list[int]:
+        message = {"role": "user", "content": user_content(prompt)}
+        return tokenizer.encode(template.render([message], enable_thinking=thinking))
 
-    return [render(p.prompt) if p.is_text else list(p.prompt) for p in prompts]
+    return [render(p) if p.is_text else list(p.prompt) for p in prompts]
 
 
 def _load(config: BenchConfig, longest_prompt: int, say: Callable[[str], None]) -> tuple[Any, list[_Group]]:
