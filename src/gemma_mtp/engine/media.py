@@ -1,8 +1,9 @@
 """Images and audio into a prompt: decode, preprocess, run the towers, expand the placeholders.
 
 `MediaEncoder` belongs to an Engine whose model has a vision tower (a HF Gemma 4 checkpoint with a
-`vision_config`, or a llama.cpp mmproj GGUF) or an audio tower (`audio_config`); it is built on
-first use, so text-only work never loads a tower, and the audio tower loads on the first clip.
+`vision_config`) or an audio tower (`audio_config`), or whose GGUF target comes with llama.cpp's
+mmproj GGUF holding either or both; it is built on first use, so text-only work never loads a
+tower, and the audio tower loads on the first clip.
 """
 
 from __future__ import annotations
