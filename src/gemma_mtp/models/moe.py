@@ -67,10 +67,15 @@ class Experts(nn.Module):
             out.index_add_(0, token, (y * weights[token, slot, None]).to(out.dtype))
         return out
 
-    def keep_blocks(self, gate_up: TorchBlockExperts, down: TorchBlockExperts) -> None:
-        """Hold both stacks as GGUF blocks instead of float parameters (the parameters go; the
-        state dict then has `gate_up_proj.data` / `down_proj.data`, the file's bytes)."""
+    def keep_blocks(
+        self, gate_up: TorchBlockExperts | None = None, down: TorchBlockExperts | None = None
+    ) -> None:
+        """Hold the stacks given as GGUF blocks instead of float parameters (the parameters go; the
+        state dict then has `gate_up_proj.data` / `down_proj.data`, the file's bytes); a stack not
+        given stays a float parameter (a file may quantize one of the two)."""
         for name, stack in (("gate_up_proj", gate_up), ("down_proj", down)):
+            if stack is None:
+                continue
             want = tuple(getattr(self, name).shape)
             if tuple(stack.shape) != want:
                 raise ValueError(

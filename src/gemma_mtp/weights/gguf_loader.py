@@ -9,6 +9,11 @@ quantized: linear layers become `quant.QuantLinear` and the tied embedding/head 
 memory stays near the file size. Everything without an exact kernel is dequantized to the float
 dtype. `report.notices` says, per type, which kernel holds it (and how exact it is) and what was
 dequantized; nothing is expanded silently.
+
+Where the torch kernel holds a type (every block type off the CPU; `--quant-kernels torch` on it),
+the 3-D MoE expert stacks stay blocks too (`quant.torch_blocks.TorchBlockExperts`, set with
+`models.moe.Experts.keep_blocks`), as `placement.quantized_matrices` plans them; off the CPU the
+report also says which types the fused Triton kernel multiplies (`triton_blocks.fused_notice`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from ..models.native_blocks import install_native_layers
 from ..native import why_unavailable
 from ..quant.fuse import fuse_model_projections
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
-from ..quant.torch_blocks import torch_kernel_ok
+from ..quant.torch_blocks import TorchBlockExperts, torch_kernel_ok
 from .hf import LoadReport
 from .meta import meta_model
 from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
@@ -43,6 +48,8 @@ from .placement import DTYPES, place_layers, resolve_device, resolve_dtype
 __all__ = ["load_gguf_model", "empty_model"]
 
 CHUNK_BYTES = 32 << 20  # quantized bytes dequantized at once
+# the expert stacks' parameters -> `Experts.keep_blocks`' arguments
+EXPERT_STACKS = {"experts.gate_up_proj": "gate_up", "experts.down_proj": "down"}
 
 
 def empty_model(config: TextConfig | AssistantConfig) -> nn.Module:
@@ -115,6 +122,44 @@ def _wants_quantized(quantized: bool | None, dtype: torch.dtype, device: str, au
     if quantized is None:
         return auto or dtype == torch.bfloat16
     return quantized
+
+
+def _expert_choice(ours: str, t: TensorInfo, table: dict) -> Choice:
+    """A 3-D MoE expert stack stays blocks where the torch kernel holds its type (the only kernel
+    with an expert-stack form), else it is dequantized and the report says why."""
+    qtype = t.tensor_type
+    if not ours.endswith(tuple(EXPERT_STACKS)):
+        return Choice("float", "not a matrix of a linear layer or the tied head")
+    width = t.data.shape[-1] // GGML_QUANT_SIZES[qtype][1] * GGML_QUANT_SIZES[qtype][0]
+    if table.get(qtype) != "torch":
+        return Choice(
+            "float",
+            "not a matrix of a linear layer: MoE expert stacks stay blocks only on the torch kernel "
+            "(off the CPU, or --quant-kernels torch)",
+        )
+    if not torch_kernel_ok(qtype, width):
+        return Choice("float", f"no torch decoder for {qtype.name} expert rows of {width}")
+    return Choice("torch")
+
+
+def _device_notices(kept: dict, device_type: str) -> list[str]:
+    """Off the CPU: which types of the torch-kernel matrices the fused Triton kernel multiplies."""
+    counts = Counter({qtype: len(errors) for (qtype, kind), errors in kept.items() if kind == "torch"})
+    if device_type == "cpu" or not counts:
+        return []
+    from ..quant.triton_blocks import fused_notice
+
+    return [fused_notice(counts)]
+
+
+def _keep_expert_blocks(model: nn.Module, stacks: dict[str, TorchBlockExperts]) -> None:
+    """Hand each layer's expert stacks kept as blocks to its `Experts` (one or both of them)."""
+    by_module: dict[str, dict[str, TorchBlockExperts]] = defaultdict(dict)
+    for ours, stack in stacks.items():
+        path, _, name = ours.rpartition(".")
+        by_module[path][EXPERT_STACKS[f"experts.{name}"]] = stack
+    for path, kept in by_module.items():
+        model.get_submodule(path).keep_blocks(**kept)
 
 
 def _device_kernels(table: dict, device: str) -> dict:
@@ -194,6 +239,7 @@ def load_gguf_model(
     report = LoadReport(path=str(gf.path), dtype=want_dtype, device=device, notices=notices)
     loaded: dict[str, torch.Tensor] = {}
     swapped: dict[str, nn.Module] = {}
+    stacks: dict[str, TorchBlockExperts] = {}  # expert stacks kept as blocks
     unexpected: list[str] = []
     dequantized: Counter[str] = Counter()
     reasons: dict[str, str] = {}
@@ -212,10 +258,16 @@ def load_gguf_model(
                 f"(for {ours}); the file is inconsistent"
             )
         choice = Choice("float")
-        if quantize and t.tensor_type not in FLOAT_TYPES:
+        if quantize and t.tensor_type not in FLOAT_TYPES and want.dim() == 3:
+            choice = _expert_choice(ours, t, table)
+        elif quantize and t.tensor_type not in FLOAT_TYPES:
             role = _role(model, ours, config) if want.dim() == 2 else None
             choice = choose_kernel(role, t.tensor_type, t.data, table)
-        if choice.kind != "float":
+        if choice.kind != "float" and want.dim() == 3:
+            stacks[ours] = TorchBlockExperts.from_blocks(t.data, t.tensor_type)
+            kept[t.tensor_type, choice.kind].append(0.0)  # the file's weights: exact
+            report.n_bytes += stacks[ours].nbytes
+        elif choice.kind != "float":
             old = model.get_submodule(ours.rpartition(".")[0])
             module = build_module(choice, old, t.data, t.tensor_type, want_dtype)
             swapped[ours] = module
@@ -240,7 +292,7 @@ def load_gguf_model(
         raise ModelFormatError(
             f"{gf.path}: unexpected tensor {unexpected[0]}{more} for a {gf.arch} model with this metadata"
         )
-    missing = [ours for ours in expected if ours not in loaded and ours not in swapped]
+    missing = [ours for ours in expected if ours not in loaded and ours not in swapped and ours not in stacks]
     if missing:
         names = {ours: theirs for theirs, ours in to_ours.items()}
         first = f"{names.get(missing[0], missing[0])} ({missing[0]})"
@@ -250,6 +302,7 @@ def load_gguf_model(
     file_mib = gf.path.stat().st_size / 2**20
     if quantize and (kept or dequantized):
         report.notices += _quant_notices(kept, dequantized, dtype_name, reasons)
+        report.notices += _device_notices(kept, resolve_device(device).type)
         report.notices.append(f"weights take {report.n_bytes / 2**20:.0f} MiB (the file {file_mib:.0f} MiB)")
     elif dequantized:
         kinds = ", ".join(f"{kind} x{n}" for kind, n in sorted(dequantized.items()))
@@ -264,6 +317,7 @@ def load_gguf_model(
         )
     for ours, module in swapped.items():
         _swap(model, ours, module)
+    _keep_expert_blocks(model, stacks)
     if swapped:
         fuse_model_projections(model)
     model.load_state_dict(loaded, strict=False, assign=True)

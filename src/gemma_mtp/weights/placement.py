@@ -142,11 +142,17 @@ def _tensor_bytes(entry: TensorEntry, dtype_bytes: int, kept_quantized: Callable
 
 
 def quantized_matrices(entry: TensorEntry) -> bool:
-    """What the loader keeps as GGUF blocks on a GPU: 2-D matrices of a type the torch decoder
-    reads; vectors, 3-D expert stacks and other types are dequantized to the model dtype."""
-    from ..quant.torch_blocks import TORCH_BLOCK_TYPES
+    """What the loader keeps as GGUF blocks on a GPU: 2-D matrices and 3-D MoE expert stacks
+    (`quant.torch_blocks.TorchBlockExperts`) of a type the torch decoder reads; vectors and other
+    types are dequantized to the model dtype."""
+    from ..quant.torch_blocks import TORCH_BLOCK_TYPES, torch_kernel_ok
 
-    return len(entry[1]) == 2 and entry[2] in TORCH_BLOCK_TYPES
+    name, shape, qtype = entry
+    if qtype not in TORCH_BLOCK_TYPES:
+        return False
+    if len(shape) == 3:
+        return EXPERTS.search(name) is not None and torch_kernel_ok(qtype, int(shape[-1]))
+    return len(shape) == 2
 
 
 def kv_bytes(text: TextConfig, *, dtype_bytes: int, batch: int = 1, max_draft: int = 16):
