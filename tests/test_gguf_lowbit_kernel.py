@@ -140,7 +140,7 @@ def test_one_call_over_matrices_of_mixed_types_equals_separate_calls(native):
         x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows))
         got = fused.linear(x)
         assert torch.equal(got, torch.cat([p.linear(x) for p in parts], dim=1))
-        want = rounded(x) @ torch.cat([p.dequantize() for p in parts]).double().T
+        want = torch.cat([rounded(x, p.qtype) @ p.dequantize().double().T for p in parts], dim=1)
         assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
 
 

@@ -50,7 +50,7 @@ def test_many_rows_get_the_bits_of_the_few_row_path(native, qtype):
 def test_many_rows_are_the_int8_activation_dot_product(native, qtype):
     data = data_of(qtype)
     x = torch.randn(M, K, generator=torch.Generator().manual_seed(2))
-    want = rounded(x) @ reference(data, qtype).double().T
+    want = rounded(x, qtype) @ reference(data, qtype).double().T
     got = native.gguf_mm(x, [GGUFBlockWeight.from_blocks(data, qtype).data], [int(qtype)], True)
     # float32 accumulation of exact int32 sub-block sums: ~K / 32 roundings of the running sum
     assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())

@@ -59,7 +59,7 @@ def test_our_kernel_reads_llama_quantizes_blocks_as_gguf_py_does(name):
     weight = GGUFBlockWeight.from_blocks(data, qtype)
     assert torch.equal(_bits(weight.dequantize()), _bits(want))
     x = torch.randn(5, weight.in_features, generator=torch.Generator().manual_seed(0))
-    ref = rounded(x) @ want.double().T
+    ref = rounded(x, qtype) @ want.double().T
     for vectorized in (True, False):
         got = native.gguf_mm(x, [weight.data], [int(qtype)], vectorized).double()
         assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())

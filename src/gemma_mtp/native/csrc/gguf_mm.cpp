@@ -14,7 +14,9 @@
 //
 // Activations are those of q8_mm.cpp: each row rounded to int8 per 32 inputs with scale
 // max|x| / 127 (llama.cpp does the same for its Q8_0-type dot products); a sub-block's sum of
-// products is exact in int32, then scaled and accumulated in float32. Each weight block is decoded
+// products is exact in int32, then scaled and accumulated in float32. Q4_K, Q5_K and Q6_K (most of
+// a Q4_K_M / Q5_K_M file) take activations rounded per 256 inputs instead and sum a whole
+// super-block in int32, as llama.cpp's Q8_K dot products do (gguf_k256.h). Each weight block is decoded
 // once for up to 4 rows of activations, so a forward over a few drafted positions reads the weights
 // once; over more than kTiledRows rows (prefill) a tile of super-block rows is decoded once for all
 // of them. Either way the arithmetic per row is the same: every row's result is independent of the
@@ -24,11 +26,13 @@
 
 #include "common.h"
 #include "gguf_blocks.h"
+#include "gguf_k256.h"
 #include "gguf_lowbit.h"
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 namespace gguf_blocks {
@@ -191,52 +195,6 @@ inline void decode_vec(const uint8_t* b, VBlock& o) {
       o.m[0] = f16(b + 2);
       o.c[0] = v;
     }
-  } else if constexpr (T == Q4_K || T == Q5_K) {
-    o.n = 8;
-    const float d = f16(b), dmin = f16(b + 2);
-    const __m256i low = _mm256_set1_epi8(0x0F);
-    const uint8_t* qs = b + (T == Q5_K ? 48 : 16);
-    __m256i qh;
-    if constexpr (T == Q5_K) qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 16));
-    for (int j = 0; j < 8; ++j) {
-      int sc, mn;
-      scale_min_k4(j, b + 4, sc, mn);
-      o.d[j] = d * float(sc);
-      o.m[j] = -(dmin * float(mn));
-      o.s[j] = ones;
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * (j / 2)));
-      __m256i c = _mm256_and_si256(j % 2 ? _mm256_srli_epi16(v, 4) : v, low);
-      if constexpr (T == Q5_K) {
-        const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << j));
-        const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
-        c = _mm256_or_si256(c, _mm256_and_si256(set, _mm256_set1_epi8(0x10)));
-      }
-      o.c[j] = c;
-    }
-  } else if constexpr (T == Q6_K) {
-    o.n = 8;
-    const float d = f16(b + 208);
-    const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-    const __m256i low = _mm256_set1_epi8(0x0F), two = _mm256_set1_epi8(0x30), off = _mm256_set1_epi8(32);
-    for (int half = 0; half < 2; ++half) {
-      const __m256i la = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * half));
-      const __m256i lb = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 64 * half + 32));
-      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 128 + 32 * half));
-      const __m256i c0 = _mm256_or_si256(_mm256_and_si256(la, low), _mm256_and_si256(_mm256_slli_epi16(qh, 4), two));
-      const __m256i c1 = _mm256_or_si256(_mm256_and_si256(lb, low), _mm256_and_si256(_mm256_slli_epi16(qh, 2), two));
-      const __m256i c2 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(la, 4), low), _mm256_and_si256(qh, two));
-      const __m256i c3 =
-          _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(lb, 4), low), _mm256_and_si256(_mm256_srli_epi16(qh, 2), two));
-      const __m256i cs[4] = {c0, c1, c2, c3};
-      for (int k = 0; k < 4; ++k) {
-        const int j = 4 * half + k;
-        const int8_t* s = sc + 8 * half + 2 * k;
-        o.c[j] = _mm256_sub_epi8(cs[k], off);
-        o.s[j] = _mm256_set_m128i(_mm_set1_epi16(s[1]), _mm_set1_epi16(s[0]));
-        o.d[j] = d;
-        o.m[j] = 0.f;
-      }
-    }
   } else {
     decode_vec_lowbit<T>(b, o);
   }
@@ -245,7 +203,7 @@ inline void decode_vec(const uint8_t* b, VBlock& o) {
 // Codes that are never negative go straight into maddubs' unsigned operand.
 template <int T>
 constexpr bool unsigned_codes() {
-  return T == Q4_0 || T == Q4_1 || T == Q5_0 || T == Q5_1 || T == Q4_K || T == Q5_K || T == Q2_K;
+  return T == Q4_0 || T == Q4_1 || T == Q5_0 || T == Q5_1 || T == Q2_K;
 }
 // A zero per 32 (applied with the activations' per-32 sums); Q2_K's zeros are per 16.
 template <int T>
@@ -411,9 +369,6 @@ void rows_tiled_any(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a
     case Q5_0: return rows_tiled<Q5_0>(w, pitch, a, M, n0, n1, out, ldo);
     case Q5_1: return rows_tiled<Q5_1>(w, pitch, a, M, n0, n1, out, ldo);
     case Q8_0: return rows_tiled<Q8_0>(w, pitch, a, M, n0, n1, out, ldo);
-    case Q4_K: return rows_tiled<Q4_K>(w, pitch, a, M, n0, n1, out, ldo);
-    case Q5_K: return rows_tiled<Q5_K>(w, pitch, a, M, n0, n1, out, ldo);
-    case Q6_K: return rows_tiled<Q6_K>(w, pitch, a, M, n0, n1, out, ldo);
     case Q2_K: return rows_tiled<Q2_K>(w, pitch, a, M, n0, n1, out, ldo);
     case Q3_K: return rows_tiled<Q3_K>(w, pitch, a, M, n0, n1, out, ldo);
     case IQ4_NL: return rows_tiled<IQ4_NL>(w, pitch, a, M, n0, n1, out, ldo);
@@ -437,9 +392,6 @@ void rows_vec(int64_t type, const uint8_t* w, int64_t pitch, const Acts& a, int6
     case Q5_0: return rows_avx2<Q5_0, MB>(w, pitch, a, n0, n1, out, ldo, idx);
     case Q5_1: return rows_avx2<Q5_1, MB>(w, pitch, a, n0, n1, out, ldo, idx);
     case Q8_0: return rows_avx2<Q8_0, MB>(w, pitch, a, n0, n1, out, ldo, idx);
-    case Q4_K: return rows_avx2<Q4_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
-    case Q5_K: return rows_avx2<Q5_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
-    case Q6_K: return rows_avx2<Q6_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
     case Q2_K: return rows_avx2<Q2_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
     case Q3_K: return rows_avx2<Q3_K, MB>(w, pitch, a, n0, n1, out, ldo, idx);
     case IQ4_NL: return rows_avx2<IQ4_NL, MB>(w, pitch, a, n0, n1, out, ldo, idx);
@@ -494,6 +446,37 @@ std::vector<Part> check_parts(const std::vector<torch::Tensor>& ws, const std::v
 // rows decodes the blocks itself. Both give the same bits, so the choice is speed only.
 constexpr int64_t kTiledRows = 8;
 
+// The activations of one call, rounded the ways its weights need: per 32 inputs for most types,
+// per 256 for Q4_K / Q5_K / Q6_K (gguf_k256.h). Each is made only if some weight needs it.
+struct CallActs {
+  std::optional<native::QuantizedActs> a32;
+  std::optional<Acts256> a256;
+  int64_t K;
+
+  CallActs(const torch::Tensor& x, const std::vector<int64_t>& types) : K(x.size(1)) {
+    const bool k256 = std::any_of(types.begin(), types.end(), [](int64_t t) { return is_k256(t); });
+    const bool other = std::any_of(types.begin(), types.end(), [](int64_t t) { return !is_k256(t); });
+    const auto xf = x.to(torch::kFloat32).contiguous();
+    if (other) a32.emplace(xf.data_ptr<float>(), xf.size(0), K);
+    if (k256) a256.emplace(xf.data_ptr<float>(), xf.size(0), K);
+  }
+  Acts at32(int64_t m0) const {
+    const int64_t nb = K / 32;
+    return {a32->q.data() + m0 * K, a32->d.data() + m0 * nb, a32->s.data() + m0 * nb, a32->bs.data() + m0 * 2 * nb, K};
+  }
+  A256 at256(int64_t m0) const {
+    return {a256->q.data() + m0 * K, a256->d.data() + m0 * (K / 256), a256->bs.data() + m0 * (K / 16), K};
+  }
+};
+
+// Weight rows [r0, r1) of one matrix times MB activation rows from m0, into out (row stride ldo).
+template <int MB>
+void rows_of(bool vec, int64_t type, const uint8_t* w, int64_t pitch, const CallActs& acts, int64_t m0, int64_t r0,
+             int64_t r1, float* out, int64_t ldo, const int64_t* idx = nullptr) {
+  if (is_k256(type)) return rows_k256_any<MB>(vec, type, w, pitch, acts.at256(m0), r0, r1, out, ldo, idx);
+  rows_any<MB>(vec, type, w, pitch, acts.at32(m0), r0, r1, out, ldo, idx);
+}
+
 }  // namespace gguf_blocks
 
 // x [M, K] (any float dtype) times each weight (uint8 [N_i, bytes per row] of GGUF blocks of
@@ -508,11 +491,7 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
   const auto parts = check_parts(ws, types, K, N);
   auto out = torch::empty({M, N}, x.options().dtype(torch::kFloat32));
   if (M == 0 || N == 0) return out;
-  const auto acts = native::quantize_acts(x);
-  const int64_t nb = acts.nb;
-  const int8_t* xq = acts.q.data();
-  const float *xd = acts.d.data(), *xs = acts.s.data();
-  const int16_t* xbs = acts.bs.data();
+  const CallActs acts(x, types);
   float* o = out.data_ptr<float>();
   const int64_t row_bytes = std::max<int64_t>(1, K);  // ~ bytes of weights per row (int8 granularity)
   // tiles of weight rows small enough to stay in L2 while every group of 4 activation rows passes
@@ -522,11 +501,13 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
   at::parallel_for(0, N, grain, [&](int64_t c0, int64_t c1) {
     for (const Part& p : parts) {
       const int64_t lo = std::max(c0, p.start), hi = std::min(c1, p.start + p.n);
+      if (lo >= hi) continue;
 #if GG_AVX2
       if (vectorized && M > kTiledRows && layout_of(p.type).elems == 256) {
-        if (lo < hi) {
-          const Acts a{xq, xd, xs, xbs, K};
-          rows_tiled_any(p.type, p.w, p.pitch, a, M, lo - p.start, hi - p.start, o + p.start, N);
+        if (is_k256(p.type)) {
+          rows_k256_tiled_any(p.type, p.w, p.pitch, acts.at256(0), M, lo - p.start, hi - p.start, o + p.start, N);
+        } else {
+          rows_tiled_any(p.type, p.w, p.pitch, acts.at32(0), M, lo - p.start, hi - p.start, o + p.start, N);
         }
         continue;
       }
@@ -535,14 +516,13 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
         const int64_t t1 = std::min(hi, t0 + tile);
         for (int64_t m0 = 0; m0 < M; m0 += 4) {
           const int64_t mb = std::min<int64_t>(4, M - m0);
-          const Acts a{xq + m0 * K, xd + m0 * nb, xs + m0 * nb, xbs + m0 * 2 * nb, K};
           float* om = o + m0 * N + p.start;
           const int64_t r0 = t0 - p.start, r1 = t1 - p.start;
           switch (mb) {
-            case 1: rows_any<1>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
-            case 2: rows_any<2>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
-            case 3: rows_any<3>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
-            default: rows_any<4>(vectorized, p.type, p.w, p.pitch, a, r0, r1, om, N); break;
+            case 1: rows_of<1>(vectorized, p.type, p.w, p.pitch, acts, m0, r0, r1, om, N); break;
+            case 2: rows_of<2>(vectorized, p.type, p.w, p.pitch, acts, m0, r0, r1, om, N); break;
+            case 3: rows_of<3>(vectorized, p.type, p.w, p.pitch, acts, m0, r0, r1, om, N); break;
+            default: rows_of<4>(vectorized, p.type, p.w, p.pitch, acts, m0, r0, r1, om, N); break;
           }
         }
       }
@@ -603,17 +583,12 @@ torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64
   for (int64_t i = 0; i < M * n; ++i) TORCH_CHECK(ip[i] >= 0 && ip[i] < N, "gguf_mm_rows: row ", ip[i], " out of range");
   auto out = torch::empty({M, n}, x.options().dtype(torch::kFloat32));
   if (M == 0 || n == 0) return out;
-  const auto acts = native::quantize_acts(x);
-  const int64_t nb = acts.nb;
-  const int8_t* xq = acts.q.data();
-  const float *xd = acts.d.data(), *xs = acts.s.data();
-  const int16_t* xbs = acts.bs.data();
+  const CallActs acts(x, {type});
   float* o = out.data_ptr<float>();
   const int64_t grain = std::max<int64_t>(64, (int64_t(1) << 18) / K);
   for (int64_t m = 0; m < M; ++m) {
-    const Acts a{xq + m * K, xd + m * nb, xs + m * nb, xbs + m * 2 * nb, K};
     at::parallel_for(0, n, grain, [&](int64_t r0, int64_t r1) {
-      rows_any<1>(vectorized, type, parts[0].w, parts[0].pitch, a, r0, r1, o + m * n, 0, ip + m * n);
+      rows_of<1>(vectorized, type, parts[0].w, parts[0].pitch, acts, m, r0, r1, o + m * n, 0, ip + m * n);
     });
   }
   return out;
