@@ -51,6 +51,8 @@ HELP = {
     "eval_every": "steps between held-out acceptance measurements",
     "checkpoint_every": "steps between checkpoints",
     "max_minutes": "stop and export after this many minutes in all (0: no limit)",
+    "patience": "early stop after this many held-out evaluations without a longer mean accepted length (0: off)",
+    "autocast": "bf16: bfloat16 autocast; off: float32; auto: bf16 on CUDA only (measured no gain on CPU)",
 }
 
 
@@ -67,6 +69,16 @@ def add_train_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--corpus", nargs="+", default=[], metavar="FILE", help="prompt documents: text files or JSONL"
     )
+    p.add_argument(
+        "--shards",
+        metavar="DIR",
+        help="self-distillation shards (scripts/make_drafter_corpus.py data) instead of --corpus",
+    )
+    p.add_argument(
+        "--init",
+        metavar="DRAFTER",
+        help="fine-tune this assistant (GGUF, any drafter layout, or HF directory)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the work directory's checkpoint")
     p.add_argument("--work-dir", help="features, checkpoint and log (default: OUT without .gguf + .train)")
     p.add_argument("--hf-out", help="HF checkpoint directory to write (default: WORK_DIR/hf)")
@@ -82,6 +94,8 @@ def add_train_arguments(subparsers) -> argparse.ArgumentParser:
             kwargs = {"default": f.default, "action": argparse.BooleanOptionalAction, "help": kwargs["help"]}
         if f.name == "device":
             kwargs["choices"] = ["cpu", "cuda"]
+        if f.name == "autocast":
+            kwargs["choices"] = ["auto", "bf16", "off"]
         group.add_argument(flag, dest=f.name, **kwargs)
     return p
 
@@ -107,6 +121,8 @@ def train_command(args: argparse.Namespace) -> int:
         out_type=args.out_type,
         resume=args.resume,
         progress=not args.quiet,
+        shards=args.shards,
+        init=args.init,
     )
     if args.json:
         print(json.dumps(result.to_dict()))

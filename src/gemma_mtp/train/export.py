@@ -16,7 +16,7 @@ from ..models.gemma import GemmaModel
 from ..tools.convert import convert_hf_to_gguf
 from .clusters import balanced_clusters
 
-__all__ = ["init_assistant", "save_hf", "save_gguf"]
+__all__ = ["init_assistant", "load_assistant", "save_hf", "save_gguf"]
 
 
 @torch.no_grad()
@@ -70,3 +70,29 @@ def save_gguf(hf_dir: str | Path, out_path: str | Path, *, out_type: str = "Q8_0
     """The HF checkpoint as a mainline-layout drafter GGUF (the centroid tensors kept: gemma-mtp
     drafts with the cheap head; llama.cpp cannot load such a file, see tools.convert)."""
     return convert_hf_to_gguf(hf_dir, out_path, layout="mainline", out_type=out_type, keep_centroids=True)
+
+
+def load_assistant(path: str | Path) -> tuple[AssistantModel, dict[str, Any]]:
+    """An existing assistant to fine-tune (`train-drafter --init`): a GGUF in any of the three drafter
+    layouts or an HF directory, dequantized to float32 with every float tensor trainable; and its
+    HF config dict (what `save_hf` writes back)."""
+    from ..errors import ModelFormatError
+    from ..gguf.formats import GGUF, model_format
+
+    path = Path(path)
+    if model_format(path) == GGUF:
+        from ..weights.gguf_loader import load_gguf_model
+
+        model, config, _ = load_gguf_model(path, dtype="float32", quantized=False)
+    else:
+        from ..weights.hf import load_hf_model
+
+        model, config, _ = load_hf_model(path, dtype="float32")
+    if not isinstance(config, AssistantConfig):
+        raise ModelFormatError(f"--init {path}: not an assistant (drafter); it has no pre/post projection")
+    for p in model.parameters():
+        p.requires_grad_(p.is_floating_point())
+    raw = dict(config.raw)
+    raw.setdefault("architectures", ["Gemma4AssistantForCausalLM"])
+    raw.pop("dtype", None)
+    return model, raw

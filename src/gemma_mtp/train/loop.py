@@ -27,9 +27,10 @@ from ..gguf.formats import GGUF, model_format
 from ..models.assistant import AssistantModel
 from .clusters import cluster_of
 from .data import Features, build_features, read_corpus
-from .export import init_assistant, save_gguf, save_hf
+from .export import init_assistant, load_assistant, save_gguf, save_hf
 from .objective import acceptance, draft_loss
 from .options import TrainOptions, assistant_config_dict, make_assistant_config
+from .shards import read_shard, shard_paths, stream
 
 __all__ = ["train_drafter", "TrainResult", "load_target", "work_paths"]
 
@@ -60,9 +61,11 @@ class TrainResult:
 
 
 def load_target(path: str | Path, device: str) -> tuple[torch.nn.Module, TextConfig]:
-    """The target in float32 (CPU) or bfloat16 (CUDA), frozen."""
+    """The target, frozen: on the CPU as the runtime loads it by default (a GGUF's quantized blocks
+    read in place, float32 activations), so the drafter learns the numerics it will draft for;
+    bfloat16 on CUDA."""
     path = Path(path)
-    dtype = "bfloat16" if device == "cuda" else "float32"
+    dtype = "bfloat16" if device == "cuda" else "auto" if model_format(path) == GGUF else "float32"
     if model_format(path) == GGUF:
         from ..weights.gguf_loader import load_gguf_model
 
@@ -204,11 +207,17 @@ def train_drafter(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    shards: str | Path | None = None,
+    init: str | Path | None = None,
 ) -> TrainResult:
     """Train a drafter for the target at `target_path` and write it to `out` (GGUF) and a HF directory.
 
     `stop_after`: end (checkpointed) after that many steps, as an interrupted run would; the
     learning-rate schedule still follows `options.steps`, so `resume=True` continues it exactly.
+    `shards`: a directory of self-distillation shards (`train/**/shard-*.pt` streamed for training,
+    `heldout/**/shard-*.pt` for the acceptance; see `train.shards`) instead of making data from
+    `corpus`. `init`: fine-tune this assistant (GGUF in any drafter layout, or HF directory) instead
+    of a fresh one; its architecture replaces the options' layers/width/heads/centroids.
     """
     t_start = time.perf_counter()
     options = options or TrainOptions()
@@ -220,9 +229,19 @@ def train_drafter(
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
     torch.manual_seed(options.seed)
     target, config = load_target(target_path, options.device)
-    config_dict = assistant_config_dict(config, options)
-    assistant_config = make_assistant_config(config, options)
-    train, held, data_s = _features(target, config, target_path, corpus, options, work, progress)
+    if init is not None:
+        initial, config_dict = load_assistant(init)
+        assistant_config = initial.config
+    else:
+        initial, config_dict = None, assistant_config_dict(config, options)
+        assistant_config = make_assistant_config(config, options)
+    held_first = None
+    if shards is not None:
+        train_paths, held, held_first, data_s = _shard_data(Path(shards), target.device)
+        train = None
+    else:
+        train_paths = []
+        train, held, data_s = _features(target, config, target_path, corpus, options, work, progress)
 
     ckpt_path = work / "checkpoint.pt"
     ckpt = (
@@ -232,11 +251,12 @@ def train_drafter(
     )
     if resume and ckpt is None:
         log(f"--resume: no checkpoint at {ckpt_path}; starting from step 0")
-    model = (
-        AssistantModel(assistant_config)
-        if ckpt
-        else init_assistant(target, assistant_config, seed=options.seed)
-    )
+    if ckpt:
+        model = AssistantModel(assistant_config)
+    elif initial is not None:
+        model = initial
+    else:
+        model = init_assistant(target, assistant_config, seed=options.seed)
     if ckpt:
         model.load_state_dict(ckpt["model"])
     dev = target.device
@@ -251,25 +271,35 @@ def train_drafter(
     head = model.masked_embedding
     cluster = cluster_of(head.token_ordering, head.num_centroids) if head is not None else None
     cuda = dev.type == "cuda"
-    dtype = torch.bfloat16 if cuda else torch.float32
+    bf16 = options.autocast == "bf16" or (options.autocast == "auto" and cuda)
+    dtype = torch.bfloat16 if bf16 else torch.float32
 
     def autocast():
-        return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        return torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def evaluate() -> dict[str, Any]:
         model.eval()
         with autocast():
-            result = acceptance(model, target, held, steps=options.draft_steps, dtype=dtype)
+            result = acceptance(model, target, held, steps=options.draft_steps, dtype=dtype, first=held_first)
         model.train()
         return result
 
+    def score(result: dict[str, Any]) -> float:
+        return result["mean_accepted_length"][-1]
+
     def save(step: int) -> None:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history}
-        _atomic_save({**state, "options": options.to_dict()}, ckpt_path)
+        _atomic_save({**state, "best": best, "options": options.to_dict()}, ckpt_path)
 
     heldout = evaluate() if start == 0 else history[-1]["heldout"] if history else evaluate()
     if start == 0:
         history.append({"step": 0, "heldout": heldout})
+    # the best held-out weights so far: what is exported (early stop keeps them, not the last ones)
+    best = ckpt["best"] if ckpt and ckpt.get("best") else {"step": start, "heldout": heldout, "model": None}
+    stale = 0
+    batches = (
+        stream(train_paths, options.batch_size, seed=options.seed, step=start) if train is None else None
+    )
     bar = tqdm(
         range(start, options.steps), initial=start, total=options.steps, desc="train", disable=not progress
     )
@@ -277,16 +307,20 @@ def train_drafter(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr(options, step)
-        index = torch.randint(
-            len(train),
-            (options.batch_size,),
-            generator=torch.Generator().manual_seed(options.seed * 1_000_003 + step),
-        )
+        if batches is not None:
+            batch = next(batches).to(dev)
+        else:
+            index = torch.randint(
+                len(train),
+                (options.batch_size,),
+                generator=torch.Generator().manual_seed(options.seed * 1_000_003 + step),
+            )
+            batch = train.rows(index)
         with autocast():
             parts = draft_loss(
                 model,
                 target,
-                train.rows(index),
+                batch,
                 steps=options.draft_steps,
                 step_decay=options.step_decay,
                 cluster_weight=options.cluster_weight,
@@ -314,6 +348,14 @@ def train_drafter(
                 }
             )
             _append_log(work / "log.jsonl", history[-1])
+            if score(heldout) > score(best["heldout"]):
+                best = {"step": done, "heldout": heldout, "model": _cpu_state(model)}
+                stale = 0
+            else:
+                stale += 1
+            if options.patience and stale >= options.patience:
+                log(f"early stop after step {done}: no better held-out length in {stale} evaluations")
+                out_of_time = True
         if done % options.checkpoint_every == 0 or done == options.steps or out_of_time:
             save(done)
         if done % 10 == 0 or done == options.steps:  # reading the loss waits for the device
@@ -327,13 +369,19 @@ def train_drafter(
     bar.close()
     steps_done = step + 1 if options.steps > start else start
 
+    if best["model"] is not None and score(best["heldout"]) > score(heldout):
+        model.load_state_dict(best["model"])
+        heldout = best["heldout"]
+        log(f"exporting the best held-out weights, from step {best['step']}")
     model.eval()
     save_hf(model, config_dict, hf_out)
     report = {
         "options": options.to_dict(),
         "steps": steps_done,
         "heldout": heldout,
-        "corpus": [str(c) for c in corpus] or BOS_ONLY,
+        "corpus": str(shards) if shards is not None else [str(c) for c in corpus] or BOS_ONLY,
+        "init": str(init) if init is not None else None,
+        "best_step": best["step"],
     }
     (hf_out / "train_report.json").write_text(json.dumps(report, indent=2) + "\n")
     gguf = save_gguf(hf_out, out, out_type=out_type)
@@ -343,9 +391,32 @@ def train_drafter(
         steps=steps_done,
         seconds=time.perf_counter() - t_start,
         data_seconds=data_s,
-        train_tokens=int(train.tokens.numel()),
+        train_tokens=int(train.tokens.numel()) if train is not None else _shard_tokens(train_paths),
         heldout=heldout,
         history=history,
+    )
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _shard_data(root: Path, device) -> tuple[list[Path], Features, torch.Tensor, float]:
+    """Training shard paths (streamed) and the held-out shards in memory, with each row's prompt length."""
+    train = sorted(p for sub in (root / "train").glob("**/") for p in shard_paths(sub))
+    held = sorted(p for sub in (root / "heldout").glob("**/") for p in shard_paths(sub))
+    if not train or not held:
+        raise UsageError(
+            f"--shards {root}: needs shards under train/ and heldout/ (scripts/make_drafter_corpus.py data)"
+        )
+    parts = [read_shard(p) for p in held]
+    feats = Features.cat([f for f, _ in parts]).to(device)
+    return train, feats, torch.cat([s for _, s in parts]), 0.0
+
+
+def _shard_tokens(paths: list[Path]) -> int:
+    return sum(
+        int(torch.load(p, map_location="cpu", weights_only=True, mmap=True)["tokens"].numel()) for p in paths
     )
 
 

@@ -168,23 +168,31 @@ def acceptance(
     steps: int,
     dtype: torch.dtype,
     batch: int = 8,
+    first: torch.Tensor | None = None,
 ) -> dict:
     """Greedy acceptance on `data` when drafting `steps` tokens at every position: the share of
-    rounds whose first i drafts all match the target (`by_position`), and the mean accepted length
-    1 + E[matching prefix] for n_max = 1..steps."""
+    rounds whose first i drafts all match the target's greedy tokens (`by_position`, cumulative as
+    the runtime accepts them), and the mean accepted length 1 + E[matching prefix] for n_max =
+    1..steps. `first` [N]: count only rounds whose pending token is at position >= first - 1 (the
+    target's own continuation of a prompt of `first` tokens, as a generation drafts them)."""
     hits = torch.zeros(steps)
     count = 0
     for start in range(0, len(data), batch):
-        part = data.rows(torch.arange(start, min(start + batch, len(data))))
+        index = torch.arange(start, min(start + batch, len(data)))
+        part = data.rows(index)
         states = unroll(assistant, target, part, steps, dtype)
         n = states[0].shape[1]
+        keep = torch.ones(len(index), n, dtype=torch.bool)
+        if first is not None:  # query position p = j + 1 for state j
+            keep = torch.arange(1, n + 1)[None, :] >= (first[index] - 1)[:, None]
+        keep = keep.reshape(-1)
         ok = None
         for s, x in enumerate(states, 1):
             pred = predict(assistant, x.reshape(-1, x.shape[-1]).float())
             right = pred.cpu() == part.top_ids[:, s : s + n, 0].reshape(-1).cpu()
             ok = right if ok is None else ok & right
-            hits[s - 1] += ok.sum()
-        count += ok.numel()
+            hits[s - 1] += (ok & keep).sum()
+        count += int(keep.sum())
     by_position = (hits / max(count, 1)).tolist()
     mean_len = [1 + sum(by_position[:i]) for i in range(1, steps + 1)]
     return {"by_position": by_position, "mean_accepted_length": mean_len}

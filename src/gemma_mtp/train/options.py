@@ -49,6 +49,8 @@ class TrainOptions:
     eval_every: int = 100
     checkpoint_every: int = 100
     max_minutes: float = 0.0  # stop (and export) after this long; 0 = no limit
+    patience: int = 0  # early stop after this many evaluations without a better held-out length; 0 = off
+    autocast: str = "auto"  # "bf16": bfloat16 autocast (the CUDA default); "off": float32; auto: per device
 
     def __post_init__(self) -> None:
         for name in (
@@ -67,6 +69,8 @@ class TrainOptions:
             raise UsageError(f"--seq-len {self.seq_len} must exceed --draft-steps + 1")
         if not 1 <= self.prompt_min <= self.prompt_max:
             raise UsageError("prompt lengths must satisfy 1 <= prompt_min <= prompt_max")
+        if self.autocast not in ("auto", "bf16", "off"):
+            raise UsageError(f"--autocast {self.autocast!r} is not one of auto, bf16, off")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"--device {self.device!r} is not one of cpu, cuda")
 
