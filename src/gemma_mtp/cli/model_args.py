@@ -1,7 +1,7 @@
 """Model-loading flags shared by ``run``, ``chat``, ``serve``, ``bench`` and ``train-drafter``: one
 spelling of each, one options object (`engine.options.LoadOptions`) built from them.
 
-`add_load_arguments` declares -m, -md, --device, --dtype, -ngl, -ngld, -c, -t (and --mmproj for the
+`add_load_arguments` declares -m, -md, --device, --dtype, -ngl, -ngld, -c, -t, --cuda-graphs (and --mmproj for the
 surfaces that take media) with the defaults of `LoadOptions` (no default is repeated here) and
 `add_quant_arguments` the quantized-weight flags; `load_options_from_args` turns the parsed flags into the `LoadOptions` that
 `gemma_mtp.load` takes.
@@ -168,6 +168,13 @@ def add_load_arguments(
         "-c", "--ctx-size", dest="ctx_size", type=int, default=ctx_default, metavar="N", help=ctx_help
     )
     add_threads_argument(group)
+    group.add_argument(
+        "--cuda-graphs",
+        dest="cuda_graphs",
+        action="store_true",
+        default=defaults.cuda_graphs,
+        help="run decode and verify steps as captured CUDA graphs (CUDA only; opt-in; not yet measured)",
+    )
     if media:
         add_mmproj_argument(group, defaults)
     add_quant_arguments(parser, defaults)

@@ -1,17 +1,20 @@
 """How to load a target and its drafter: one object, the single source of the load defaults.
 
 `gemma_mtp.load` takes it; every surface builds it once from the flags `cli.model_args` declares
-(-m, -md, --device, --dtype, -ngl, -ngld, --n-cpu-moe, -c, -t, --quantized, --quant-kernels, and --mmproj
-on run, chat and serve), and the server sets ``max_batch`` to its slot count.
+(-m, -md, --device, --dtype, -ngl, -ngld, --n-cpu-moe, -c, -t, --quantized, --quant-kernels,
+--cuda-graphs, and --mmproj on run, chat and serve), and the server sets ``max_batch`` to its slot count.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ..errors import UsageError
 
-__all__ = ["LoadOptions"]
+__all__ = ["LoadOptions", "GRAPHS_EAGER_ENV"]
+
+GRAPHS_EAGER_ENV = "GEMMA_MTP_GRAPHS_EAGER"  # "1": --cuda-graphs off CUDA runs its static path eagerly
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +34,7 @@ class LoadOptions:
     quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
     quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
     max_batch: int = 1  # sequences decoded together (the server's slots)
+    cuda_graphs: bool = False  # decode/verify forwards as captured CUDA graphs (engine/graphs.py)
 
     def __post_init__(self) -> None:
         if self.ctx_size < 2:
@@ -41,3 +45,7 @@ class LoadOptions:
             raise UsageError(f"--n-cpu-moe must be >= 0, got {self.n_cpu_moe}")
         if self.max_batch < 1:
             raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.cuda_graphs and self.device == "cpu" and os.environ.get(GRAPHS_EAGER_ENV) != "1":
+            raise UsageError(
+                "--cuda-graphs needs --device cuda (or auto on a CUDA machine); drop it on the CPU"
+            )
