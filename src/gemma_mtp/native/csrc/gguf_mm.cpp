@@ -210,17 +210,33 @@ template <int T>
 constexpr bool has_zero() {
   return unsigned_codes<T>() && T != Q2_K;
 }
+// Types whose decoders always give the scales per 16 as 1 (the sub-block's whole scale is d).
+template <int T>
+constexpr bool unit_scales() {
+  return T == Q8_0 || T == Q4_0 || T == Q4_1 || T == Q5_0 || T == Q5_1 || T == IQ4_NL || T == IQ2_XXS || T == IQ3_XXS;
+}
 
 // Sub-block b of every row accumulates into acc[b % 2][m]: two independent chains of FMAs, so
 // one row of activations is not held up by the FMA latency. The order of the additions is the
 // same for any number of rows, so each row's result is too.
-template <int MB>
+// US: the scales per 16 are 1 (unit_scales<T>), so with VNNI one dpbusd gives the int32 sums
+// (the same integers as maddubs then madd by ones: a pair never exceeds 2 * 128 * 127).
+template <int MB, bool US>
 inline void dot_sub(const __m256i c, const __m256i ac, const __m256i s, float d, float zm, bool unsigned_c,
                     bool with_zero, const Acts& a, int64_t b, int64_t nb, __m256* acc, float* zacc) {
   for (int m = 0; m < MB; ++m) {
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + m * a.K + b * 32));
-    const __m256i pr = _mm256_maddubs_epi16(ac, unsigned_c ? xv : _mm256_sign_epi8(xv, c));
-    const __m256i p = _mm256_madd_epi16(pr, s);
+    const __m256i xs = unsigned_c ? xv : _mm256_sign_epi8(xv, c);
+    __m256i p;
+#if GG_K256_VNNI
+    if constexpr (US) {
+      p = dp_u8s8(ac, xs);
+    } else {
+      p = _mm256_madd_epi16(_mm256_maddubs_epi16(ac, xs), s);
+    }
+#else
+    p = _mm256_madd_epi16(_mm256_maddubs_epi16(ac, xs), s);
+#endif
     acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * a.d[m * nb + b]), acc[m]);
     if (with_zero) zacc[m] += zm * a.s[m * nb + b];
   }
@@ -266,7 +282,7 @@ void rows_avx2(const uint8_t* w, int64_t pitch, const Acts& a, int64_t n0, int64
   const int64_t nblk = a.K / L.elems, nb = a.K / 32;
   VBlock blk;
   auto sub = [&](const __m256i c, const __m256i s, float d, float zm, int64_t b, __m256* acc, float* zacc) {
-    dot_sub<MB>(c, uc ? c : _mm256_sign_epi8(c, c), s, d, zm, uc, wz, a, b, nb, acc, zacc);
+    dot_sub<MB, unit_scales<T>()>(c, uc ? c : _mm256_sign_epi8(c, c), s, d, zm, uc, wz, a, b, nb, acc, zacc);
   };
   for (int64_t n = n0; n < n1; ++n) {
     __m256 even[MB], odd[MB], zero16[MB];
