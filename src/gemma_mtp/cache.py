@@ -8,10 +8,17 @@ extra "trash" slot at the end: writes of padding positions (< 0) go there, so wr
 `lengths[b]` is the number of committed positions of sequence b. A forward over positions
 `lengths[b] ... lengths[b] + T - 1` writes their KV and advances `lengths`; `rollback` moves it back.
 Entries past `lengths` are stale and masked by position, never copied or cleared.
+
+Inside `static_shapes(full_span)` a forward's plan has shapes fixed by its own shape, `full_span`
+and the cache's sizes, and reads nothing back to the host (no `int(tensor)`, no host-made index
+tensors), so the forward can be captured in a CUDA graph and replayed (`engine/graphs.py`). The
+masks are the same as without it: only slots every query ignores are added.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -94,6 +101,8 @@ class KVCache:
         )
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
+        self.static_span: int | None = None  # set by `static_shapes`
+        self._row_indexes: dict[tuple[int, ...], torch.Tensor] = {}  # made once, for static plans
         for spec in config.layers:
             if not spec.owns_kv:
                 continue
@@ -103,9 +112,14 @@ class KVCache:
             self.values[spec.index] = torch.zeros(shape, dtype=dtype, device=devices[spec.index])
 
     # -- bookkeeping -------------------------------------------------------------------------
-    def rollback(self, lengths: torch.Tensor | list[int]) -> None:
-        """Forget everything at or past `lengths[b]` (O(1): stale slots are masked by position)."""
+    def rollback(self, lengths: torch.Tensor | list[int], *, check: bool = True) -> None:
+        """Forget everything at or past `lengths[b]` (O(1): stale slots are masked by position).
+        `check=False` (lengths computed on the device, e.g. by an acceptance rule that can only
+        shrink them) skips the checks, which read the lengths back to the host."""
         new = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+        if not check:
+            self.lengths.copy_(new)
+            return
         if bool((new > self.lengths).any()) or bool((new < 0).any()):
             raise ValueError(f"rollback to {new.tolist()} from {self.lengths.tolist()}: can only shrink")
         # the ring holds positions > written - ring; a query at `new` (or a drafter) needs new - window - 1 on
@@ -127,6 +141,20 @@ class KVCache:
         self.written[rows_t] = 0
         self.ring_positions[rows_t] = -1
 
+    @contextmanager
+    def static_shapes(self, full_span: int) -> Iterator[None]:
+        """Within: full layers attend to the first `full_span` slots (the caller keeps every query
+        position below it) and sliding layers to the whole ring, whatever `lengths` holds; the
+        cache rows of a forward are a slice or index tensors made once per set of rows (or an
+        index tensor the caller passes as `rows`). Nothing is read back to the host."""
+        if not 1 <= full_span <= self.max_context:
+            raise ValueError(f"static span {full_span}: use 1..{self.max_context} (the cache size)")
+        previous, self.static_span = self.static_span, full_span
+        try:
+            yield
+        finally:
+            self.static_span = previous
+
     def memory_bytes(self) -> dict[str, int]:
         out = {FULL: 0, SLIDING: 0}
         for spec in self.config.layers:
@@ -135,14 +163,22 @@ class KVCache:
         return out
 
     # -- one forward ---------------------------------------------------------------------------
-    def _rows(self, rows: list[int] | None) -> tuple[torch.Tensor, slice | torch.Tensor]:
+    def _rows(self, rows: list[int] | torch.Tensor | None) -> tuple[torch.Tensor, slice | torch.Tensor]:
+        if isinstance(rows, torch.Tensor):  # an index buffer on the device (a graph's: contents vary)
+            return rows, rows
         if rows is None:
             rows = list(range(self.batch_size))
-        index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        if self.static_span is None:
+            index = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        else:  # no host-to-device copy inside a static (captured) forward
+            key = tuple(rows)
+            if key not in self._row_indexes:
+                self._row_indexes[key] = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+            index = self._row_indexes[key]
         contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
         return index, slice(rows[0], rows[0] + len(rows)) if contiguous else index
 
-    def plan(self, positions: torch.Tensor, rows: list[int] | None = None) -> ForwardPlan:
+    def plan(self, positions: torch.Tensor, rows: list[int] | torch.Tensor | None = None) -> ForwardPlan:
         """Slots and masks for a forward over `positions` [R, T] (-1 = padding) of the cache rows
         `rows` (default: every row). Valid positions of a row must be lengths, lengths + 1, ...
 
@@ -154,11 +190,13 @@ class KVCache:
         valid = positions >= 0
         end = torch.where(valid, positions + 1, 0).amax(dim=1)  # [R] new length per row
         end = torch.maximum(end, lengths)
-        if int(end.max()) > self.max_context:
-            raise ValueError(f"position {int(end.max()) - 1} is past the cache size {self.max_context}")
+        static = self.static_span
+        top = static if static is not None else int(end.max())  # static: the caller checked the end
+        if top > self.max_context:
+            raise ValueError(f"position {top - 1} is past the cache size {self.max_context}")
         q = positions[:, None, :, None]  # [B, 1, T, 1]
 
-        full_span = max(int(end.max()), 1)
+        full_span = max(top, 1)
         kv_idx = torch.arange(full_span, device=self.device)
         full_mask = (kv_idx <= q) & (q >= 0)
         full_mask[..., 0] |= ~(q[..., 0] >= 0)  # padding queries see slot 0: finite, ignored output
@@ -175,7 +213,7 @@ class KVCache:
         # onwards, so up to max_draft + 1 tokens (decode, verify) can be written before attending.
         write_first = positions.shape[1] <= ring - self.window + 1
         if write_first:
-            span = min(ring, int(end.max()))  # slots are filled in order until the ring wraps
+            span = ring if static is not None else min(ring, top)  # filled in order until it wraps
             held = ring_positions[:, None, None, :span]  # [B, 1, 1, span]
             sliding_mask = (held >= 0) & (held <= q) & (held > q - self.window)
             sliding_mask[..., 0] |= ~(q[..., 0] >= 0)
@@ -265,14 +303,14 @@ class KVCache:
         if layer is None:
             raise ValueError(f"the model has no {kind} layer with its own KV")
         if kind == FULL:
-            span = max(int(self.lengths.max()), 1)
+            span = self.static_span or max(int(self.lengths.max()), 1)
             pos = torch.arange(span, device=self.device).expand(self.batch_size, span)
             return SharedKV(
                 self.keys[layer][:, :, :span], self.values[layer][:, :, :span], pos, self.lengths, None
             )
-        span = max(
-            min(self.ring_size, int(self.written.max())), 1
-        )  # slots fill in order until the ring wraps
+        span = (  # slots fill in order until the ring wraps
+            self.ring_size if self.static_span else max(min(self.ring_size, int(self.written.max())), 1)
+        )
         return SharedKV(
             self.keys[layer][:, :, :span],
             self.values[layer][:, :, :span],

@@ -49,3 +49,8 @@ class LoadOptions:
             raise UsageError(
                 "--cuda-graphs needs --device cuda (or auto on a CUDA machine); drop it on the CPU"
             )
+        if self.cuda_graphs:  # said, not ignored, until Engine builds engine.graph_decoder's decoder
+            raise UsageError(
+                "--cuda-graphs: the engine does not take the static step yet (it is in "
+                "engine/graph_decoder.py; issue 19); drop --cuda-graphs"
+            )

@@ -64,8 +64,16 @@ def lookup_table(name: str, device: torch.device) -> torch.Tensor:
     return _TABLES[key]
 
 
+_SHIFTS: dict[tuple[torch.device, tuple[int, ...]], torch.Tensor] = {}
+
+
 def _shifts(device: torch.device, *values: int) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.int32, device=device)
+    """int32 `values` on `device`, made once: a decode step then copies nothing from the host
+    (what a CUDA graph captures, `engine/graphs.py`)."""
+    key = (device, values)
+    if key not in _SHIFTS:
+        _SHIFTS[key] = torch.tensor(values, dtype=torch.int32, device=device)
+    return _SHIFTS[key]
 
 
 def _f16(b: torch.Tensor, at: int) -> torch.Tensor:
