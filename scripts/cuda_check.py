@@ -16,7 +16,11 @@ Sections, one PASS/FAIL line each with its numbers (and a line per failed case);
              torch-ops path and of the fused Triton kernels vs the CPU float32 dequantized model
              (same weights) and vs the CPU native kernels (int8 activations); the types without a
              Triton kernel announce their fallback
-  lossless   greedy mtp, ngram and draft (n_max 1..4, batch 1 and 3) on the device equal plain greedy
+  lossless   greedy mtp, ngram and draft (n_max 1..4, batch 1 and 3) on the device equal plain greedy;
+             greedy mtp with --cuda-graphs (engine/graph_decoder.py: captured CUDA graphs; with
+             --device cpu the same static path run eagerly) equals it too; the static step's logits
+             (forward + head captured) vs the plain forward's, and the on-device greedy acceptance
+             vs speculative/acceptance.py's on them. A forward that cannot be captured fails by name.
   memory     bytes on the device after loading that GGUF and its KV cache vs weights/placement.py's plan
 """
 
@@ -265,8 +269,8 @@ def check_lossless(root: Path, device: str, n_maxes=(1, 2, 3, 4), batches=(1, 3)
     prompts = [[2, *range(40, 60)], [2, 9, 9, 4, 4, 9, 9, 4, 4], [2, 7, 100, 31]]
     greedy = SamplingParams(temperature=0)
 
-    def decode(batch: int, spec: SpecOptions) -> tuple[list[list[int]], int, int]:
-        decoder = BatchDecoder(target, max_batch=batch, ctx_size=96)
+    def decode(batch: int, spec: SpecOptions, cls=BatchDecoder) -> tuple[list[list[int]], int, int]:
+        decoder = cls(target, max_batch=batch, ctx_size=96)
         decoder.drafters = {
             "mtp": MTPDrafter(target, assistant, decoder.cache),
             "ngram": NgramDrafter(),
@@ -301,7 +305,70 @@ def check_lossless(root: Path, device: str, n_maxes=(1, 2, 3, 4), batches=(1, 3)
             s.case(False, f"{kind} n_max={n_max} batch={batch}: prompt {first} differs from plain")
     s.numbers = [f"{same}/{runs} runs equal plain greedy (n_max {list(n_maxes)}, batch {list(batches)})"]
     s.numbers += [f"{k} accepted {a}/{d} drafts" for k, (d, a) in totals.items()]
+    _check_graphs(s, lambda batch, spec, cls: decode(batch, spec, cls)[0], plain, n_maxes, batches)
+    _check_static_step(s, target, device)
     return s
+
+
+def _check_graphs(s: Section, decode, plain, n_maxes, batches) -> None:
+    """Greedy mtp through the --cuda-graphs decoder (graphs on CUDA, eager static path elsewhere)."""
+    from gemma_mtp.engine.graph_decoder import GraphBatchDecoder
+    from gemma_mtp.engine.graphs import GraphCaptureError
+    from gemma_mtp.speculative.base import SpecOptions
+
+    runs = same = 0
+    try:
+        for n_max, batch in itertools.product(n_maxes, batches):
+            outs = decode(batch, SpecOptions(type="mtp", n_max=n_max), GraphBatchDecoder)
+            runs, same = runs + 1, same + (outs == plain)
+            s.case(outs == plain, f"mtp with graphs n_max={n_max} batch={batch}: differs from plain")
+    except GraphCaptureError as exc:
+        s.case(False, str(exc))
+    s.numbers.append(f"mtp with graphs {same}/{runs} runs equal plain greedy")
+
+
+def _check_static_step(
+    s: Section, target, device: str, rounds=((1, 0), (3, 1), (5, 4), (2, 0), (4, 2))
+) -> None:
+    """Forward + head over static buffers (captured on CUDA) vs the plain forward, round after
+    round with rollbacks; the on-device greedy acceptance vs accept_greedy on the same logits."""
+    from gemma_mtp.engine.graph_decoder import accept_greedy_on_device
+    from gemma_mtp.engine.graphs import GraphCaptureError, StaticTargetStep
+    from gemma_mtp.speculative.acceptance import accept_greedy
+
+    plain = target.make_cache(batch_size=2, max_context=CTX, max_draft=4)
+    static = target.make_cache(batch_size=2, max_context=CTX, max_draft=4)
+    gen = torch.Generator().manual_seed(0)
+    worst, agree, total = 0.0, 0, 0
+    try:
+        step = StaticTargetStep(target, static, max_positions=5, graphs=device.startswith("cuda"))
+        with torch.inference_mode():
+            prompt = torch.randint(3, 256, (2, 9), generator=gen)
+            for cache in (plain, static):
+                target(prompt, torch.arange(9).expand(2, 9), cache)
+            for width, keep in rounds:
+                start = plain.lengths.cpu().clone()  # (on the CPU .cpu() is the tensor itself)
+                tokens = torch.randint(3, 256, (2, width), generator=gen)
+                positions = start[:, None] + torch.arange(width)
+                want = target.logits(target(tokens, positions, plain).hidden).float().cpu()
+                on_device = step.run(tokens, positions).logits  # read before the next run
+                got = on_device.float().cpu()
+                worst = max(worst, _rel_max(got, want))
+                drafts = want.argmax(-1)[:, :-1].clone()
+                drafts[:, keep:] = (drafts[:, keep:] + 1) % want.shape[-1]  # reject after `keep`
+                n_accepted, next_token = accept_greedy_on_device(on_device, drafts)
+                for r in range(2):
+                    ref = accept_greedy(got[r], drafts[r].tolist())
+                    agree, total = agree + (ref == (int(n_accepted[r]), int(next_token[r]))), total + 1
+                lengths = start + torch.tensor([keep, keep]) + 1
+                plain.rollback(lengths)
+                static.rollback(lengths.to(static.device), check=False)
+    except GraphCaptureError as exc:
+        s.case(False, str(exc))
+    s.numbers.append(f"static step logits vs plain max |dy|/max|y| {worst:.1e} (limit 1e-4)")
+    s.numbers.append(f"device acceptance = accept_greedy {agree}/{total} rows")
+    s.case(worst <= 1e-4, f"static step logits off the plain forward's by {worst:.1e} > 1e-4")
+    s.case(total > 0 and agree == total, f"device acceptance differs on {total - agree}/{total} rows")
 
 
 def _tensor_bytes(tensors, device: torch.device) -> int:
@@ -354,6 +421,7 @@ def check_memory(root: Path, device: str) -> Section:
 def check(root: Path, device: str, quick: bool = False) -> int:
     if device == "cpu":  # the fused kernels run on a CPU through Triton's interpreter
         os.environ.setdefault("TRITON_INTERPRET", "1")
+        os.environ.setdefault("GEMMA_MTP_GRAPHS_EAGER", "1")  # --cuda-graphs' static path, eagerly
     missing = [p for p in (*TARGETS, "e2b_assistant", BLOCKS_GGUF) if not (root / p).exists()]
     if missing:
         print(f"{root}: {', '.join(missing)} missing; build them with --build {root}", file=sys.stderr)

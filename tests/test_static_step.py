@@ -258,3 +258,12 @@ def test_a_graph_step_without_cuda_is_refused(models):
     model = models["e2b"]
     with pytest.raises(UsageError, match="no CUDA device"):
         StaticTargetStep(model, model.make_cache(max_context=8), max_positions=2, graphs=True)
+
+
+def test_a_model_with_parts_on_the_cpu_is_refused_for_graphs(models):
+    """A graph replays only GPU work: layers or experts left on the CPU would be skipped."""
+    from gemma_mtp.engine.graphs import _check_all_on_cuda
+
+    model = models["e2b"]
+    with pytest.raises(UsageError, match="a graph replays only GPU work: use -ngl all and --n-cpu-moe 0"):
+        _check_all_on_cuda(model, model.make_cache(max_context=8))

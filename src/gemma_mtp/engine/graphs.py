@@ -8,14 +8,16 @@ a power of two, and whether the rows are the cache's first R) gets input buffers
 address; the forward runs inside `KVCache.static_shapes`, so its plan reads nothing back to the
 host and the KV is written in place, where the cache keeps it. On CUDA the first call of a shape
 warms it up (twice, on a side stream, with every position padding: a forward that changes nothing
-in the cache) and captures it in a `torch.cuda.CUDAGraph`, all graphs sharing one memory pool; later
-calls copy the inputs in and replay. Elsewhere (`graphs=False`) the same buffers go through the
-same forward eagerly, which is what the CPU tests compare with the plain forward, bit for bit.
+in the cache) and captures it in a `torch.cuda.CUDAGraph`, all graphs sharing one memory pool and
+one pair of output buffers ([batch, max_positions, D] hidden, [.., V] logits); later calls copy the
+inputs in and replay. Elsewhere (`graphs=False`) the same buffers go through the same forward
+eagerly, which is what the CPU tests compare with the plain forward, bit for bit.
 
-What cannot be captured is refused by name before any capture: the first run of each shape is
-watched (`capture_hazards`) for reads of device values on the host (`.item()`, `.tolist()`,
+What cannot be captured is refused by name before any capture: the second warm-up of each shape
+is watched (`capture_hazards`) for reads of device values on the host (`.item()`, `.tolist()`,
 `int(tensor)`, `nonzero`, `unique`, boolean indexing) and for tensors made from host data on the
-device (`torch.tensor(..., device=...)`). Nothing here has run on a GPU yet.
+device (`torch.tensor(..., device=...)`), and a model with any part on the CPU is refused (a
+graph replays only GPU work). Nothing here has run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -154,6 +156,19 @@ class _Shape:
     hazards: list[str] = field(default_factory=list)
 
 
+def _check_all_on_cuda(target: torch.nn.Module, cache: KVCache) -> None:
+    """A graph replays only CUDA work: a layer or expert stack left on the CPU (-ngl N, --n-cpu-moe)
+    would be skipped on replay, so it is refused here."""
+    tensors = [*target.parameters(), *target.buffers(), *cache.keys.values(), cache.lengths]
+    on_cpu = [t for t in tensors if t.device.type != "cuda"]
+    if on_cpu:
+        raise UsageError(
+            f"--cuda-graphs: {len(on_cpu)} of the target's tensors are on the CPU (-ngl below all "
+            "layers, or --n-cpu-moe); a graph replays only GPU work: use -ngl all and --n-cpu-moe 0, "
+            "or drop --cuda-graphs"
+        )
+
+
 class StaticTargetStep:
     """The target forward (+ its head) over static buffers; one CUDA graph per shape."""
 
@@ -169,6 +184,8 @@ class StaticTargetStep:
     ) -> None:
         if graphs and not torch.cuda.is_available():
             raise UsageError("--cuda-graphs: no CUDA device is available")
+        if graphs:
+            _check_all_on_cuda(target, cache)
         self.target = target
         self.cache = cache
         self.max_positions = max_positions
@@ -179,6 +196,7 @@ class StaticTargetStep:
         self.device = cache.device
         self._pool = torch.cuda.graph_pool_handle() if graphs else None
         self._stream = torch.cuda.Stream(self.device) if graphs else None
+        self._out: StepOutput | None = None  # [batch, max_positions, ...]: every shape writes here
 
     def fits(self, width: int) -> bool:
         """Whether a forward of `width` positions per row takes this step (else the plain one)."""
@@ -200,7 +218,7 @@ class StaticTargetStep:
     @torch.inference_mode()
     def run(self, tokens: torch.Tensor, positions: torch.Tensor, rows: list[int] | None = None) -> StepOutput:
         """tokens/positions [R, T] on the CPU (-1 = padding) for the cache rows `rows` (None: all).
-        On CUDA the outputs are the graph's buffers: read them before the next run of this shape."""
+        The outputs are views of buffers every shape writes: read them before the next run."""
         n_rows, width = tokens.shape
         if not self.fits(width):
             raise ValueError(f"static step: {width} positions per row; it takes 1..{self.max_positions}")
@@ -223,10 +241,26 @@ class StaticTargetStep:
         return self._forward(shape)
 
     def _forward(self, shape: _Shape) -> StepOutput:
+        """The forward (+ head), its results copied into the output buffers all shapes share (so
+        the graphs' own memory, one pool, holds only what a step needs while it runs)."""
         with self.cache.static_shapes(shape.span):
             hidden = self.target(shape.tokens, shape.positions, self.cache, rows=shape.rows).hidden
             logits = self.target.logits(hidden) if self.with_logits else None
-        return StepOutput(hidden, logits)
+        if self._out is None:  # made by the first warm-up, outside any capture
+            b, t = self.cache.batch_size, self.max_positions
+            self._out = StepOutput(
+                hidden.new_empty(b, t, hidden.shape[-1]),
+                None if logits is None else logits.new_empty(b, t, logits.shape[-1]),
+            )
+        n_rows, width = shape.tokens.shape
+        out = StepOutput(
+            self._out.hidden[:n_rows, :width],
+            None if logits is None else self._out.logits[:n_rows, :width],
+        )
+        out.hidden.copy_(hidden)
+        if logits is not None:
+            out.logits.copy_(logits)
+        return out
 
     def _warm_up(self, shape: _Shape) -> None:
         self._forward(shape)
