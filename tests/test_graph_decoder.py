@@ -14,7 +14,7 @@ import pytest
 from native_required import native_or_skip
 
 from gemma_mtp.engine.batch import BatchDecoder
-from gemma_mtp.engine.graph_decoder import GraphBatchDecoder
+from gemma_mtp.engine.graph_decoder import HEAD_IN_GRAPH, GraphBatchDecoder
 from gemma_mtp.engine.options import GRAPHS_EAGER_ENV, LoadOptions
 from gemma_mtp.errors import UsageError
 from gemma_mtp.sampling import SamplingParams
@@ -76,7 +76,8 @@ def test_plain_decoding_through_the_static_step_is_plain_greedy(pair):
     want, _, _ = decode(BatchDecoder, pair, 3, SpecOptions())
     got, _, decoder = decode(GraphBatchDecoder, pair, 3, SpecOptions())
     assert got == want
-    assert {key[1] for key in decoder.static.shapes} == {1, 3, 5}  # decode steps, short prompts (4, 6)
+    # decode steps; and the prompts of 4 and 6 tokens where batch.py has no verify seam yet
+    assert {key[1] for key in decoder.static.shapes} == ({1} if HEAD_IN_GRAPH else {1, 3, 5})
 
 
 def test_prompt_prefills_take_the_plain_forward(pair):

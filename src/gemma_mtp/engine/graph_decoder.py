@@ -20,7 +20,11 @@ from ..rows import pack_rows
 from .batch import BatchDecoder
 from .graphs import StaticTargetStep, check_graphs_device
 
-__all__ = ["GraphBatchDecoder", "accept_greedy_on_device", "committed_tokens"]
+__all__ = ["GraphBatchDecoder", "accept_greedy_on_device", "committed_tokens", "HEAD_IN_GRAPH"]
+
+# batch.py's `_verify_rows` seam (a round's forward and head in one call; proposed in issue 19):
+# with it the head is captured with the forward, without it `step` applies the head itself
+HEAD_IN_GRAPH = hasattr(BatchDecoder, "_verify_rows")
 
 
 def accept_greedy_on_device(logits: torch.Tensor, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,17 +56,25 @@ class GraphBatchDecoder(BatchDecoder):
     def __init__(self, target: GemmaModel, **kwargs) -> None:
         super().__init__(target, **kwargs)
         graphs = check_graphs_device(target.device)
-        # `step` applies the head itself: the step captures the forward alone until batch.py
-        # takes the step's logits (see the report of issue 19)
         self.static = StaticTargetStep(
-            target, self.cache, max_positions=self.max_draft + 1, graphs=graphs, with_logits=False
+            target, self.cache, max_positions=self.max_draft + 1, graphs=graphs, with_logits=HEAD_IN_GRAPH
         )
 
-    def _forward_rows(self, feeds, starts, embeds=None):
+    def _static(self, feeds, starts):
         rows = sorted(feeds)
-        width = max(len(feeds[row]) for row in rows)
-        if embeds is not None or not self.static.fits(width):
-            return super()._forward_rows(feeds, starts, embeds=embeds)
         tokens, positions = pack_rows([feeds[row] for row in rows], [starts[row] for row in rows])
-        hidden = self.static.run(tokens, positions, rows).hidden
-        return {row: i for i, row in enumerate(rows)}, hidden
+        return {row: i for i, row in enumerate(rows)}, self.static.run(tokens, positions, rows)
+
+    def _forward_rows(self, feeds, starts, embeds=None):
+        width = max(len(feed) for feed in feeds.values())
+        if HEAD_IN_GRAPH or embeds is not None or not self.static.fits(width):
+            return super()._forward_rows(feeds, starts, embeds=embeds)
+        index, out = self._static(feeds, starts)
+        return index, out.hidden
+
+    def _verify_rows(self, feeds, starts):
+        """A round's forward and head at every position, captured together (batch.py's seam)."""
+        if not self.static.fits(max(len(feed) for feed in feeds.values())):
+            return super()._verify_rows(feeds, starts)
+        index, out = self._static(feeds, starts)
+        return index, out.hidden, out.logits
