@@ -19,6 +19,8 @@ from .engine.options import LoadOptions
 from .engine.results import Result, Step, Timings
 from .errors import ModelFormatError, UsageError
 from .gguf.formats import GGUF, model_format
+from .models.gemma import GemmaModel
+from .models.head_build import install_output_head
 from .speculative.base import SpecOptions
 from .threads import set_threads
 from .weights.hf import LoadReport, load_hf_model
@@ -150,6 +152,10 @@ def load(
             f"{options.model}: this is an assistant (drafter) model, not a target; pass it with "
             "-md/--model-draft and give its target model with -m"
         )
+    if reuse_target is None and isinstance(target, GemmaModel):
+        notice = install_output_head(target, options.head)
+        if notice:
+            report.notices.append(notice)
     drafter = None if options.model_draft is None else _load_drafter(options, target)
     engine = Engine(
         target,

@@ -30,6 +30,7 @@ __all__ = [
     "add_threads_argument",
     "add_mmproj_argument",
     "add_quant_arguments",
+    "add_head_argument",
     "parse_quant_kernels",
 ]
 
@@ -137,6 +138,20 @@ def add_mmproj_argument(group: _Group, defaults: Any) -> None:
     )
 
 
+def add_head_argument(group: _Group, defaults: Any) -> None:
+    """``--head auto|full|pruned``: the output head greedy and top-k decoding use (the same tokens)."""
+    from gemma_mtp.engine.options import HEAD_MODES
+
+    group.add_argument(
+        "--head",
+        choices=HEAD_MODES,
+        default=defaults.head,
+        help="output head for greedy/top-k decoding: pruned computes only the rows that can win "
+        "(exact, the same tokens), full every row; auto: pruned for GGUF heads on the CPU "
+        "(default: %(default)s)",
+    )
+
+
 # LoadOptions' fields that flags set (max_batch is the server's slot count, not a load flag)
 LOAD_FLAG_FIELDS = tuple(f.name for f in dataclasses.fields(LoadOptions) if f.name != "max_batch")
 
@@ -152,9 +167,9 @@ def add_load_arguments(
     ctx_default: int | None = LoadOptions().ctx_size,
     media: bool = False,
 ) -> argparse._ArgumentGroup:
-    """-m, -md (a list with ``drafts_repeatable``), --device, --dtype, -ngl, -ngld, -c, -t, --mmproj
-    (with ``media``) and the quantized-weight flags, with `LoadOptions`' defaults; returns the group
-    for the caller's extras."""
+    """-m, -md (a list with ``drafts_repeatable``), --device, --dtype, -ngl, -ngld, -c, -t, --head,
+    --mmproj (with ``media``) and the quantized-weight flags, with `LoadOptions`' defaults; returns
+    the group for the caller's extras."""
     defaults = LoadOptions()
     group = parser.add_argument_group(group_title)
     add_model_argument(group, defaults, help=model_help, repeatable=models_repeatable)
@@ -168,6 +183,7 @@ def add_load_arguments(
         "-c", "--ctx-size", dest="ctx_size", type=int, default=ctx_default, metavar="N", help=ctx_help
     )
     add_threads_argument(group)
+    add_head_argument(group, defaults)
     group.add_argument(
         "--cuda-graphs",
         dest="cuda_graphs",

@@ -19,7 +19,7 @@ from ..media.prompt import PromptMedia
 from ..models.gemma import GemmaModel
 from ..rows import pack_rows
 from ..sampling import SamplingParams, make_generator, probs_from_logits
-from ..speculative.acceptance import accept_greedy, accept_sampled
+from ..speculative.acceptance import accept_greedy, accept_greedy_ids, accept_sampled
 from ..speculative.autotune import Autotuner, AutotuneSession
 from ..speculative.base import MAX_DRAFT, Draft, Drafter, DraftRequest, SpecOptions
 from ..speculative.stats import SpecStats
@@ -195,7 +195,12 @@ class BatchDecoder:
         feeds = {s.row: [s.tokens[-1], *drafts[s.row].tokens] for s in slots}
         starts = {s.row: len(s.tokens) - 1 for s in slots}
         index, hidden = self._forward_rows(feeds, starts)
-        logits = self.target.logits(hidden)  # [R, T, V]
+        # greedy rows need only each position's argmax (the pruned output head where installed);
+        # the others the logits of every position
+        best = self._greedy_ids(
+            [s for s in slots if s.sampling.greedy and s.synthetic is None], drafts, index, hidden
+        )
+        logits = self.target.logits(hidden) if len(best) < len(slots) else None  # [R, T, V]
         committed: dict[int, list[int]] = {}
         outcomes: dict[int, tuple[int, int]] = {}  # row -> (n drafted, n accepted)
         new_lengths = self.cache.lengths.clone()
@@ -207,6 +212,8 @@ class BatchDecoder:
                 k, nxt = s.synthetic.accept(
                     logits[i, : n + 1], draft.tokens, s.sampling, s.generator, s.stop_ids
                 )
+            elif s.row in best:
+                k, nxt = accept_greedy_ids(best[s.row], draft.tokens)
             elif s.sampling.greedy:
                 k, nxt = accept_greedy(logits[i, : n + 1], draft.tokens)
             else:
@@ -238,6 +245,22 @@ class BatchDecoder:
                 s.first_round_tokens = len(committed.get(s.row, ()))
             s.decode_ms += (t2 - t0) * 1e3
         return committed
+
+    def _greedy_ids(
+        self, slots: list[Slot], drafts: dict[int, Draft], index: dict[int, int], hidden: torch.Tensor
+    ) -> dict[int, list[int]]:
+        """{row: the target's argmax at each verified position (the pending token, then its drafts)}
+        for ``slots``, in one `argmax` call over just those positions (a target without `argmax`, a
+        test double, gives {} and its rows take the logits)."""
+        argmax = getattr(self.target, "argmax", None)
+        if argmax is None or not slots:
+            return {}
+        spans = [(s.row, index[s.row], len(drafts[s.row].tokens) + 1) for s in slots]
+        ids = argmax(torch.cat([hidden[i, :n] for _, i, n in spans])).tolist()
+        out, at = {}, 0
+        for row, _, n in spans:
+            out[row], at = ids[at : at + n], at + n
+        return out
 
     def _draft(self, slots: list[Slot]) -> dict[int, Draft]:
         drafts = {s.row: Draft([], None) for s in slots}

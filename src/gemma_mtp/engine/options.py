@@ -2,7 +2,7 @@
 
 `gemma_mtp.load` takes it; every surface builds it once from the flags `cli.model_args` declares
 (-m, -md, --device, --dtype, -ngl, -ngld, --n-cpu-moe, -c, -t, --quantized, --quant-kernels,
---cuda-graphs, and --mmproj on run, chat and serve), and the server sets ``max_batch`` to its slot count.
+--cuda-graphs, --head, and --mmproj on run, chat and serve), and the server sets ``max_batch`` to its slot count.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 
-__all__ = ["LoadOptions", "GRAPHS_EAGER_ENV"]
+__all__ = ["LoadOptions", "GRAPHS_EAGER_ENV", "HEAD_MODES"]
+
+HEAD_MODES = ("auto", "full", "pruned")  # as models.head_build.HEAD_MODES (this module stays torch-free)
 
 GRAPHS_EAGER_ENV = "GEMMA_MTP_GRAPHS_EAGER"  # "1": --cuda-graphs off CUDA runs its static path eagerly
 
@@ -34,6 +36,9 @@ class LoadOptions:
     quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
     quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
     max_batch: int = 1  # sequences decoded together (the server's slots)
+    # the output head for greedy/top-k decoding: "pruned" computes only the rows that can win
+    # (exact, `models/head.py`), "full" every row; "auto": pruned where it applies (GGUF, CPU)
+    head: str = "full"
     cuda_graphs: bool = False  # decode/verify forwards as captured CUDA graphs (engine/graphs.py)
 
     def __post_init__(self) -> None:
@@ -43,6 +48,8 @@ class LoadOptions:
             raise UsageError(f"-t/--threads must be >= 1, got {self.threads}")
         if self.n_cpu_moe < 0:
             raise UsageError(f"--n-cpu-moe must be >= 0, got {self.n_cpu_moe}")
+        if self.head not in HEAD_MODES:
+            raise UsageError(f"--head {self.head!r}: choose one of {', '.join(HEAD_MODES)}")
         if self.max_batch < 1:
             raise UsageError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.cuda_graphs and self.device == "cpu" and os.environ.get(GRAPHS_EAGER_ENV) != "1":

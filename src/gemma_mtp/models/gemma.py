@@ -17,6 +17,7 @@ from torch import nn
 
 from ..cache import ForwardPlan, KVCache, SharedKV
 from ..config import FULL, LayerSpec, TextConfig
+from ..ops import argmax_rows
 from .common import (
     ACTIVATIONS,
     GatedMLP,
@@ -266,6 +267,34 @@ class GemmaModel(nn.Module):
         """Tied head + final softcap, float32. Pass only the positions you need."""
         out = self.embed_tokens.attend(hidden).float()
         return softcap(out, self.config.final_logit_softcapping)
+
+    # the exact pruned head (`models/head.py`, set at load by `models.head_build.install_output_head`)
+    output_head = None
+
+    def argmax(self, hidden: torch.Tensor) -> torch.Tensor:
+        """`logits(hidden).argmax(-1)` (first index on ties), int64 [...]: through the pruned output
+        head where one is installed and the positions qualify, else through the full head."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        head = self.output_head
+        if head is not None and head.applies(flat):
+            ids = head.argmax(flat)
+        elif flat.shape[0]:
+            ids = torch.tensor(argmax_rows(self.logits(flat)), dtype=torch.long)
+        else:
+            ids = torch.zeros(0, dtype=torch.long)
+        return ids.view(hidden.shape[:-1])
+
+    def top_k(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The k largest logits per position and their ids, in a stable descending sort's order
+        (float32 and int64 [..., k]), through the pruned output head; None where it cannot answer
+        exactly (no pruned head, a softcap, an inconclusive bound): take `logits` then."""
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        head = self.output_head
+        out = head.top_k(flat, k) if head is not None and head.applies(flat) else None
+        if out is None:
+            return None
+        lead = (*hidden.shape[:-1], k)
+        return out[0].view(lead), out[1].view(lead)
 
 
 def rebuild_rotary(model: nn.Module, text: TextConfig) -> None:

@@ -8,17 +8,24 @@ sample them (Leviathan et al. 2023, Chen et al. 2023).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..ops import argmax_rows
 from ..sampling import sample
 
-__all__ = ["accept_greedy", "accept_sampled"]
+__all__ = ["accept_greedy", "accept_greedy_ids", "accept_sampled"]
 
 
 def accept_greedy(p_target: torch.Tensor, drafts: list[int]) -> tuple[int, int]:
     """p_target: [n+1, V] scores (probabilities or logits); accept while the draft is the argmax."""
-    best = argmax_rows(p_target)
+    return accept_greedy_ids(argmax_rows(p_target), drafts)
+
+
+def accept_greedy_ids(best: Sequence[int], drafts: list[int]) -> tuple[int, int]:
+    """best: the target's argmax at each of the n+1 verified positions (what `accept_greedy` takes
+    from the scores, e.g. `GemmaModel.argmax`); accept while the draft is the argmax."""
     for i, token in enumerate(drafts):
         if token != best[i]:
             return i, best[i]
