@@ -16,8 +16,8 @@ from gemma_mtp.engine.options import HEAD_MODES as OPTION_MODES
 from gemma_mtp.engine.options import LoadOptions
 from gemma_mtp.errors import UsageError
 from gemma_mtp.gguf.codecs import encode
-from gemma_mtp.models import head_build
-from gemma_mtp.models.head_build import HEAD_MODES, build_pruned_head, encode_q4_0, install_output_head
+from gemma_mtp.models.head_build import HEAD_MODES, build_pruned_head, install_output_head
+from gemma_mtp.models.head_codes import encode_q4_k, kernel_rounding_ok, q4_k_part_max
 from gemma_mtp.ops import argmax_rows
 from gemma_mtp.quant.blocks import GGUFBlockWeight
 from gemma_mtp.sampling import SamplingParams, _top_k_sorted, probs_from_logits
@@ -93,8 +93,8 @@ def test_the_bound_holds_for_every_row(engine, hidden):
     for at in range(0, hidden.shape[0], 97):
         x = hidden[at : at + 1]
         exact = _full_logits(engine, x)[0].double()
-        xg, margin = head.bound(x)
-        upper = head.upper(x, xg)[0].double() + float(margin[0])
+        u, margin = head.upper(x)
+        upper = u[0].double() + float(margin[0])
         assert bool((exact <= upper).all()), f"position {at}: {int((exact > upper).sum())} rows above"
 
 
@@ -148,9 +148,9 @@ def test_softcapped_argmax_is_the_full_heads(engine, hidden):
 
 
 def _energy(head) -> torch.Tensor:
-    """An energy profile that keeps the same exact units as ``head`` (for rebuilding it)."""
-    energy = torch.ones(head.width // 32, dtype=torch.float64)
-    energy[head.a_blocks] = 1e6
+    """An energy profile that keeps the dense inputs of ``head`` (for rebuilding it)."""
+    energy = torch.ones(head.width, dtype=torch.float64)
+    energy[head.dense_cols] = 1e6
     return energy
 
 
@@ -198,8 +198,7 @@ def test_ties_go_to_the_first_index():
     values[[3000, 17, 2048, 4095]] = values[1234].clone()  # four copies of row 1234, the best one
     data = torch.from_numpy(encode(values.numpy(), GGMLQuantizationType.Q8_0))
     weight = GGUFBlockWeight(data, GGMLQuantizationType.Q8_0, width)
-    energy = torch.ones(width // 32, dtype=torch.float64)
-    head = build_pruned_head(weight, energy, cap=None)
+    head = build_pruned_head(weight, torch.ones(width, dtype=torch.float64), cap=None)
     x = (values[1234] * 40 + torch.randn(width, generator=gen) * 0.1)[None]
     full = head.full_logits(x)
     ties = (full[0] == full[0].max()).nonzero().squeeze(1).tolist()
@@ -209,27 +208,38 @@ def test_ties_go_to_the_first_index():
     assert ids_k[0].tolist() == [17, 1234, 2048]
 
 
-def test_q4_0_encoding_decodes_to_the_values_it_reports():
+def test_q4_k_encoding_stays_within_each_sub_blocks_range():
+    """The copy's blocks decode (as the kernel reads them) to values within a step of the input,
+    zero sub-blocks to zeros, and `q4_k_part_max` bounds every weight's parts."""
     native_or_skip()
     gen = torch.Generator().manual_seed(1)
-    values = torch.randn(64, 96, generator=gen)
-    values[3, :32] = 0.0  # an all-zero block
-    data, decoded = encode_q4_0(values)
-    weight = GGUFBlockWeight(data, head_build.Q4_0, 96)
-    assert torch.equal(weight.rows(torch.arange(64)), decoded)
-    assert float((values - decoded).abs().max()) < 0.6
+    values = torch.randn(64, 512, generator=gen) * 0.05
+    values[3, :32] = 0.0
+    values[5] = values[5].abs() + 0.01  # no negative values: a zero offset
+    data, scales = encode_q4_k(values)
+    decoded = GGUFBlockWeight(data, GGMLQuantizationType.Q4_K, 512).rows(torch.arange(64))
+    step = (scales["d"][..., None] * scales["sc"]).repeat_interleave(32, dim=-1).view(64, 512)
+    assert bool(((decoded - values).abs() <= step / 2 + 1e-6).all())
+    assert bool((decoded[3, :32] == 0).all())
+    assert float(decoded.abs().max()) <= q4_k_part_max(scales)
+
+
+def test_the_kernel_rounds_activations_as_the_bound_assumes():
+    assert kernel_rounding_ok(native_or_skip())
 
 
 def test_greedy_generation_is_unchanged_by_the_pruned_head(engine):
     """Plain, MTP (the embedded drafter) and n-gram greedy runs give the same tokens with the
-    pruned head on and off; it answers plain decoding and verify steps of up to `max_rows`
-    positions (n_max 1), the full head wider ones (n_max 3)."""
+    pruned head on and off; it answers every verified position (up to n_max + 1 at a time here,
+    beyond the `max_rows` it takes by default)."""
     target, head = engine.target, engine.target.output_head
     greedy = SamplingParams(temperature=0)
     texts = ("def fibonacci(n):\n", "The cat sat on the", "1, 2, 3, 4,")
     specs = [SpecOptions(type="none")]
     specs += [SpecOptions(type=kind, n_max=n) for kind in ("mtp", "ngram") for n in (1, 3)]
+    limit = head.max_rows
     try:
+        head.max_rows = 4
         for ids in (engine.tokenizer.encode(t) for t in texts):
             for spec in specs:
                 runs = {}
@@ -238,19 +248,20 @@ def test_greedy_generation_is_unchanged_by_the_pruned_head(engine):
                     before = head.stats.positions
                     out = engine.generate([2, *ids], n_predict=24, sampling=greedy, spec=spec)
                     runs[on] = out.token_ids
-                    if on and (spec.type == "none" or (spec.type == "mtp" and spec.n_max == 1)):
-                        assert head.stats.positions > before, spec
+                    if on:
+                        assert head.stats.positions - before >= len(out.token_ids), spec
                 assert runs[True] == runs[False], (spec, ids)
     finally:
-        target.output_head = head
+        target.output_head, head.max_rows = head, limit
 
 
-def test_a_second_load_reads_the_cache(engine):
-    notice = install_output_head(engine.target, "pruned")
-    assert "cached" in notice and "built" not in notice
-    assert install_output_head(engine.target, "full") is None and engine.target.output_head is None
-    install_output_head(engine.target, "auto")
-    assert engine.target.output_head is not None
+def test_a_second_load_reads_the_cache_and_auto_is_the_full_head(engine):
+    try:
+        assert install_output_head(engine.target, "full") is None and engine.target.output_head is None
+        assert install_output_head(engine.target, "auto") is None and engine.target.output_head is None
+    finally:
+        notice = install_output_head(engine.target, "pruned")
+    assert "cached" in notice and "built" not in notice and engine.target.output_head is not None
 
 
 def test_head_option_names_and_checks():

@@ -1,42 +1,46 @@
 """An exact pruned output head: each position's argmax (or top k) of the tied head without every row.
 
-The full head multiplies the hidden state by all V rows of a GGUF block matrix (`gguf_mm`: the
-activations rounded to int8 per 32 inputs, exact int32 sums per 32, float32 accumulation). Greedy
-decoding needs only the argmax, so `PrunedHead` computes a cheap approximation `T` of every row's
-product, a rigorous bound `S` on |exact - T|, and the exact products (`gguf_mm_rows`, the same bits
-as `gguf_mm`) only for the rows whose upper bound `T + S` reaches the best exact value found.
+The full head multiplies the hidden state x by all V rows of a Q8_0 block matrix (`gguf_mm`: x
+rounded to int8 per 32 inputs, x^; exact int32 sums per 32; float32 accumulation). Greedy decoding
+needs only the argmax, so `PrunedHead` computes an upper bound U_n of every row's exact product and
+the exact products (`gguf_mm_rows`, the same bits as `gguf_mm`) only for the rows whose bound
+reaches the best exact value found; whatever the bound cannot decide (too many candidates,
+non-finite input, a softcapped near tie) takes the full head. The answer is the full head's argmax
+(first index on ties) bit for bit.
 
-The approximation (`models/head_build.py` makes it once per head): the units (weight blocks) of the
-inputs that carry most of the hidden state's energy keep their own bytes (exact), the others are
-re-quantized to Q4_0 (half the bytes). Both parts are fed the same 32-input blocks of x as the full
-head, so the kernel rounds them to the same int8 activations x^; only the re-quantized weights
-differ, by e = W - W~, and for every row n
+The bound (`models/head_build.py` makes its tables once per head). A probe (an identity matrix in
+Q8_0) gives x^ itself as the kernel rounds it, z = fl(x^). The few inputs where the hidden state's
+energy sits (its "massive" dimensions, `dense_cols`) are multiplied exactly in float32 by their
+weights; every other input goes through a Q4_K copy W~ of the head (the fast K-quant kernel, a
+quarter of the head's bytes per input), fed z, which the kernel rounds again per 256 inputs (z~).
+For every row n
 
-    |exact_n - T_n| <= sum over groups g of ||e_n,g|| * ||x^_g||  (+ the float32 rounding below),
+    W_n . x^ = W_M . x^_M + W~ . z~ + (W - W~) . x^_B + W~ . (x^_B - z~)
+    U_n = dense + T + sum_g ||(W - W~)_n,g|| ||x^_g|| + sum_s ||W~_n,s|| ||x^_s - z~_s||
 
-with ||e_n,g|| stored per row (a few groups of input blocks, rounded up) and ||x^_g|| bounded from
-x alone (each x^_i is within half an int8 step of x_i). The float32 accumulation of every product
-(any order of at most D + D/16 terms, each rounded at most twice) is bounded by
-gamma * sum |terms| with gamma = (D + D/16 + 16) u, and sum |terms| by Cauchy-Schwarz from per-part
-row-norm maxima; adding T's parts and the bound itself in float32 gets its own (G + 4) u term.
-Whatever the bound cannot decide (too many candidates, non-finite input, a softcapped near tie)
-takes the full head, so the result is the full head's argmax (first index on ties) bit for bit.
+with the error norms per row and group g of 32-input blocks and the copy's norms per 256-input
+super-block s stored (rounded up), ||x^_g|| from z, and ||x^_s - z~_s|| <= 16 half-steps of the
+tier's rounding. One `addmm` adds all of them to T. Float32 rounding: every kernel product is within
+gamma * sum |terms| of its real value (any order of at most D + D/16 terms, each rounded at most
+twice: gamma = (D + D/16 + 16) u), sum |terms| bounded from per-row maxima; z is within u of x^;
+the addmm gets (columns + 4) u of its inputs' magnitudes. Their sum is the per-position `margin`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .. import native
 from ..threads import single_thread
 
-__all__ = ["PrunedHead", "HeadStats"]
+__all__ = ["PrunedHead", "HeadStats", "Q8_0", "Q4_K"]
 
+Q8_0, Q4_K = 8, 12  # GGML type ids
 U32 = 2.0**-24  # float32 unit roundoff
-HALF_STEP = 0.5001  # |x^_i - x_i| <= HALF_STEP * max|x_block| / 127 (round to nearest, float32 scale)
-SQRT32 = 32**0.5
+HALF_STEP = 0.5001  # |rounded_i - x_i| <= HALF_STEP * max|x_group| / 127 (nearest, float32 scale)
 
 
 @dataclass
@@ -53,44 +57,51 @@ class HeadStats:
         return self.exact_rows / max(1, self.positions)
 
 
-class PrunedHead:
-    """The pruned head over `data` (uint8 [V, bytes] GGUF blocks of `qtype`, the model's tied head).
+def probe_matrix(width: int) -> torch.Tensor:
+    """Q8_0 rows e_j (scale 1.0, code 1 at input j): `gguf_mm(x, probe)` is fl(x^), x as the
+    kernel rounds it (one product code * step, every other term an exact zero)."""
+    blocks = torch.zeros(width, width // 32, 34, dtype=torch.uint8)
+    blocks[:, :, 1] = 0x3C  # f16 1.0 = 0x3C00, little-endian
+    j = torch.arange(width)
+    blocks[j, j // 32, 2 + j % 32] = 1
+    return blocks.view(width, -1).contiguous()
 
-    `a_cols`/`a_data`: the inputs and bytes of the units kept exact; `b_cols`/`b_data`: the other
-    inputs and their re-quantization (`b_qtype`); `groups` [nb32, G] one-hot: the bound's groups of
-    32-input blocks; `err` [G, V]: ||e_n,g|| rounded up; `consts`: the row-norm maxima of the
-    rounding bound (`row_norm`, `a_norm`, `b_norm`: max ||W_n|| over the head, the exact units and
-    the re-quantized ones; `b_abs`: the largest |weight part| per input of the re-quantized units).
-    `cap`: the final logit softcap (None for Gemma 3).
+
+class PrunedHead:
+    """The pruned head over `data` (uint8 [V, D/32*34], the model's tied Q8_0 head).
+
+    `dense_cols` [k]: the inputs multiplied exactly; `tier_index` [Kt]: the other inputs in the Q4_K
+    copy's order, D for padding (a zero); `tier_data`: the copy (uint8 [V, Kt/256*144]); `groups`
+    [Kt/32, G]: the bound's groups of the copy's 32-input blocks (one-hot); `rows` [G + Kt/256 + k,
+    V] float32: the error norms per group, the copy's norms per super-block (both rounded up) and
+    the dense inputs' exact weights; `consts`: per-row maxima for the rounding margin (`row_norm`
+    max ||W_n||, `tier_norm` max ||W~_n||, `tier_abs` max |part| of a Q4_K weight in the kernel's
+    split d*sc*q + m, `dense_norm` max ||W_n,dense||). `cap`: the final logit softcap, if any.
     """
 
-    max_rows = 2  # positions per call answered here; more take the full head (cheaper there)
+    max_rows = 1  # positions per call answered here; more take the full head (cheaper there)
     max_candidates = 16384  # exact rows per position beyond which the full head is cheaper
 
     def __init__(
         self,
         *,
         data: torch.Tensor,
-        qtype: int,
-        a_cols: torch.Tensor,
-        a_data: torch.Tensor,
-        a_qtype: int,
-        b_cols: torch.Tensor,
-        b_data: torch.Tensor,
-        b_qtype: int,
+        dense_cols: torch.Tensor,
+        tier_index: torch.Tensor,
+        tier_data: torch.Tensor,
         groups: torch.Tensor,
-        err: torch.Tensor,
+        rows: torch.Tensor,
         consts: dict[str, float],
         cap: float | None = None,
     ) -> None:
-        self.data, self.qtype, self.cap = data, qtype, cap
-        self.a_cols, self.a_data, self.a_qtype = a_cols, a_data, a_qtype
-        self.b_cols, self.b_data, self.b_qtype = b_cols, b_data, b_qtype
-        self.groups = groups.double()
-        self.err, self.err_max = err, err.double().amax(dim=1)
-        self.consts = consts
-        self.a_blocks = a_cols.view(-1, 32)[:, 0] // 32
-        self.b_blocks = b_cols.view(-1, 32)[:, 0] // 32
+        self.data, self.cap, self.consts = data, cap, consts
+        self.width = data.shape[1] // 34 * 32
+        self.probe = probe_matrix(self.width)
+        self.dense_cols, self.tier_index, self.tier_data = dense_cols, tier_index, tier_data
+        self.groups = groups.double().numpy()
+        self.rows = rows
+        n_groups, n_sb = self.groups.shape[1], tier_index.numel() // 256
+        self.row_max = rows[: n_groups + n_sb].double().amax(dim=1).numpy()  # err and copy norms
         self.stats = HeadStats()
 
     @property
@@ -98,12 +109,8 @@ class PrunedHead:
         return self.data.shape[0]
 
     @property
-    def width(self) -> int:
-        return self.a_cols.numel() + self.b_cols.numel()
-
-    @property
     def extra_bytes(self) -> int:
-        return self.a_data.numel() + self.b_data.numel() + self.err.numel() * 4
+        return self.tier_data.numel() + self.rows.numel() * 4 + self.probe.numel()
 
     def applies(self, x: torch.Tensor) -> bool:
         """Whether `argmax`/`top_k` answer for x [M, D] (else the caller takes the full head)."""
@@ -119,53 +126,55 @@ class PrunedHead:
     # -- the exact head ---------------------------------------------------------------------------
     def full_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The full head's logits for x [M, D] (what `GemmaModel.logits` gives), float32 [M, V]."""
-        out = native.module().gguf_mm(x, [self.data], [self.qtype], True)
+        out = native.module().gguf_mm(x, [self.data], [Q8_0], True)
         return out if self.cap is None else torch.tanh(out / self.cap) * self.cap
 
     def exact(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The full head's raw products (before any softcap) for rows ids [M, n]: float32 [M, n]."""
-        return native.module().gguf_mm_rows(x, self.data, self.qtype, ids, True)
+        return native.module().gguf_mm_rows(x, self.data, Q8_0, ids, True)
 
-    # -- the approximation and its bound -------------------------------------------------------
-    def bound(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """From x [M, D] alone: (xg [M, G] float32, upper bounds of ||x^_g|| for the bound's groups
-        of 32-input blocks; margin [M] float64, the float32 rounding of the exact products, of T and
-        of U = T + xg @ err together), so that every row's exact float32 product <= U + margin."""
-        c = self.consts
-        m, d = x.shape
-        xb = x.double().view(m, d // 32, 32)
-        step = xb.abs().amax(-1) / 127.0
-        # per 32-input block, upper bounds of ||x^_b||_2 and ||x^_b||_1 (|x^_i - x_i| <= half a step)
-        norm2 = (xb.square().sum(-1).sqrt() + SQRT32 * HALF_STEP * step) * (1 + 1e-12)
-        norm1 = (xb.abs().sum(-1) + 32 * HALF_STEP * step) * (1 + 1e-12)
-        sq = norm2.square()
-        xg = (sq @ self.groups).sqrt() * (1 + 1e-12)
-        n_all = sq.sum(-1).sqrt()
-        n_a = sq[:, self.a_blocks].sum(-1).sqrt()
-        n_b = sq[:, self.b_blocks].sum(-1).sqrt()
-        l1_b = norm1[:, self.b_blocks].sum(-1)
-        gamma = (d + d // 16 + 16) * U32 * 1.01  # any order of <= d + d/16 terms, 2 roundings each
-        eps_exact = gamma * c["row_norm"] * n_all  # sum |terms| <= ||W_n|| ||x^|| (no zero terms)
-        t_max = c["a_norm"] * n_a + c["b_norm"] * n_b  # >= |T_n|
-        eps_t = gamma * (c["a_norm"] * n_a + c["b_abs"] * l1_b) + 2 * U32 * t_max
-        eps_u = (self.err.shape[0] + 4) * U32 * (t_max + xg @ self.err_max)
-        margin = (eps_exact + eps_t + eps_u) * 1.01
-        return _round_up(xg), margin
-
-    def upper(self, x: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
-        """U [M, V] float32: the approximation T (the re-quantized units' products plus the exact
-        units') plus the bound xg @ err on what the re-quantization changed."""
+    # -- the bound ----------------------------------------------------------------------------------
+    def upper(self, x: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        """(U [M, V] float32, margin [M] float64): every row's exact float32 product <= U + margin."""
         ops = native.module()
-        xb = x if self.b_cols.numel() == x.shape[1] else x[:, self.b_cols]
-        u = ops.gguf_mm(xb, [self.b_data], [self.b_qtype], True)
-        a = (
-            ops.gguf_mm(x[:, self.a_cols], [self.a_data], [self.a_qtype], True)
-            if self.a_cols.numel()
-            else None
-        )
-        with single_thread():  # one pass over V each: faster on the calling thread (sampling.py)
-            u.addmm_(xg, self.err)
-            return u if a is None else u.add_(a)
+        with single_thread():  # 640 rows: not worth a second thread's wake-up
+            z = ops.gguf_mm(x, [self.probe], [Q8_0], True)  # fl(x^): the head's own int8 activations
+        zt = torch.nn.functional.pad(z, (0, 1))[:, self.tier_index]
+        u = ops.gguf_mm(zt, [self.tier_data], [Q4_K], True)
+        cols, margin = self._columns(z.numpy(), zt.numpy())
+        with single_thread():  # one pass over V: faster on the calling thread (see sampling.py)
+            u.addmm_(torch.from_numpy(cols), self.rows)
+        return u, margin
+
+    def _columns(self, z: np.ndarray, zt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The addmm's columns [M, G + S + k] (group norms of x^, bounds of ||x^_s - z~_s||, the
+        dense inputs) and the rounding margin [M], from z = fl(x^) and the copy's input zt; in numpy
+        (some twenty small operations, each a few times cheaper than torch's)."""
+        c = self.consts
+        m, d = z.shape
+        t64 = zt.astype(np.float64)
+        sq = np.square(t64).reshape(m, -1, 32).sum(-1)
+        group = np.sqrt(sq @ self.groups) * (1 + 4 * U32)  # >= ||x^_g|| (|x^_i| <= |z_i| (1 + u))
+        sb_abs = np.abs(t64).reshape(m, -1, 256)
+        step = sb_abs.max(-1) / 127.0  # the copy's int8 step per 256 inputs (or a finer one)
+        sb_norm = np.sqrt(sq.reshape(m, -1, 8).sum(-1))
+        mis = 16 * HALF_STEP * step + 2 * U32 * sb_norm  # >= ||x^_s - z~_s||
+        dense = z[:, self.dense_cols.numpy()]
+        n_dense = np.sqrt(np.square(dense.astype(np.float64)).sum(-1))
+        n_all = np.sqrt(np.square(z.astype(np.float64)).sum(-1)) * (1 + 4 * U32)  # >= ||x^||
+        tier_norm = np.sqrt(sq.sum(-1)) + mis.sum(-1)  # >= ||z~||
+        tier_l1 = (sb_abs.sum(-1) + 256 * HALF_STEP * step).sum(-1)  # >= ||z~||_1
+        gamma = (d + d // 16 + 16) * U32 * 1.01
+        eps_exact = gamma * c["row_norm"] * n_all
+        eps_tier = gamma * c["tier_abs"] * tier_l1
+        eps_dense = 2 * U32 * c["dense_norm"] * n_dense  # z for x^ in the dense products
+        magnitude = c["tier_norm"] * tier_norm + np.concatenate([group, mis], 1) @ self.row_max
+        eps_addmm = (self.rows.shape[0] + 4) * U32 * (magnitude + c["dense_norm"] * n_dense)
+        margin = (eps_exact + eps_tier + eps_dense + eps_addmm) * 1.01
+        bounds = np.concatenate([group, mis], 1) * (1 + 1e-12)
+        up = bounds.astype(np.float32)
+        up = np.where(up < bounds, np.nextafter(up, np.float32(np.inf)), up)  # rounded up
+        return np.ascontiguousarray(np.concatenate([up, dense], 1), dtype=np.float32), margin
 
     # -- answers -----------------------------------------------------------------------------------
     def candidates(self, x: torch.Tensor, best_of) -> list[torch.Tensor | None]:
@@ -173,26 +182,29 @@ class PrunedHead:
         value reached by some row, found from the upper bounds u), or None (take the full head)."""
         if not bool(torch.isfinite(x).all()) or float(x.abs().max()) > 1e30:
             return [None] * x.shape[0]
-        xg, margin = self.bound(x)
-        u = self.upper(x, xg)
-        best = best_of(u)
-        cut = _round_down(best.double() - margin - self._cap_margin(best))
+        u, margin = self.upper(x)
+        best = best_of(u).double().numpy()
+        cut = best - margin - self._cap_margin(best)
+        cut32 = cut.astype(np.float32)
+        cut32 = np.where(cut32 > cut, np.nextafter(cut32, np.float32(-np.inf)), cut32)  # rounded down
         out: list[torch.Tensor | None] = []
-        with single_thread():
-            for row in range(x.shape[0]):
-                ids = (u[row] >= cut[row]).nonzero().squeeze(1) if bool(torch.isfinite(cut[row])) else None
-                out.append(ids if ids is not None and 0 < ids.numel() <= self.max_candidates else None)
+        upper = u.numpy()
+        for row in range(x.shape[0]):
+            # numpy's flatnonzero: ~5x faster than torch's nonzero over one row of V here
+            ids = np.flatnonzero(upper[row] >= cut32[row]) if np.isfinite(cut[row]) else None
+            ok = ids is not None and 0 < ids.size <= self.max_candidates
+            out.append(torch.from_numpy(ids) if ok else None)
         return out
 
-    def _cap_margin(self, best: torch.Tensor) -> torch.Tensor:
+    def _cap_margin(self, best: np.ndarray) -> np.ndarray:
         """With a softcap, raw values a little below the best can round to the same capped value:
         lower the cut by 16 capped ulps over the cap's slope there (inf: no pruning past 3 caps)."""
         if self.cap is None:
-            return torch.zeros_like(best, dtype=torch.float64)
-        raw = best.double().abs() + 1.0
-        slope = torch.cosh(raw / self.cap).pow(-2)
-        ulp = float(torch.finfo(torch.float32).eps) * self.cap
-        return torch.where(raw < 3 * self.cap, 16 * ulp / slope, torch.full_like(raw, float("inf")))
+            return np.zeros_like(best)
+        raw = np.abs(best) + 1.0
+        slope = np.cosh(raw / self.cap) ** -2.0
+        ulp = float(np.finfo(np.float32).eps) * self.cap
+        return np.where(raw < 3 * self.cap, 16 * ulp / slope, np.inf)
 
     def argmax(self, x: torch.Tensor) -> torch.Tensor:
         """The full head's argmax of each row of x [M, D] (first index on ties): int64 [M]."""
@@ -259,15 +271,3 @@ class PrunedHead:
         self.stats.positions += x.shape[0]
         self.stats.calls += 1
         return torch.stack(values), torch.stack(indices)
-
-
-def _round_up(x: torch.Tensor) -> torch.Tensor:
-    """float64 -> float32, never below the float64 value."""
-    f = x.float()
-    return torch.where(f.double() < x, torch.nextafter(f, torch.tensor(float("inf"))), f)
-
-
-def _round_down(x: torch.Tensor) -> torch.Tensor:
-    """float64 -> float32, never above the float64 value."""
-    f = x.float()
-    return torch.where(f.double() > x, torch.nextafter(f, torch.tensor(float("-inf"))), f)
