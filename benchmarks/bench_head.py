@@ -9,8 +9,8 @@ head alone; the exact rows the pruned head computed per position; then plain gre
 through the Engine with the full and the pruned head (same engine, the head switched between
 runs), decode tokens/s and whether the tokens are the same. Every measurement alternates full,
 pruned, full, ... so that a change in machine load hits both alike; medians are reported.
-``--schemes`` builds the pruned head with other shares of exact inputs (each cached) and measures
-them too. Rows go to ``benchmarks/results/head.jsonl``.
+``--dense`` builds the pruned head with other numbers of inputs multiplied exactly (each cached)
+and measures them too. Rows go to ``benchmarks/results/head.jsonl``.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main() -> int:
     parser.add_argument("--decode-reps", type=int, default=3, help="timed generations per prompt and head")
     parser.add_argument("-n", type=int, default=64, help="tokens per generation")
     parser.add_argument("--widths", default="1,2,4", help="positions per forward")
-    parser.add_argument("--schemes", default=str(head_build.EXACT_SHARE), help="shares of exact inputs")
+    parser.add_argument("--dense", default=str(head_build.DENSE), help="inputs multiplied exactly, e.g. 8,16")
     parser.add_argument("-t", "--threads", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "head.jsonl"))
     args = parser.parse_args()
@@ -148,19 +148,19 @@ def main() -> int:
     print("command:", " ".join([os.path.relpath(sys.executable), *sys.argv]))
     print(f"load average at start: {meta['load_avg']:.2f}; threads {meta['threads']}; {meta['cpu']}")
     out_rows = []
-    for share in (float(s) for s in args.schemes.split(",")):
-        head_build.EXACT_SHARE = share
+    for dense in (int(s) for s in args.dense.split(",")):
+        head_build.DENSE = dense
         notice = head_build.install_output_head(engine.target, "pruned")
         head = engine.target.output_head
-        print(f"\nscheme: exact share {share} ({notice})")
+        print(f"\nscheme: {dense} dense inputs ({notice})")
         fwd = forward_cost(engine, head, widths, args.reps)
         cols = ["T", "full step ms", "pruned step ms", "step ratio", "full head ms", "pruned head ms"]
         print(format_table(fwd, [*cols, "exact rows/pos", "full fallbacks"]))
         dec = decode_speed(engine, head, args.n, args.decode_reps)
         cols = ["prompt", "full tok/s", "pruned tok/s", "speedup", "exact rows/pos", "tokens"]
         print(format_table(dec, cols))
-        out_rows += [{**meta, "bench": "forward", "exact_share": share, **r} for r in fwd]
-        out_rows += [{**meta, "bench": "decode", "exact_share": share, "n": args.n, **r} for r in dec]
+        out_rows += [{**meta, "bench": "forward", "dense": dense, **r} for r in fwd]
+        out_rows += [{**meta, "bench": "decode", "dense": dense, "n": args.n, **r} for r in dec]
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
     append_jsonl(args.out, out_rows)
     return 0

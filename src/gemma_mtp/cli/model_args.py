@@ -139,15 +139,15 @@ def add_mmproj_argument(group: _Group, defaults: Any) -> None:
 
 
 def add_head_argument(group: _Group, defaults: Any) -> None:
-    """``--head auto|full|pruned``: the output head greedy and top-k decoding use (the same tokens)."""
+    """``--head auto|full|pruned``: the output head greedy decoding uses (the same tokens)."""
     from gemma_mtp.engine.options import HEAD_MODES
 
     group.add_argument(
         "--head",
         choices=HEAD_MODES,
         default=defaults.head,
-        help="output head for greedy/top-k decoding: pruned computes only the rows that can win "
-        "(exact, the same tokens), full every row; auto: pruned for GGUF heads on the CPU "
+        help="output head for greedy decoding: pruned computes only the rows that can win (exact: "
+        "the same tokens; Q8_0 GGUF heads on the CPU), full every row; auto: full for now "
         "(default: %(default)s)",
     )
 

@@ -36,9 +36,10 @@ class LoadOptions:
     quantized: bool | None = None  # GGUF only; None: the loader's default (quantized on the CPU)
     quant_kernels: dict[str, str] | None = None  # GGUF only; per-type kernel, e.g. {"Q8_0": "int8"}
     max_batch: int = 1  # sequences decoded together (the server's slots)
-    # the output head for greedy/top-k decoding: "pruned" computes only the rows that can win
-    # (exact, `models/head.py`), "full" every row; "auto": pruned where it applies (GGUF, CPU)
-    head: str = "full"
+    # the output head for greedy decoding: "pruned" computes only the rows that can win (exact, the
+    # same tokens: `models/head.py`), "full" every row; "auto": the full head for now (the pruned one
+    # saved too little on the CPU it was measured on: benchmarks/README.md, bench_head.py)
+    head: str = "auto"
     cuda_graphs: bool = False  # decode/verify forwards as captured CUDA graphs (engine/graphs.py)
 
     def __post_init__(self) -> None:
