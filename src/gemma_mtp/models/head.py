@@ -11,8 +11,8 @@ non-finite input, a softcapped near tie) takes the full head. The answer is the 
 The bound (`models/head_build.py` makes its tables once per head). A probe (an identity matrix in
 Q8_0) gives x^ itself as the kernel rounds it, z = fl(x^). The few inputs where the hidden state's
 energy sits (its "massive" dimensions, `dense_cols`) are multiplied exactly in float32 by their
-weights; every other input goes through a Q4_K copy W~ of the head (the fast K-quant kernel, a
-quarter of the head's bytes per input), fed z, which the kernel rounds again per 256 inputs (z~).
+weights; every other input (B) goes through a Q4_K copy W~ of the head (the fast K-quant kernel,
+about half the bytes per input), fed z, which the kernel rounds again per 256 inputs (z~).
 For every row n
 
     W_n . x^ = W_M . x^_M + W~ . z~ + (W - W~) . x^_B + W~ . (x^_B - z~)
@@ -55,6 +55,12 @@ class HeadStats:
 
     def rows_per_position(self) -> float:
         return self.exact_rows / max(1, self.positions)
+
+
+def _gamma(k: int) -> float:
+    """Relative rounding of a float32 sum of at most k + k/16 terms, each rounded at most twice, in
+    any order (the kernel's per-block products and zero terms): (n + 16) u, with a margin."""
+    return (k + k // 16 + 16) * U32 * 1.01
 
 
 def probe_matrix(width: int) -> torch.Tensor:
@@ -164,9 +170,9 @@ class PrunedHead:
         n_all = np.sqrt(np.square(z.astype(np.float64)).sum(-1)) * (1 + 4 * U32)  # >= ||x^||
         tier_norm = np.sqrt(sq.sum(-1)) + mis.sum(-1)  # >= ||z~||
         tier_l1 = (sb_abs.sum(-1) + 256 * HALF_STEP * step).sum(-1)  # >= ||z~||_1
-        gamma = (d + d // 16 + 16) * U32 * 1.01
-        eps_exact = gamma * c["row_norm"] * n_all
-        eps_tier = gamma * c["tier_abs"] * tier_l1
+        kt = zt.shape[1]
+        eps_exact = _gamma(d) * c["row_norm"] * n_all
+        eps_tier = _gamma(kt) * c["tier_abs"] * tier_l1
         eps_dense = 2 * U32 * c["dense_norm"] * n_dense  # z for x^ in the dense products
         magnitude = c["tier_norm"] * tier_norm + np.concatenate([group, mis], 1) @ self.row_max
         eps_addmm = (self.rows.shape[0] + 4) * U32 * (magnitude + c["dense_norm"] * n_dense)
