@@ -5,8 +5,9 @@ memory-mapped file (no copy: the model takes the file's size in memory, the page
 the page cache, and loading is instant). The kernel decodes each block as ggml lays it out
 (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K and the low-bit Q2_K, Q3_K, IQ4_NL, IQ4_XS,
 IQ3_XXS, IQ3_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M), exactly what `gguf.quants.dequantize` gives,
-and multiplies by activations rounded to int8 per 32 inputs, as llama.cpp does. Over many rows
-(prefill) a tile of super-block weight rows is decoded once for all of them; each row's result is
+and multiplies by activations rounded to int8 per 32 inputs (per 256 for Q4_K / Q5_K / Q6_K,
+summed per super-block in int32), as llama.cpp does. Over many rows (prefill) a tile of
+super-block weight rows is decoded once for all of them; each row's result is
 still the bits it gets alone, so prefill, decoding and verifying drafts agree. `GGUFMultiWeight`
 runs several matrices that read the same input (q/k/v, gate/up) in one call, still in place.
 """

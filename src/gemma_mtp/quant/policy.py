@@ -83,7 +83,7 @@ EXACTNESS = {
     (
         "gguf",
         None,
-    ): "weights exact (the file's bytes), activations rounded to int8 per 32 inputs (as llama.cpp)",
+    ): "weights exact (the file's bytes), activations rounded to int8 per 32 inputs (per 256 for Q4_K/Q5_K/Q6_K), as llama.cpp",
     ("q8", None): "weights exact, activations rounded to int8 per 32 inputs (as llama.cpp)",
     ("int4", True): "exact up to the bfloat16 rounding of each block scale (|dw| <= 2^-8 |w|)",
     ("int4", False): "bfloat16 block scale and zero (|dw| <= 2^-7 max|w| of its 32-group)",
