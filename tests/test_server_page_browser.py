@@ -143,15 +143,22 @@ def ask(page, *, send: str) -> tuple[dict, list[dict]]:
     return response.request.post_data_json, sse_chunks(response.body())
 
 
+def model_named(page) -> None:
+    """Wait until the page names the served model. A locator wait, not `wait_for_function`: that
+    one polls by evaluating a string in the page, which the page's CSP (script-src 'self', no
+    unsafe-eval) refuses whenever the first check is not true yet (a slow, loaded machine)."""
+    page.locator("#model", has_text="gguf").wait_for(timeout=120_000)
+
+
 def test_the_page_chats_streams_and_shows_what_speculation_did(page):
     # the API key is asked once and kept in the browser
     page.locator("#key-dialog").wait_for(state="visible")
     page.fill("#key-input", KEY)
     page.click("#key-save")
-    page.wait_for_function("document.getElementById('model').textContent.includes('gguf')")
+    model_named(page)
     assert page.evaluate("localStorage.getItem('gemma-mtp:api-key')") == KEY
     page.reload()
-    page.wait_for_function("document.getElementById('model').textContent.includes('gguf')")
+    model_named(page)
     assert page.locator("#key-dialog").is_hidden()
 
     page.fill("#max-tokens", "24")
