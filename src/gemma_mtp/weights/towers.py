@@ -138,20 +138,8 @@ def load_hf_vision(path: str | Path, *, dtype: str = "auto", device: str = "cpu"
     or when the model has no vision tower."""
     path = Path(path)
     config = read_vision_config(path)
-    raw = _read_json(path)
-    want_dtype = resolve_dtype(dtype, (raw.get("text_config") or {}).get("dtype") or raw.get("dtype"))
-    tensors: dict[str, torch.Tensor] = {}
-    for f in safetensors_files(path):
-        check_readable(f)
-        try:
-            handle = safe_open(str(f), framework="pt")
-        except Exception as exc:  # safetensors raises its own error types for corrupt files
-            raise ModelFormatError(f"{f}: not a readable safetensors file ({exc})") from None
-        with handle:
-            for name in handle.keys():
-                ours = _ours(name)
-                if ours is not None:
-                    tensors[ours] = handle.get_tensor(name)
+    want_dtype = _checkpoint_dtype(path, dtype)
+    tensors = _read_tensors(path, VISION_PREFIXES)
     model = build_vision(config)
     load_state_strict(model, tensors, str(path), want_dtype)
     return finish_vision(model, device)
@@ -176,8 +164,7 @@ def load_hf_audio(path: str | Path, *, dtype: str = "auto", device: str = "cpu")
     or when the model has no audio tower."""
     path = Path(path)
     config = read_audio_config(path)
-    raw = _read_json(path)
-    want_dtype = resolve_dtype(dtype, (raw.get("text_config") or {}).get("dtype") or raw.get("dtype"))
+    want_dtype = _checkpoint_dtype(path, dtype)
     tensors = _read_tensors(path, AUDIO_PREFIXES)
     with torch.device("meta"):
         model = AudioModel(config)
@@ -188,7 +175,14 @@ def load_hf_audio(path: str | Path, *, dtype: str = "auto", device: str = "cpu")
     return model
 
 
+def _checkpoint_dtype(path: Path, dtype: str) -> torch.dtype:
+    """`dtype` resolved against the checkpoint's own (its text config's, else the top level's)."""
+    raw = _read_json(path)
+    return resolve_dtype(dtype, (raw.get("text_config") or {}).get("dtype") or raw.get("dtype"))
+
+
 def _read_tensors(path: Path, prefixes) -> dict[str, torch.Tensor]:
+    """The safetensors tensors under `prefixes`, by our names (`_ours`)."""
     tensors: dict[str, torch.Tensor] = {}
     for f in safetensors_files(path):
         check_readable(f)
