@@ -18,7 +18,8 @@ Sections, one PASS/FAIL line each with its numbers (and a line per failed case);
              Triton kernel announce their fallback
   lossless   greedy mtp, ngram and draft (n_max 1..4, batch 1 and 3) on the device equal plain greedy;
              greedy mtp with --cuda-graphs (engine/graph_decoder.py: captured CUDA graphs; with
-             --device cpu the same static path run eagerly) equals it too; the static step's logits
+             --device cpu the same static path run eagerly) equals it too, as the decoder and
+             through `gemma_mtp.load(..., cuda_graphs=True)`'s Engine; the static step's logits
              (forward + head captured) vs the plain forward's, and the on-device greedy acceptance
              vs speculative/acceptance.py's on them. A forward that cannot be captured fails by name.
   memory     bytes on the device after loading that GGUF and its KV cache vs weights/placement.py's plan
@@ -306,6 +307,7 @@ def check_lossless(root: Path, device: str, n_maxes=(1, 2, 3, 4), batches=(1, 3)
     s.numbers = [f"{same}/{runs} runs equal plain greedy (n_max {list(n_maxes)}, batch {list(batches)})"]
     s.numbers += [f"{k} accepted {a}/{d} drafts" for k, (d, a) in totals.items()]
     _check_graphs(s, lambda batch, spec, cls: decode(batch, spec, cls)[0], plain, n_maxes, batches)
+    _check_engine_graphs(s, root, device, prompts, n_maxes)
     _check_static_step(s, target, device)
     return s
 
@@ -325,6 +327,50 @@ def _check_graphs(s: Section, decode, plain, n_maxes, batches) -> None:
     except GraphCaptureError as exc:
         s.case(False, str(exc))
     s.numbers.append(f"mtp with graphs {same}/{runs} runs equal plain greedy")
+
+
+def _check_engine_graphs(s: Section, root: Path, device: str, prompts, n_maxes) -> None:
+    """`gemma_mtp.load(..., cuda_graphs=True)`: the Engine builds the --cuda-graphs decoder, and its
+    greedy outputs (plain and mtp) equal the plain Engine's."""
+    import gemma_mtp
+    from gemma_mtp.engine.graph_decoder import GraphBatchDecoder
+    from gemma_mtp.engine.graphs import GraphCaptureError
+    from gemma_mtp.sampling import SamplingParams
+    from gemma_mtp.speculative.base import SpecOptions
+
+    greedy, runs, same = SamplingParams(temperature=0), 0, 0
+    specs = [SpecOptions(type="none")] + [SpecOptions(type="mtp", n_max=n) for n in n_maxes]
+    try:
+        engines = {
+            graphs: gemma_mtp.load(
+                root / "e2b",
+                root / "e2b_assistant",
+                dtype="float32",
+                device=device,
+                ctx_size=96,
+                cuda_graphs=graphs,
+            )
+            for graphs in (False, True)
+        }
+        s.case(
+            isinstance(engines[True].decoder, GraphBatchDecoder),
+            "load(cuda_graphs=True) built no graph decoder",
+        )
+        for spec in specs:
+            outs = {
+                graphs: [
+                    engine.generate(p, n_predict=32, sampling=greedy, spec=spec).token_ids for p in prompts
+                ]
+                for graphs, engine in engines.items()
+            }
+            runs, same = runs + 1, same + (outs[True] == outs[False])
+            s.case(
+                outs[True] == outs[False],
+                f"engine with --cuda-graphs, {spec.type} n_max={spec.n_max}: differs",
+            )
+    except GraphCaptureError as exc:
+        s.case(False, str(exc))
+    s.numbers.append(f"engine with --cuda-graphs {same}/{runs} runs equal the plain engine")
 
 
 def _check_static_step(

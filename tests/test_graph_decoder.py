@@ -1,8 +1,9 @@
 """`GraphBatchDecoder` (the `--cuda-graphs` decoder) on the CPU, its static path run eagerly
 (`GEMMA_MTP_GRAPHS_EAGER=1`): greedy MTP through it is plain greedy, token for token, and drafts
-and accepts exactly what the plain decoder's MTP does; short forwards take the static step and
-prompt prefills the plain forward. And the option: `--cuda-graphs` parses into `LoadOptions`,
-is refused on the CPU, and is refused by name until the engine builds this decoder.
+and accepts exactly what the plain decoder's MTP does; rounds take the static step (forward and
+head, through batch.py's `_verify_rows` seam) and prompt prefills the plain forward. And the
+option: `--cuda-graphs` parses into `LoadOptions` and is refused on the CPU unless its static
+path runs eagerly (the engine end to end: test_engine_cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from native_required import native_or_skip
 
 from gemma_mtp.engine.batch import BatchDecoder
-from gemma_mtp.engine.graph_decoder import HEAD_IN_GRAPH, GraphBatchDecoder
+from gemma_mtp.engine.graph_decoder import GraphBatchDecoder
 from gemma_mtp.engine.options import GRAPHS_EAGER_ENV, LoadOptions
 from gemma_mtp.errors import UsageError
 from gemma_mtp.sampling import SamplingParams
@@ -76,8 +77,8 @@ def test_plain_decoding_through_the_static_step_is_plain_greedy(pair):
     want, _, _ = decode(BatchDecoder, pair, 3, SpecOptions())
     got, _, decoder = decode(GraphBatchDecoder, pair, 3, SpecOptions())
     assert got == want
-    # decode steps; and the prompts of 4 and 6 tokens where batch.py has no verify seam yet
-    assert {key[1] for key in decoder.static.shapes} == ({1} if HEAD_IN_GRAPH else {1, 3, 5})
+    # decode steps only: the prompts of 4 and 6 tokens (3 and 5 positions) took the plain forward
+    assert {key[1] for key in decoder.static.shapes} == {1}
 
 
 def test_prompt_prefills_take_the_plain_forward(pair):
@@ -95,16 +96,15 @@ def test_the_decoder_off_cuda_without_the_eager_path_is_refused(pair, monkeypatc
         GraphBatchDecoder(pair[0], max_batch=1, ctx_size=64)
 
 
-def test_cuda_graphs_flag_parses_into_load_options_and_is_said_not_ignored(monkeypatch):
+def test_cuda_graphs_flag_parses_into_load_options_and_is_refused_on_the_cpu(monkeypatch):
     from gemma_mtp.cli.model_args import add_load_arguments, load_options_from_args
 
     parser = argparse.ArgumentParser()
     add_load_arguments(parser, model_help="target")
     assert parser.parse_args([]).cuda_graphs is False
     assert LoadOptions().cuda_graphs is False
-    args = parser.parse_args(["--cuda-graphs", "--device", "cuda"])
-    with pytest.raises(UsageError, match="the engine does not take the static step yet"):
-        load_options_from_args(args)
+    assert load_options_from_args(parser.parse_args(["--cuda-graphs", "--device", "cuda"])).cuda_graphs
+    assert LoadOptions(cuda_graphs=True, device="cpu").cuda_graphs  # the eager path (tests)
     monkeypatch.delenv(GRAPHS_EAGER_ENV)
     with pytest.raises(UsageError, match="--cuda-graphs needs --device cuda"):
         LoadOptions(cuda_graphs=True, device="cpu")

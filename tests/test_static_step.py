@@ -187,8 +187,12 @@ def test_a_target_on_the_torch_kernel_has_nothing_a_graph_cannot_capture(models,
 def test_what_a_graph_cannot_capture_is_named_with_its_place(models):
     moe = _first_run_hazards(models["moe"])
     assert any(h.startswith("Tensor.tolist at models/moe.py") for h in moe), moe
-    dense = _first_run_hazards(models["dense31b"])  # the float embedding's scale: a device tensor per call
-    assert any("torch.tensor(..., device=...)" in h and "models/gemma.py" in h for h in dense), dense
+
+
+@pytest.mark.parametrize("name", ["e2b", "dense31b"])
+def test_a_float_target_has_nothing_a_graph_cannot_capture(models, name):
+    # the float embeddings' scale is a tensor made once, not one made from host data per call
+    assert _first_run_hazards(models[name]) == []
 
 
 def test_the_watch_sees_host_reads_and_host_data():

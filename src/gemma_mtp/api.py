@@ -15,6 +15,7 @@ import torch
 from . import native
 from .config import AssistantConfig, TextConfig
 from .engine.engine import Engine
+from .engine.graphs import check_graphs_device
 from .engine.options import LoadOptions
 from .engine.results import Result, Step, Timings
 from .errors import ModelFormatError, UsageError
@@ -126,6 +127,8 @@ def load(
         )
     if options.mmproj is not None and not Path(options.mmproj).is_file():
         raise UsageError(f"--mmproj {options.mmproj}: no such file")
+    if options.cuda_graphs:  # refused before loading: on the CPU only its eager path runs (tests)
+        check_graphs_device(resolve_device(options.device))
     t0 = time.perf_counter()
     if options.threads is not None:  # the surfaces pass theirs (-t, default: the physical cores)
         set_threads(options.threads)
@@ -164,7 +167,10 @@ def load(
         stop_ids=_stop_ids(Path(options.model), config),
         drafter=drafter,
         max_batch=options.max_batch,
+        cuda_graphs=options.cuda_graphs,
     )
+    if options.cuda_graphs and report is not None:  # said, not silent: what takes the static step
+        report = dataclasses.replace(report, notices=[*report.notices, engine.decoder.notice])
     engine.load_report = report
     engine.load_options = options
     engine.mmproj = options.mmproj

@@ -17,6 +17,7 @@ import torch
 from ..errors import ContextOverflowError
 from ..media.prompt import PromptMedia
 from ..models.gemma import GemmaModel
+from ..ops import argmax_rows
 from ..rows import pack_rows
 from ..sampling import SamplingParams, make_generator, probs_from_logits
 from ..speculative.acceptance import accept_greedy, accept_greedy_ids, accept_sampled
@@ -174,6 +175,16 @@ class BatchDecoder:
             ).hidden
         return {row: i for i, row in enumerate(rows)}, hidden
 
+    def _verify_rows(
+        self, feeds: dict[int, list[int]], starts: dict[int, int]
+    ) -> tuple[dict[int, int], torch.Tensor, torch.Tensor | None]:
+        """A round's target forward: ({row: index}, hidden [R, T, D], logits [R, T, V] or None).
+        Here None: `step` applies the head to what the acceptance needs (argmax ids for greedy
+        rows, logits for the others); `GraphBatchDecoder` returns the logits its graph computed
+        with the forward."""
+        index, hidden = self._forward_rows(feeds, starts)
+        return index, hidden, None
+
     def _n_draft(self, slot: Slot) -> int:
         if slot.spec.type == "none" or (slot.spec.type == "mtp" and not slot.has_hidden):
             return 0
@@ -194,13 +205,15 @@ class BatchDecoder:
         t1 = time.perf_counter()
         feeds = {s.row: [s.tokens[-1], *drafts[s.row].tokens] for s in slots}
         starts = {s.row: len(s.tokens) - 1 for s in slots}
-        index, hidden = self._forward_rows(feeds, starts)
+        index, hidden, logits = self._verify_rows(feeds, starts)
         # greedy rows need only each position's argmax (the pruned output head where installed);
-        # the others the logits of every position
+        # the others the logits of every position, each row's head computed once
         best = self._greedy_ids(
-            [s for s in slots if s.sampling.greedy and s.synthetic is None], drafts, index, hidden
+            [s for s in slots if s.sampling.greedy and s.synthetic is None], drafts, index, hidden, logits
         )
-        logits = self.target.logits(hidden) if len(best) < len(slots) else None  # [R, T, V]
+        at = index  # row -> its index in `logits`
+        if logits is None:
+            at, logits = self._head_rows([s for s in slots if s.row not in best], index, hidden)
         committed: dict[int, list[int]] = {}
         outcomes: dict[int, tuple[int, int]] = {}  # row -> (n drafted, n accepted)
         new_lengths = self.cache.lengths.clone()
@@ -210,14 +223,14 @@ class BatchDecoder:
             i = index[s.row]
             if s.synthetic is not None:
                 k, nxt = s.synthetic.accept(
-                    logits[i, : n + 1], draft.tokens, s.sampling, s.generator, s.stop_ids
+                    logits[at[s.row], : n + 1], draft.tokens, s.sampling, s.generator, s.stop_ids
                 )
             elif s.row in best:
                 k, nxt = accept_greedy_ids(best[s.row], draft.tokens)
             elif s.sampling.greedy:
-                k, nxt = accept_greedy(logits[i, : n + 1], draft.tokens)
+                k, nxt = accept_greedy(logits[at[s.row], : n + 1], draft.tokens)
             else:
-                p = probs_from_logits(logits[i, : n + 1], s.sampling)
+                p = probs_from_logits(logits[at[s.row], : n + 1], s.sampling)
                 k, nxt = accept_sampled(p, draft.q, draft.tokens, s.generator)
             s.stats.record(n, k)
             outcomes[s.row] = s.last_round = (n, k)
@@ -247,20 +260,40 @@ class BatchDecoder:
         return committed
 
     def _greedy_ids(
-        self, slots: list[Slot], drafts: dict[int, Draft], index: dict[int, int], hidden: torch.Tensor
+        self,
+        slots: list[Slot],
+        drafts: dict[int, Draft],
+        index: dict[int, int],
+        hidden: torch.Tensor,
+        logits: torch.Tensor | None = None,
     ) -> dict[int, list[int]]:
         """{row: the target's argmax at each verified position (the pending token, then its drafts)}
-        for ``slots``, in one `argmax` call over just those positions (a target without `argmax`, a
-        test double, gives {} and its rows take the logits)."""
+        for ``slots``, in one call over just those positions: from ``logits`` where the forward
+        gave them, else through `target.argmax` (the pruned head where installed; a target without
+        `argmax`, a test double, gives {} and its rows take the logits)."""
         argmax = getattr(self.target, "argmax", None)
-        if argmax is None or not slots:
+        if not slots or (logits is None and argmax is None):
             return {}
         spans = [(s.row, index[s.row], len(drafts[s.row].tokens) + 1) for s in slots]
-        ids = argmax(torch.cat([hidden[i, :n] for _, i, n in spans])).tolist()
+        if logits is not None:
+            ids = argmax_rows(torch.cat([logits[i, :n] for _, i, n in spans]))
+        else:
+            ids = argmax(torch.cat([hidden[i, :n] for _, i, n in spans])).tolist()
         out, at = {}, 0
         for row, _, n in spans:
             out[row], at = ids[at : at + n], at + n
         return out
+
+    def _head_rows(
+        self, slots: list[Slot], index: dict[int, int], hidden: torch.Tensor
+    ) -> tuple[dict[int, int], torch.Tensor | None]:
+        """The logits [R', T, V] of just ``slots``' rows of ``hidden`` (rows whose argmax ids are
+        known need no head) and {row: index in them}; (.., None) when no row needs them."""
+        if not slots:
+            return {}, None
+        take = [index[s.row] for s in slots]
+        rows = hidden if take == list(range(hidden.shape[0])) else hidden[take]
+        return {s.row: j for j, s in enumerate(slots)}, self.target.logits(rows)
 
     def _draft(self, slots: list[Slot]) -> dict[int, Draft]:
         drafts = {s.row: Draft([], None) for s in slots}

@@ -22,6 +22,7 @@ from ..speculative.mtp import MTPDrafter
 from ..speculative.ngram import NgramDrafter
 from ..speculative.stats import SpecStats
 from .batch import BatchDecoder, Slot
+from .graph_decoder import GraphBatchDecoder
 from .results import Result, Step, slot_timings
 
 if TYPE_CHECKING:
@@ -45,7 +46,10 @@ class Engine:
         stop_ids: frozenset[int],
         drafter: torch.nn.Module | None = None,
         max_batch: int = 1,
+        cuda_graphs: bool = False,
     ) -> None:
+        """``cuda_graphs``: decode the rounds through `GraphBatchDecoder` (captured CUDA graphs on
+        CUDA; elsewhere a UsageError unless `GEMMA_MTP_GRAPHS_EAGER=1` runs its static path eagerly)."""
         self.target = target
         self.config = config
         self.ctx_size = ctx_size
@@ -60,7 +64,8 @@ class Engine:
         self.stats: dict[str, SpecStats] = {}  # cumulative, per strategy
         self.media: MediaEncoder | None = None  # the vision tower, loaded on the first image
         self.mmproj: str | None = None  # llama.cpp's --mmproj: the media towers' GGUF, if separate
-        self.decoder = BatchDecoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
+        decoder = GraphBatchDecoder if cuda_graphs else BatchDecoder
+        self.decoder = decoder(target, max_batch=max_batch, ctx_size=ctx_size, max_draft=MAX_DRAFT)
         drafters: dict[str, Drafter] = {"ngram": NgramDrafter()}
         if isinstance(drafter, AssistantModel):
             drafters["mtp"] = MTPDrafter(target, drafter, self.decoder.cache)

@@ -1,9 +1,14 @@
 """The opt-in `--cuda-graphs` decoder, and greedy acceptance that stays on the device.
 
-`GraphBatchDecoder` is `BatchDecoder` whose decode and verify forwards (at most `max_draft + 1`
-positions per row, no media) go through `graphs.StaticTargetStep`: captured CUDA graphs on CUDA,
-the same static path run eagerly elsewhere (`GEMMA_MTP_GRAPHS_EAGER=1`). Prompt prefills and
-media keep the plain forward. Its outputs are the plain decoder's, token for token (tests).
+`GraphBatchDecoder` is `BatchDecoder` whose rounds (the pending token and its drafts: at most
+`max_draft + 1` positions per row) go through `graphs.StaticTargetStep`, the target forward and
+its head captured together: CUDA graphs on CUDA, the same static path run eagerly elsewhere
+(`GEMMA_MTP_GRAPHS_EAGER=1`). It overrides batch.py's `_verify_rows` seam, so every row's
+acceptance reads the logits the step computed (greedy rows their argmax: the pruned output head,
+a CPU-only float32 path, is not used for rounds here). Prompt prefills, and with them any media,
+keep the plain forward (`notice` says so at load); a round wider than the step, which the cache's
+`max_draft` rules out, would take the plain forward too, logged once per width. Its outputs are
+the plain decoder's, token for token (tests).
 
 `accept_greedy_on_device` is `speculative.acceptance.accept_greedy` for a whole batch as tensor
 ops (argmax, compare, cumulative product): no value is read back to the host, so a round's
@@ -13,18 +18,18 @@ emits the tokens.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..models.gemma import GemmaModel
 from ..rows import pack_rows
 from .batch import BatchDecoder
-from .graphs import StaticTargetStep, check_graphs_device
+from .graphs import EAGER_ENV, StaticTargetStep, check_graphs_device
 
-__all__ = ["GraphBatchDecoder", "accept_greedy_on_device", "committed_tokens", "HEAD_IN_GRAPH"]
+__all__ = ["GraphBatchDecoder", "accept_greedy_on_device", "committed_tokens"]
 
-# batch.py's `_verify_rows` seam (a round's forward and head in one call; proposed in issue 19):
-# with it the head is captured with the forward, without it `step` applies the head itself
-HEAD_IN_GRAPH = hasattr(BatchDecoder, "_verify_rows")
+log = logging.getLogger(__name__)
 
 
 def accept_greedy_on_device(logits: torch.Tensor, drafts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,30 +56,39 @@ def committed_tokens(
 
 
 class GraphBatchDecoder(BatchDecoder):
-    """A `BatchDecoder` whose short forwards run on static buffers (CUDA graphs on CUDA)."""
+    """A `BatchDecoder` whose rounds run on static buffers (CUDA graphs on CUDA)."""
 
     def __init__(self, target: GemmaModel, **kwargs) -> None:
         super().__init__(target, **kwargs)
-        graphs = check_graphs_device(target.device)
+        self.graphs = check_graphs_device(target.device)
         self.static = StaticTargetStep(
-            target, self.cache, max_positions=self.max_draft + 1, graphs=graphs, with_logits=HEAD_IN_GRAPH
+            target, self.cache, max_positions=self.max_draft + 1, graphs=self.graphs
         )
+        self._wide: set[int] = set()  # round widths already logged as taking the plain forward
 
-    def _static(self, feeds, starts):
-        rows = sorted(feeds)
-        tokens, positions = pack_rows([feeds[row] for row in rows], [starts[row] for row in rows])
-        return {row: i for i, row in enumerate(rows)}, self.static.run(tokens, positions, rows)
-
-    def _forward_rows(self, feeds, starts, embeds=None):
-        width = max(len(feed) for feed in feeds.values())
-        if HEAD_IN_GRAPH or embeds is not None or not self.static.fits(width):
-            return super()._forward_rows(feeds, starts, embeds=embeds)
-        index, out = self._static(feeds, starts)
-        return index, out.hidden
+    @property
+    def notice(self) -> str:
+        """What `--cuda-graphs` does here, for the load report."""
+        how = "captured as CUDA graphs" if self.graphs else f"run eagerly ({EAGER_ENV}=1: no speed-up)"
+        return (
+            f"--cuda-graphs: rounds of 1..{self.static.max_positions} positions per row on static "
+            f"buffers, {how}; prompt prefills (and their media) take the plain forward"
+        )
 
     def _verify_rows(self, feeds, starts):
         """A round's forward and head at every position, captured together (batch.py's seam)."""
-        if not self.static.fits(max(len(feed) for feed in feeds.values())):
+        width = max(len(feed) for feed in feeds.values())
+        if not self.static.fits(width):
+            if width not in self._wide:
+                self._wide.add(width)
+                log.warning(
+                    "--cuda-graphs: a round of %d positions per row is wider than the static step "
+                    "(1..%d): it takes the plain forward",
+                    width,
+                    self.static.max_positions,
+                )
             return super()._verify_rows(feeds, starts)
-        index, out = self._static(feeds, starts)
-        return index, out.hidden, out.logits
+        rows = sorted(feeds)
+        tokens, positions = pack_rows([feeds[row] for row in rows], [starts[row] for row in rows])
+        out = self.static.run(tokens, positions, rows)
+        return {row: i for i, row in enumerate(rows)}, out.hidden, out.logits

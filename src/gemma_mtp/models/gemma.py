@@ -155,10 +155,17 @@ class ScaledEmbedding(nn.Embedding):
     def __init__(self, num: int, dim: int, scale: float) -> None:
         super().__init__(num, dim)
         self.scale = scale
+        self._scale: torch.Tensor | None = None  # `scale` in the weight's dtype, on its device
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        w = self.weight
-        return super().forward(tokens) * torch.tensor(self.scale, dtype=w.dtype, device=w.device)
+        # the scale as a tensor made once (again only if the weight moves): a tensor made from host
+        # data per call is a host-to-device copy a CUDA graph cannot capture; made outside
+        # inference mode, so a later forward with autograd on may save it for backward
+        w, scale = self.weight, self._scale
+        if scale is None or scale.dtype != w.dtype or scale.device != w.device:
+            with torch.inference_mode(False):
+                scale = self._scale = torch.tensor(self.scale, dtype=w.dtype, device=w.device)
+        return super().forward(tokens) * scale
 
     def attend(self, hidden: torch.Tensor) -> torch.Tensor:
         """The tied output head: `hidden @ weight.T` (unscaled), in the weight dtype.
