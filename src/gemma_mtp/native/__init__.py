@@ -22,7 +22,7 @@ __all__ = ["EXTENSION", "module", "why_unavailable", "build", "reset", "BuildErr
 CSRC = Path(__file__).with_name("csrc")
 EXTENSION = Extension(
     name="gemma_mtp_native",
-    sources=tuple(CSRC / name for name in ("q8_mm.cpp", "gguf_mm.cpp", "layer.cpp")),
+    sources=tuple(CSRC / name for name in ("q8_mm.cpp", "gguf_mm.cpp", "half_mm.cpp", "layer.cpp")),
     headers=tuple(CSRC / name for name in ("common.h", "gguf_blocks.h", "gguf_k256.h", "gguf_lowbit.h", "iq_tables.h")),
     cflags=("-O3", "-march=native", "-fopenmp"),
     ldflags=("-fopenmp",),

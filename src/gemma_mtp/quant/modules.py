@@ -75,7 +75,7 @@ def quant_linear(weight: KernelWeight, x: torch.Tensor) -> torch.Tensor:
     flat = x.reshape(-1, weight.in_features)
     if flat.shape[0] == 0:
         out = flat.new_empty(0, weight.out_features)
-    elif weight.kind in ("q8", "gguf", "torch"):  # take any float dtype (torch: returns it)
+    elif weight.kind in ("q8", "gguf", "torch", "half"):  # take any float dtype (torch: returns it)
         out = weight.linear(flat)
     else:
         out = weight.linear(_kernel_input(flat))

@@ -20,6 +20,7 @@ from torch import nn
 from ..native import why_unavailable
 from .blocks import BLOCK_TYPES, GGUFBlockWeight, as_tensor, gguf_kernel_ok
 from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
+from .half import HalfWeight
 from .int4 import HAVE_INT4_KERNEL, Int4GroupWeight, int4_kernel_ok
 from .int8 import HAVE_INT8_KERNEL, Int8RowWeight, int8_kernel_ok
 from .modules import BlockRows, QuantEmbedding, QuantLinear
@@ -40,7 +41,7 @@ __all__ = ["Choice", "choose_kernel", "build_module", "describe_choice", "parse_
 
 @dataclass(frozen=True)
 class Choice:
-    kind: str  # "gguf", "q8", "int4", "int8", "blocks" or "float"
+    kind: str  # "gguf", "q8", "int4", "int8", "blocks", "half" (a BF16/F16 matrix as stored) or "float"
     reason: str = ""  # why a quantized tensor stays float
 
 
@@ -112,7 +113,9 @@ def build_module(
     choice: Choice, old: nn.Module, data: np.ndarray, qtype: GGMLQuantizationType, dtype: torch.dtype
 ) -> nn.Module:
     """The quantized replacement for `old` (an `nn.Linear` or a scaled embedding)."""
-    if choice.kind == "blocks":
+    if choice.kind == "half":
+        weight = HalfWeight.from_blocks(data, qtype)
+    elif choice.kind == "blocks":
         weight = BlockRows(as_tensor(data), qtype, old.embedding_dim)
     elif choice.kind == "gguf":
         weight = GGUFBlockWeight.from_blocks(data, qtype)
@@ -133,7 +136,8 @@ def describe_choice(kind: str, qtype: GGMLQuantizationType, count: int, max_erro
     """One notice line: which kernel holds a type and how exact it is."""
     exact = EXACTNESS.get((kind, qtype in SYMMETRIC_TYPES), EXACTNESS.get((kind, None), ""))
     seen = f"; largest |dw| seen {100 * max_error:.2f}% of the max" if kind in ("int4", "int8") else ""
-    return f"{qtype.name} x{count} kept quantized: {KERNEL_NOTES[kind]}, {exact}{seen}"
+    kept = "kept as stored" if kind == "half" else "kept quantized"
+    return f"{qtype.name} x{count} {kept}: {KERNEL_NOTES[kind]}, {exact}{seen}"
 
 
 def fallback_notice(kept_kinds: set[str]) -> str | None:

@@ -75,6 +75,7 @@ KERNEL_NOTES = {
     "int8": "int8pack, one scale per row",
     "blocks": "GGUF blocks kept as stored, rows decoded on lookup",
     "torch": "torch ops on the GGUF blocks in place (any device), a tile of rows decoded at a time",
+    "half": "native kernel on the file's 2-byte values in place",
     "float": "dequantized",
 }
 
@@ -90,6 +91,7 @@ EXACTNESS = {
     ("int8", None): "re-quantized per row, lossy (|dw| <= max|w_row| / 254)",
     ("blocks", None): "exact",
     ("torch", None): "weights exact (the file's bytes), products in the activations' dtype",
+    ("half", None): "weights exact (the file's bytes), float32 products",
 }
 
 # llama-quantize types refused for an MTP drafter unless --allow-low-bit-drafter (FACTS.md: practice

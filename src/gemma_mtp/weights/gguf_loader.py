@@ -40,6 +40,7 @@ from ..models.native_blocks import install_native_layers
 from ..native import why_unavailable
 from ..quant.fuse import fuse_model_projections
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
+from ..quant.half import HALF_TYPES, half_kernel_ok
 from ..quant.torch_blocks import TorchBlockExperts, torch_kernel_ok
 from .hf import LoadReport
 from .meta import meta_model
@@ -122,6 +123,19 @@ def _wants_quantized(quantized: bool | None, dtype: torch.dtype, device: str, au
     if quantized is None:
         return auto or dtype == torch.bfloat16
     return quantized
+
+
+def _half_choice(
+    model: nn.Module, ours: str, config, qtype: GGMLQuantizationType, dtype: torch.dtype, device: str, table: dict
+) -> Choice:
+    """A BF16 / F16 linear layer's matrix stays as stored (`quant.half`) where the float32 CPU load
+    would otherwise widen it; `--quant-kernels BF16=float` keeps the float32 copy."""
+    if table.get(qtype) == "float" or dtype != torch.float32 or resolve_device(device).type != "cpu":
+        return Choice("float")
+    path = ours.rpartition(".")[0]
+    if _role(model, ours, config) != "matrix" or not isinstance(model.get_submodule(path), nn.Linear):
+        return Choice("float")
+    return Choice("half") if half_kernel_ok(qtype) else Choice("float")
 
 
 def _expert_choice(ours: str, t: TensorInfo, table: dict) -> Choice:
@@ -263,6 +277,8 @@ def load_gguf_model(
         elif quantize and t.tensor_type not in FLOAT_TYPES:
             role = _role(model, ours, config) if want.dim() == 2 else None
             choice = choose_kernel(role, t.tensor_type, t.data, table)
+        elif quantize and t.tensor_type in HALF_TYPES and want.dim() == 2:
+            choice = _half_choice(model, ours, config, t.tensor_type, want_dtype, device, table)
         if choice.kind != "float" and want.dim() == 3:
             stacks[ours] = TorchBlockExperts.from_blocks(t.data, t.tensor_type)
             kept[t.tensor_type, choice.kind].append(0.0)  # the file's weights: exact

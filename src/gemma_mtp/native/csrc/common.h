@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #if defined(__AVX2__) || defined(__F16C__)
@@ -88,6 +89,9 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
 torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tensor& ids, int64_t K);
 torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64_t type, const torch::Tensor& ids,
                            bool vectorized);
+
+// half_mm.cpp
+torch::Tensor half_mm(const torch::Tensor& x, const torch::Tensor& w, bool vectorized);
 
 // layer.cpp
 torch::Tensor mlp_block(const torch::Tensor& x, const torch::Tensor& pre_w, const torch::Tensor& post_w, double eps,

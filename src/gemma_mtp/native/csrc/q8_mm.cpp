@@ -366,6 +366,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::call_guard<py::gil_scoped_release>());
   m.def("gguf_rows", &gguf_rows, "rows of a GGUF block matrix dequantized to float32",
         py::call_guard<py::gil_scoped_release>());
+  m.def("half_mm", &half_mm, "float32 activations x a bfloat16/float16 matrix kept as stored (batch-invariant)",
+        py::arg("x"), py::arg("weight"), py::arg("vectorized") = true, py::call_guard<py::gil_scoped_release>());
   m.def("q8_mm", &q8_mm, "block-int8 weight x int8-quantized activation matmul",
         py::call_guard<py::gil_scoped_release>());
   m.def("has_avx2", &has_avx2);
