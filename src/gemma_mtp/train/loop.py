@@ -270,6 +270,7 @@ def train_drafter(
     history: list[dict[str, Any]] = ckpt["history"] if ckpt else []
     head = model.masked_embedding
     cluster = cluster_of(head.token_ordering, head.num_centroids) if head is not None else None
+    token_loss = _resolve_token_loss(options.token_loss, head)
     cuda = dev.type == "cuda"
     bf16 = options.autocast == "bf16" or (options.autocast == "auto" and cuda)
     dtype = torch.bfloat16 if bf16 else torch.float32
@@ -326,6 +327,7 @@ def train_drafter(
                 cluster_weight=options.cluster_weight,
                 cluster=cluster,
                 dtype=dtype,
+                token_loss=token_loss,
             )
         opt.zero_grad(set_to_none=True)
         parts.total.backward()
@@ -395,6 +397,16 @@ def train_drafter(
         heldout=heldout,
         history=history,
     )
+
+
+def _resolve_token_loss(choice: str, head) -> str:
+    """`--token-loss` for this drafter: the candidate loss needs a centroid head whose ordering is a
+    permutation (each token in one cluster); auto takes it whenever it can."""
+    usable = head is not None and head.distinct_candidates()
+    if choice == "clusters" and not usable:
+        why = "has a dense head" if head is None else "has a token_ordering that is not a permutation"
+        raise UsageError(f"--token-loss clusters: the drafter {why}; use --token-loss full")
+    return "clusters" if choice == "clusters" or (choice == "auto" and usable) else "full"
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

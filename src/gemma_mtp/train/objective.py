@@ -8,8 +8,9 @@ token at p+s, i.e. the target's next-token distribution at position p+s-1. The t
 sequence's own: in the runtime a draft after a wrong one is rejected anyway.
 
 Loss per step: cross-entropy of the dense head (x . embedding) against the target's top-k
-probabilities, plus, with a centroid head, cross-entropy of the centroid logits against the target's
-probability mass per cluster. Predictions for acceptance use the runtime's rule (candidates of the
+probabilities, or, with a centroid head, optionally of a softmax over a few clusters' tokens only
+(`train.candidates`, the tokens the runtime scores), plus, with a centroid head, cross-entropy of the
+centroid logits against the target's probability mass per cluster. Predictions for acceptance use the runtime's rule (candidates of the
 top clusters only).
 """
 
@@ -24,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from ..config import SLIDING
 from ..models.assistant import AssistantModel
 from ..models.gemma import GemmaModel
+from .candidates import ClusterTable, cluster_token_loss
 from .data import Features
 
 __all__ = ["unroll", "draft_loss", "predict", "acceptance", "LossParts"]
@@ -116,27 +118,49 @@ def draft_loss(
     cluster_weight: float,
     cluster: torch.Tensor | None,
     dtype: torch.dtype,
+    token_loss: str = "full",
 ) -> LossParts:
-    """Mean over positions of the weighted per-step losses. `cluster`: [V] cluster of every token."""
+    """Mean over positions of the weighted per-step losses. `cluster`: [V] cluster of every token.
+    `token_loss`: "full" (the dense head) or "clusters" (a centroid head's candidates only, see
+    `train.candidates`)."""
     states = unroll(assistant, target, batch, steps, dtype)
     n = states[0].shape[1]
     table = assistant.model.embed_tokens.weight
     head = assistant.masked_embedding
+    if token_loss == "clusters" and head is None:
+        raise ValueError("token_loss='clusters' needs a drafter with a centroid head")
+    flats = [x.reshape(-1, x.shape[-1]) for x in states]
+    rows = flats[0].shape[0]
+    ids, probs = [], []
+    for s in range(1, steps + 1):
+        ids.append(batch.top_ids[:, s : s + n].reshape(rows, -1).to(flats[0].device))
+        p = batch.top_probs[:, s : s + n].reshape(rows, -1).to(flats[0].device)
+        probs.append(p / p.sum(dim=-1, keepdim=True))
+    centroid_logits = [head.centroids(flat) for flat in flats] if head is not None else []
+    if token_loss == "clusters":
+        # all steps' positions in one pass: one grouped table and fuller tiles
+        count = min(head.num_centroids, ids[0].shape[1] + head.top_k)
+        per_row = cluster_token_loss(
+            torch.cat(flats),
+            ClusterTable(head, table),
+            torch.cat(centroid_logits),
+            torch.cat(ids),
+            torch.cat(probs),
+            count,
+        )
+        tokens = list(per_row.view(steps, rows).mean(dim=1).unbind())
+    else:
+        tokens = [_token_loss(flat, table, i, p) / rows for flat, i, p in zip(flats, ids, probs, strict=True)]
     total = table.new_zeros((), dtype=torch.float32)
     token_parts, cluster_parts = [], []
-    for s, x in enumerate(states, 1):
-        flat = x.reshape(-1, x.shape[-1])
-        ids = batch.top_ids[:, s : s + n].reshape(flat.shape[0], -1).to(flat.device)
-        probs = batch.top_probs[:, s : s + n].reshape(flat.shape[0], -1).to(flat.device)
-        probs = probs / probs.sum(dim=-1, keepdim=True)
-        token = _token_loss(flat, table, ids, probs) / flat.shape[0]
-        loss = token
-        token_parts.append(token.detach())
+    for s in range(1, steps + 1):
+        loss = tokens[s - 1]
+        token_parts.append(loss.detach())
         if head is not None and cluster is not None:
-            mass = torch.zeros(flat.shape[0], head.num_centroids, device=flat.device)
-            mass.scatter_add_(1, cluster[ids], probs)
-            logp = F.log_softmax(head.centroids(flat).float(), dim=-1)
-            c_loss = -(mass * logp).sum() / flat.shape[0]
+            mass = torch.zeros(rows, head.num_centroids, device=flats[0].device)
+            mass.scatter_add_(1, cluster[ids[s - 1]], probs[s - 1])
+            logp = F.log_softmax(centroid_logits[s - 1].float(), dim=-1)
+            c_loss = -(mass * logp).sum() / rows
             loss = loss + cluster_weight * c_loss
             cluster_parts.append(c_loss.detach())
         total = total + step_decay ** (s - 1) * loss

@@ -11,6 +11,7 @@ from ..errors import UsageError
 
 __all__ = ["TrainOptions", "assistant_config_dict", "make_assistant_config"]
 
+TOKEN_LOSSES = ("auto", "full", "clusters")
 TOKENS_PER_CENTROID = 128  # the released assistants' cluster size (262,144 / 2,048)
 
 
@@ -40,6 +41,9 @@ class TrainOptions:
     draft_steps: int = 3  # the loss unrolls this many draft steps, as the runtime drafts them
     step_decay: float = 0.8  # weight of draft step s is step_decay ** (s - 1)
     cluster_weight: float = 1.0  # weight of the centroid (cluster) loss beside the token loss
+    token_loss: str = (
+        "auto"  # "full": dense head; "clusters": candidates only; auto: clusters with a centroid head
+    )
     lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.0
@@ -71,6 +75,8 @@ class TrainOptions:
             raise UsageError("prompt lengths must satisfy 1 <= prompt_min <= prompt_max")
         if self.autocast not in ("auto", "bf16", "off"):
             raise UsageError(f"--autocast {self.autocast!r} is not one of auto, bf16, off")
+        if self.token_loss not in TOKEN_LOSSES:
+            raise UsageError(f"--token-loss {self.token_loss!r} is not one of {', '.join(TOKEN_LOSSES)}")
         if self.device not in ("cpu", "cuda"):
             raise UsageError(f"--device {self.device!r} is not one of cpu, cuda")
 
