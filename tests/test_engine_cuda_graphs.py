@@ -127,7 +127,9 @@ def test_mtp_greedy_is_the_plain_engines_and_plain_greedy(engines, n_max):
     assert calls["rounds"] < len(PROMPTS) * N  # drafts were accepted: rounds of several positions
 
 
-@pytest.mark.parametrize("spec", [SpecOptions(type="none"), SpecOptions(type="mtp", n_max=3)], ids=str)
+@pytest.mark.parametrize(
+    "spec", [SpecOptions(type="none"), SpecOptions(type="mtp", n_max=3)], ids=["none", "mtp3"]
+)
 def test_sampled_with_a_seed_is_the_plain_engines(engines, spec):
     want, got, calls = _both(engines, SAMPLED, spec)
     assert got == want

@@ -172,7 +172,9 @@ def test_a_gguf_target_on_the_torch_kernel_is_the_dequantized_model(name):
     model, _, report = _load(name, quantized=True, kernels=ALL_TORCH)
     exact, _, _ = _load(name, quantized=False)
     kinds = {describe(m) for m in model.modules()} - {None}
-    assert kinds == {"torch"}, kinds
+    # every block matrix on the torch kernel; the BF16 per_layer_model_proj stays as stored
+    # (quant.half), which is the file's exact weights too
+    assert kinds - {"half"} == {"torch"}, kinds
     assert any("kept quantized: torch ops on the GGUF blocks" in n for n in report.notices)
     tokens = torch.randint(0, model.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(5))
     got, want = target_logits(model, tokens), target_logits(exact, tokens)
