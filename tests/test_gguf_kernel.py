@@ -76,6 +76,23 @@ def test_matmul_is_the_int8_activation_dot_product(native, qtype, rows):
     assert ((got.double() - exact).norm() / exact.norm()).item() < bound
 
 
+@pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_K, Q.Q6_K], ids=lambda q: q.name)
+@pytest.mark.parametrize("rows", [1, 9])
+def test_activations_on_exact_ties_round_half_to_even(native, qtype, rows):
+    """Every 32 inputs hold a 127, so the scale is 1 and x * (1 / scale) is x: inputs at k + 0.5
+    are exact ties, which round to the even code (not away from zero). A kernel rounding them
+    any other way is off by one code on half the inputs."""
+    data, weight = weight_of(qtype)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(-126, 126, (rows, K), generator=g).float() + 0.5
+    x[:, ::32] = 127.0
+    x[:, 1::32] *= -1
+    want = rounded(x, qtype) @ reference(data, qtype).double().T
+    assert not torch.equal(rounded(x, qtype), x.double())  # ties did move
+    got = native.gguf_mm(x, [weight.data], [int(qtype)], True)
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("qtype", ALL_CODE_TYPES, ids=lambda q: q.name)
 def test_each_row_of_activations_gets_the_same_bits_in_any_batch(native, qtype):
     """What lossless greedy speculation rests on: a verify forward over several positions gives each

@@ -16,6 +16,54 @@
 
 namespace native {
 
+// One group of n inputs (a multiple of 16) rounded to int8 codes with scale max|x| / 127: the
+// codes into q, their sums per 16 into sums; returns the scale. The AVX2 path does the same float
+// operations per element (the max is exact, x * (1 / d) rounded to nearest even as nearbyint does
+// in the default mode), so both give the same bits; NaN inputs are skipped by the max in both.
+inline float round_group(const float* x, int n, int8_t* q, int* sums) {
+#if defined(__AVX2__)
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  __m256 vmax = _mm256_setzero_ps();
+  for (int i = 0; i < n; i += 8) vmax = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + i), abs_mask), vmax);
+  __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(vmax), _mm256_extractf128_ps(vmax, 1));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float amax = _mm_cvtss_f32(m4);
+  const float dd = amax / 127.f;
+  const __m256 id = _mm256_set1_ps(dd > 0.f ? 1.f / dd : 0.f);
+  for (int h = 0; h < n / 16; ++h) {
+    const __m256i a = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 16 * h), id),
+                                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i b = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + 16 * h + 8), id),
+                                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    const __m256i p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);  // 16 int16 in order
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * h),
+                     _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1)));
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(_mm256_add_epi32(a, b)),
+                              _mm256_extracti128_si256(_mm256_add_epi32(a, b), 1));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
+    t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
+    sums[h] = _mm_cvtsi128_si32(t);
+  }
+  return dd;
+#else
+  float amax = 0.f;
+  for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float dd = amax / 127.f;
+  const float id = dd > 0.f ? 1.f / dd : 0.f;
+  for (int h = 0; h < n / 16; ++h) {
+    int sum = 0;
+    for (int i = 16 * h; i < 16 * h + 16; ++i) {
+      const int v = static_cast<int>(std::nearbyint(x[i] * id));
+      q[i] = static_cast<int8_t>(v);
+      sum += v;
+    }
+    sums[h] = sum;
+  }
+  return dd;
+#endif
+}
+
 // Activations rounded per block of 32 inputs: int8 codes with scale max|x| / 127 (round to
 // nearest even), and scale * sum(codes) for the zero terms, as llama.cpp does for its dot products;
 // also the integer sums per 16 codes, for weights with a zero per 16 (Q2_K).
@@ -34,20 +82,18 @@ struct QuantizedActs {
         d(rows * (width / 32)),
         s(rows * (width / 32)),
         bs(rows * (width / 16)) {
-    for (int64_t m = 0; m < M; ++m) {
+    // rows are independent: a prefill's rows split across the threads (a decode step's few stay
+    // on the calling one); the same bits either way
+    at::parallel_for(0, M, std::max<int64_t>(8, (int64_t(1) << 16) / std::max<int64_t>(K, 1)),
+                     [&](int64_t m0, int64_t m1) { round_rows(x, m0, m1); });
+  }
+
+ private:
+  void round_rows(const float* x, int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
       for (int64_t b = 0; b < nb; ++b) {
-        const float* xb = x + m * K + b * 32;
-        float amax = 0.f;
-        for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-        const float dd = amax / 127.f;
-        const float id = dd > 0.f ? 1.f / dd : 0.f;
-        int sum[2] = {0, 0};
-        int8_t* qb = q.data() + m * K + b * 32;
-        for (int i = 0; i < 32; ++i) {
-          const int v = static_cast<int>(std::nearbyint(xb[i] * id));
-          qb[i] = static_cast<int8_t>(v);
-          sum[i / 16] += v;
-        }
+        int sum[2];
+        const float dd = round_group(x + m * K + b * 32, 32, q.data() + m * K + b * 32, sum);
         d[m * nb + b] = dd;
         s[m * nb + b] = dd * static_cast<float>(sum[0] + sum[1]);
         bs[(m * nb + b) * 2] = static_cast<int16_t>(sum[0]);

@@ -16,6 +16,8 @@
 
 #include "gguf_blocks.h"
 
+#include "common.h"
+
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -39,24 +41,20 @@ struct Acts256 {
   Acts256() = default;
   Acts256(const float* x, int64_t rows, int64_t width)
       : M(rows), K(width), nsb(width / 256), q(rows * width), d(rows * (width / 256)), bs(rows * (width / 16)) {
-    for (int64_t m = 0; m < M; ++m) {
+    // rows are independent: a prefill's rows split across the threads (a decode step's few stay
+    // on the calling one); the same bits either way
+    at::parallel_for(0, M, std::max<int64_t>(8, (int64_t(1) << 16) / std::max<int64_t>(K, 1)),
+                     [&](int64_t m0, int64_t m1) { round_rows(x, m0, m1); });
+  }
+
+ private:
+  void round_rows(const float* x, int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
       for (int64_t sb = 0; sb < nsb; ++sb) {
-        const float* xb = x + m * K + sb * 256;
-        float amax = 0.f;
-        for (int i = 0; i < 256; ++i) amax = std::max(amax, std::fabs(xb[i]));
-        const float dd = amax / 127.f;
-        const float id = dd > 0.f ? 1.f / dd : 0.f;
-        int8_t* qb = q.data() + m * K + sb * 256;
-        int16_t* sums = bs.data() + m * (K / 16) + sb * 16;
-        for (int h = 0; h < 16; ++h) {
-          int sum = 0;
-          for (int i = 16 * h; i < 16 * h + 16; ++i) {
-            const int v = static_cast<int>(std::nearbyint(xb[i] * id));
-            qb[i] = static_cast<int8_t>(v);
-            sum += v;
-          }
-          sums[h] = static_cast<int16_t>(sum);
-        }
+        int sums[16];
+        const float dd = native::round_group(x + m * K + sb * 256, 256, q.data() + m * K + sb * 256, sums);
+        int16_t* out = bs.data() + m * (K / 16) + sb * 16;
+        for (int h = 0; h < 16; ++h) out[h] = static_cast<int16_t>(sums[h]);
         d[m * nsb + sb] = dd;
       }
     }
