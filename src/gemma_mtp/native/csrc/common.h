@@ -19,7 +19,7 @@ namespace native {
 // One group of n inputs (a multiple of 16) rounded to int8 codes with scale max|x| / 127: the
 // codes into q, their sums per 16 into sums; returns the scale. The AVX2 path does the same float
 // operations per element (the max is exact, x * (1 / d) rounded to nearest even as nearbyint does
-// in the default mode), so both give the same bits; NaN inputs are skipped by the max in both.
+// in the default mode), so both give the same bits for finite inputs.
 inline float round_group(const float* x, int n, int8_t* q, int* sums) {
 #if defined(__AVX2__)
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -39,8 +39,8 @@ inline float round_group(const float* x, int n, int8_t* q, int* sums) {
     const __m256i p16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);  // 16 int16 in order
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16 * h),
                      _mm_packs_epi16(_mm256_castsi256_si128(p16), _mm256_extracti128_si256(p16, 1)));
-    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(_mm256_add_epi32(a, b)),
-                              _mm256_extracti128_si256(_mm256_add_epi32(a, b), 1));
+    const __m256i ab = _mm256_add_epi32(a, b);
+    __m128i t = _mm_add_epi32(_mm256_castsi256_si128(ab), _mm256_extracti128_si256(ab, 1));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0x4E));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 0xB1));
     sums[h] = _mm_cvtsi128_si32(t);
@@ -64,6 +64,13 @@ inline float round_group(const float* x, int n, int8_t* q, int* sums) {
 #endif
 }
 
+// f(m0, m1) over activation rows [0, M) of width K: a prefill's rows split across the threads, a
+// decode step's few stay on the calling one. Rows are rounded independently: the same bits either way.
+template <typename F>
+inline void for_rows(int64_t M, int64_t K, const F& f) {
+  at::parallel_for(0, M, std::max<int64_t>(8, (int64_t(1) << 16) / std::max<int64_t>(K, 1)), f);
+}
+
 // Activations rounded per block of 32 inputs: int8 codes with scale max|x| / 127 (round to
 // nearest even), and scale * sum(codes) for the zero terms, as llama.cpp does for its dot products;
 // also the integer sums per 16 codes, for weights with a zero per 16 (Q2_K).
@@ -82,10 +89,7 @@ struct QuantizedActs {
         d(rows * (width / 32)),
         s(rows * (width / 32)),
         bs(rows * (width / 16)) {
-    // rows are independent: a prefill's rows split across the threads (a decode step's few stay
-    // on the calling one); the same bits either way
-    at::parallel_for(0, M, std::max<int64_t>(8, (int64_t(1) << 16) / std::max<int64_t>(K, 1)),
-                     [&](int64_t m0, int64_t m1) { round_rows(x, m0, m1); });
+    for_rows(M, K, [&](int64_t m0, int64_t m1) { round_rows(x, m0, m1); });
   }
 
  private:

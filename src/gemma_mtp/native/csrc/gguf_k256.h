@@ -41,10 +41,7 @@ struct Acts256 {
   Acts256() = default;
   Acts256(const float* x, int64_t rows, int64_t width)
       : M(rows), K(width), nsb(width / 256), q(rows * width), d(rows * (width / 256)), bs(rows * (width / 16)) {
-    // rows are independent: a prefill's rows split across the threads (a decode step's few stay
-    // on the calling one); the same bits either way
-    at::parallel_for(0, M, std::max<int64_t>(8, (int64_t(1) << 16) / std::max<int64_t>(K, 1)),
-                     [&](int64_t m0, int64_t m1) { round_rows(x, m0, m1); });
+    native::for_rows(M, K, [&](int64_t m0, int64_t m1) { round_rows(x, m0, m1); });
   }
 
  private:
