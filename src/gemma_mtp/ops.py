@@ -118,8 +118,11 @@ def attention(
             mask = mask.expand(b, 1, t, k.shape[2])  # broadcast dims as SDPA would (stride 0)
             return ops.attend_rows(q.transpose(1, 2), k, v, mask, scale, logit_cap or 0.0)
     if logit_cap is None:
+        start = causal_start(mask) if q.shape[2] > ROW_ATTENTION_MAX_T else None
+        if start is not None:  # SDPA's causal path skips the blocks above the diagonal
+            k, v, mask = k[:, :, start:], v[:, :, start:], None
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
         )
     else:
         rep = q.shape[1] // k.shape[1]
@@ -129,6 +132,24 @@ def attention(
         out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v)
     b, h, t, d = out.shape
     return out.transpose(1, 2).reshape(b, t, h * d)
+
+
+def causal_start(mask: torch.Tensor) -> int | None:
+    """S - T when a [B, 1, T, S] mask lets query i see exactly keys S - T .. S - T + i (a first
+    prefill: the keys before it empty, the window no shorter than the prompt), else None. Then
+    attention over keys [S - T:] with SDPA's is_causal (top-left aligned, square) is the same
+    attention; SDPA skips the blocks the mask would zero. One pass over the mask, on its device
+    (a host sync: prefills only, never inside a captured step)."""
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1:
+        return None
+    t, s = mask.shape[2], mask.shape[3]
+    if t < 2 or s < t:
+        return None
+    want = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril_()
+    head, tail = mask[..., : s - t], mask[..., s - t :]
+    if head.any() or not torch.equal(tail, want.expand_as(tail)):
+        return None
+    return s - t
 
 
 def argmax_rows(scores: torch.Tensor) -> list[int]:
