@@ -63,9 +63,12 @@ def test_matrices_longer_than_a_tile_and_fused_parts(native):
     parts = [GGUFBlockWeight.from_blocks(data_of(t, rows=n, k=k), t) for t, n in shapes]
     fused = GGUFMultiWeight(parts)
     x = torch.randn(M, k, generator=torch.Generator().manual_seed(3))
-    got = fused.linear(x)
-    assert torch.equal(got, torch.cat([p.linear(x) for p in parts], 1))
-    assert torch.equal(got, few_rows_at_a_time(native, x, [p.data for p in parts], fused._types))
+    for repack in (False, True):  # the file layout, then the Q4_K part in the 8-row one
+        if repack:
+            assert parts[0].repack() and not parts[2].repack()  # 9 rows: not a multiple of 8
+        got = fused.linear(x)
+        assert torch.equal(got, torch.cat([p.linear(x) for p in parts], 1))
+        assert torch.equal(got, few_rows_at_a_time(native, x, fused.kernel_data, fused.kernel_types))
 
 
 def test_same_input_same_bits(native):

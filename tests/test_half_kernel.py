@@ -93,10 +93,12 @@ def test_the_loader_keeps_a_bf16_matrix_as_stored(e2b_small) -> None:
         return engine.target.make_cache(batch_size=1, max_context=64, max_draft=4)
 
     with torch.no_grad():
-        # one position: the same numbers as the widened copy (products exact up to accumulation)
+        # one position: the widened copy's numbers up to float32 accumulation in the projection
+        # (checked above to 1e-5); through 10 layers that can move an activation on an int8
+        # rounding boundary to the next code, so the hidden states agree to the rounding's size
         a = kept.target.forward(tokens[:, :1], torch.zeros(1, 1, dtype=torch.long), cache(kept)).hidden
         b = widened.target.forward(tokens[:, :1], torch.zeros(1, 1, dtype=torch.long), cache(widened)).hidden
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+        assert ((a - b).norm() / b.norm()).item() < 0.02
         # six positions in one forward give the bits of six one-position steps (torch's float32
         # GEMM on the widened copy does not: its M = 6 and M = 1 sums differ, and the int8
         # rounding of the next layers' activations amplifies that; measured ~0.2 absolute here)

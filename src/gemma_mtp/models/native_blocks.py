@@ -70,7 +70,7 @@ def _blocks(linear: nn.Module | None):
     weight = getattr(linear, "qweight", None)
     if getattr(weight, "kind", None) != "gguf" or not hasattr(weight, "data"):
         return None
-    return weight.data, int(weight.qtype)
+    return weight.kernel_data, weight.kernel_type
 
 
 def _fused_blocks(fused: nn.Module | None, count: int):
@@ -78,7 +78,7 @@ def _fused_blocks(fused: nn.Module | None, count: int):
     parts = getattr(weight, "parts", None)
     if getattr(weight, "kind", None) != "gguf" or parts is None or len(parts) != count:
         return None
-    return [p.data for p in parts], [int(p.qtype) for p in parts]
+    return weight.kernel_data, weight.kernel_types
 
 
 def _norms_ok(*norms: RMSNorm) -> bool:

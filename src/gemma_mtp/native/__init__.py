@@ -23,7 +23,17 @@ CSRC = Path(__file__).with_name("csrc")
 EXTENSION = Extension(
     name="gemma_mtp_native",
     sources=tuple(CSRC / name for name in ("q8_mm.cpp", "gguf_mm.cpp", "half_mm.cpp", "layer.cpp")),
-    headers=tuple(CSRC / name for name in ("common.h", "gguf_blocks.h", "gguf_k256.h", "gguf_lowbit.h", "iq_tables.h")),
+    headers=tuple(
+        CSRC / name
+        for name in (
+            "common.h",
+            "gguf_blocks.h",
+            "gguf_k256.h",
+            "gguf_lowbit.h",
+            "gguf_q4k_x8.h",
+            "iq_tables.h",
+        )
+    ),
     cflags=("-O3", "-march=native", "-fopenmp"),
     ldflags=("-fopenmp",),
 )

@@ -18,7 +18,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from ..native import why_unavailable
-from .blocks import BLOCK_TYPES, GGUFBlockWeight, as_tensor, gguf_kernel_ok
+from .blocks import BLOCK_TYPES, GGUFBlockWeight, as_tensor, gguf_kernel_ok, release_pages
 from .codes import CODE_TYPES, SYMMETRIC_TYPES, decode_codes
 from .half import HalfWeight
 from .int4 import HAVE_INT4_KERNEL, Int4GroupWeight, int4_kernel_ok
@@ -119,6 +119,9 @@ def build_module(
         weight = BlockRows(as_tensor(data), qtype, old.embedding_dim)
     elif choice.kind == "gguf":
         weight = GGUFBlockWeight.from_blocks(data, qtype)
+        # a matrix's products (not a table's rows: a head's candidates must match its full rows)
+        if isinstance(old, nn.Linear) and weight.repack():
+            release_pages(data)
     elif choice.kind == "torch":
         weight = TorchBlockWeight.from_blocks(data, qtype)
     elif choice.kind == "q8":

@@ -137,6 +137,7 @@ torch::Tensor attend_rows(const torch::Tensor& q, const torch::Tensor& k, const 
 torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& ws, const std::vector<int64_t>& types,
                       bool vectorized);
 torch::Tensor gguf_rows(const torch::Tensor& w, int64_t type, const torch::Tensor& ids, int64_t K);
+torch::Tensor gguf_repack(const torch::Tensor& w, int64_t type);
 torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64_t type, const torch::Tensor& ids,
                            bool vectorized);
 

@@ -364,6 +364,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_mm_rows", &gguf_mm_rows, "each row of x times its own list of weight rows (GGUF blocks)",
         py::arg("x"), py::arg("weight"), py::arg("type"), py::arg("ids"), py::arg("vectorized") = true,
         py::call_guard<py::gil_scoped_release>());
+  m.def("gguf_repack", &gguf_repack, "a Q4_K matrix repacked 8 rows at a time for gguf_mm (type 1012)",
+        py::call_guard<py::gil_scoped_release>());
   m.def("gguf_rows", &gguf_rows, "rows of a GGUF block matrix dequantized to float32",
         py::call_guard<py::gil_scoped_release>());
   m.def("half_mm", &half_mm, "float32 activations x a bfloat16/float16 matrix kept as stored (batch-invariant)",
