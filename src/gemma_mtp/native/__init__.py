@@ -30,7 +30,7 @@ EXTENSION = Extension(
             "gguf_blocks.h",
             "gguf_k256.h",
             "gguf_lowbit.h",
-            "gguf_q4k_x8.h",
+            "gguf_x8.h",
             "iq_tables.h",
         )
     ),

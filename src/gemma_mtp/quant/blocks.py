@@ -33,6 +33,7 @@ __all__ = [
     "GGUFMultiWeight",
     "BLOCK_TYPES",
     "Q4_K_X8",
+    "Q5_0_X8",
     "REPACK_ENV",
     "gguf_kernel_ok",
     "repack_ok",
@@ -44,9 +45,9 @@ Q = GGMLQuantizationType
 BLOCK_TYPES = frozenset({Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K, Q.Q6_K, *LOWBIT_TYPES})
 
 
-X8 = 1000  # gguf_mm's type code of a repacked matrix: X8 + its GGUF type (gguf_q4k_x8.h)
-Q4_K_X8 = X8 + int(Q.Q4_K)
-REPACK_TYPES = frozenset({Q.Q4_K})  # Q6_K in the same scheme measured slower (gguf_q4k_x8.h)
+X8 = 1000  # gguf_mm's type code of a repacked matrix: X8 + its GGUF type (gguf_x8.h)
+Q4_K_X8, Q5_0_X8 = X8 + int(Q.Q4_K), X8 + int(Q.Q5_0)
+REPACK_TYPES = frozenset({Q.Q4_K, Q.Q5_0})  # Q6_K in the same scheme measured slower (gguf_x8.h)
 REPACK_ENV = "GEMMA_MTP_REPACK"  # "0": keep every matrix in the file's layout
 
 
@@ -55,7 +56,7 @@ def gguf_kernel_ok(qtype: GGMLQuantizationType, in_features: int) -> bool:
 
 
 def repack_ok(qtype: GGMLQuantizationType, out_features: int) -> bool:
-    """Whether a matrix gets the 8-row layout: Q4_K, rows a multiple of 8, the native
+    """Whether a matrix gets the 8-row layout: Q4_K or Q5_0, rows a multiple of 8, the native
     module built, and not turned off with GEMMA_MTP_REPACK=0."""
     return (
         qtype in REPACK_TYPES
@@ -127,8 +128,8 @@ class BlockBytes(nn.Module):
 
 class GGUFBlockWeight(BlockBytes):
     """`data` stays the file's blocks (rows, dequantize, saving read them); `kernel_data` and
-    `kernel_type` are what the matmul reads: the same, or after `repack()` a Q4_K matrix in the
-    8-row layout of `native/csrc/gguf_q4k_x8.h` (1.6-1.8x the products per second here)."""
+    `kernel_type` are what the matmul reads: the same, or after `repack()` a Q4_K or Q5_0 matrix
+    in the 8-row layout of `native/csrc/gguf_x8.h` (1.6-2.7x the products per second here)."""
 
     kind = "gguf"
 
@@ -141,7 +142,7 @@ class GGUFBlockWeight(BlockBytes):
         return self.packed if self.kernel_type >= X8 else self.data
 
     def repack(self) -> bool:
-        """Repack a Q4_K matrix of a multiple of 8 rows for the matmul (anything else: False and
+        """Repack a Q4_K or Q5_0 matrix of a multiple of 8 rows for the matmul (anything else: False and
         no change). A matmul's outputs then differ from the file layout's by float rounding
         (about 1e-7 relative), and stay the same for every row whatever the batch."""
         if not repack_ok(self.qtype, self.out_features) or self.kernel_type >= X8:

@@ -22,8 +22,8 @@
 // of them. Either way the arithmetic per row is the same: every row's result is independent of the
 // other rows and of M, and the same input gives the same bits.
 //
-// Q4_K matrices of a multiple of 8 rows are normally repacked at load (type Q4_K_X8,
-// gguf_q4k_x8.h): 8 rows interleaved so that the int32 lanes of a dot product are 8 weight rows,
+// Q4_K and Q5_0 matrices of a multiple of 8 rows are normally repacked at load (types Q4_K_X8,
+// Q5_0_X8, gguf_x8.h): 8 rows interleaved so that the int32 lanes of a dot product are 8 weight rows,
 // every M taking the same loop; 1.6-1.8x the products per second of the file layout here.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -32,7 +32,7 @@
 #include "gguf_blocks.h"
 #include "gguf_k256.h"
 #include "gguf_lowbit.h"
-#include "gguf_q4k_x8.h"
+#include "gguf_x8.h"
 
 #include <cmath>
 #include <cstdint>
@@ -449,12 +449,12 @@ std::vector<Part> check_parts(const std::vector<torch::Tensor>& ws, const std::v
   total = 0;
   for (size_t i = 0; i < ws.size(); ++i) {
     const auto& w = ws[i];
-    if (is_x8(types[i])) {  // repacked Q4_K: [N / 8, K / 256 * kX8Bytes]
-      const int64_t gb = kX8Bytes;
+    if (is_x8(types[i])) {  // repacked Q4_K / Q5_0: [N / 8, K / block * group bytes]
+      const int64_t gb = x8_group_bytes(types[i]), be = x8_block_elems(types[i]);
       TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kUInt8 && w.is_contiguous() && w.is_cpu(),
                   "gguf_mm: a repacked weight must be a contiguous uint8 [N / 8, bytes] CPU tensor");
-      TORCH_CHECK(K % 256 == 0 && w.size(1) == K / 256 * gb, "gguf_mm: repacked weight ", i, " has groups of ",
-                  w.size(1), " bytes; ", K, " inputs take ", K / 256 * gb);
+      TORCH_CHECK(K % be == 0 && w.size(1) == K / be * gb, "gguf_mm: repacked weight ", i, " has groups of ",
+                  w.size(1), " bytes; ", K, " inputs take ", K / be * gb);
       parts.push_back({w.data_ptr<uint8_t>(), w.stride(0), types[i], kX8Rows * w.size(0), total});
       total += kX8Rows * w.size(0);
       continue;
@@ -485,7 +485,7 @@ struct CallActs {
   int64_t K;
 
   CallActs(const torch::Tensor& x, const std::vector<int64_t>& types) : K(x.size(1)) {
-    const auto wide = [](int64_t t) { return is_k256(t) || is_x8(t); };
+    const auto wide = [](int64_t t) { return is_k256(t) || t == Q4_K_X8; };
     const bool k256 = std::any_of(types.begin(), types.end(), wide);
     const bool other = std::any_of(types.begin(), types.end(), [&](int64_t t) { return !wide(t); });
     const auto xf = x.to(torch::kFloat32).contiguous();
@@ -536,7 +536,12 @@ torch::Tensor gguf_mm(const torch::Tensor& x, const std::vector<torch::Tensor>& 
       if (lo >= hi) continue;
       if (is_x8(p.type)) {  // the groups whose first row is in [lo, hi): each group in one chunk
         const int64_t g0 = (lo - p.start + kX8Rows - 1) / kX8Rows, g1 = (hi - p.start + kX8Rows - 1) / kX8Rows;
-        rows_x8(vectorized, p.w, acts.at256(0), M, g0, g1, o + p.start, N);
+        if (p.type == Q4_K_X8) {
+          rows_x8(vectorized, p.w, acts.at256(0), M, g0, g1, o + p.start, N);
+        } else {
+          const Acts a = acts.at32(0);
+          rows_x8_50(vectorized, p.w, A32{a.q, a.d, a.bs, a.K}, M, g0, g1, o + p.start, N);
+        }
         continue;
       }
 #if GG_AVX2
@@ -633,22 +638,31 @@ torch::Tensor gguf_mm_rows(const torch::Tensor& x, const torch::Tensor& w, int64
   return out;
 }
 
-// A Q4_K matrix (uint8 [N, K / 256 * 144], N a multiple of 8) in the layout of gguf_q4k_x8.h:
-// uint8 [N / 8, K / 256 * kX8Bytes], which gguf_mm takes with type Q4_K_X8 (1012).
+// A Q4_K or Q5_0 matrix (uint8 [N, K / block * block bytes], N a multiple of 8) in the layout of
+// gguf_x8.h: uint8 [N / 8, K / block * group bytes], which gguf_mm takes with type 1000 + type.
 torch::Tensor gguf_repack(const torch::Tensor& w, int64_t type) {
   using namespace gguf_blocks;
-  TORCH_CHECK(type == Q4_K, "gguf_repack: only Q4_K (type 12) has a repacked layout, not type ", type);
+  TORCH_CHECK(type == Q4_K || type == Q5_0,
+              "gguf_repack: only Q4_K and Q5_0 (types 12, 6) have a repacked layout, not type ", type);
+  const Layout L = layout_of(type);
+  const int64_t gb = x8_group_bytes(1000 + type);
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == torch::kUInt8 && w.stride(1) == 1 && w.is_cpu() &&
-                  w.size(1) % 144 == 0,
-              "gguf_repack: a uint8 [N, K / 256 * 144] CPU tensor of Q4_K blocks with contiguous rows");
-  const int64_t N = w.size(0), nsb = w.size(1) / 144;
+                  w.size(1) % L.bytes == 0,
+              "gguf_repack: a uint8 [N, K / ", L.elems, " * ", L.bytes, "] CPU tensor of blocks with contiguous rows");
+  const int64_t N = w.size(0), nb = w.size(1) / L.bytes;
   TORCH_CHECK(N % kX8Rows == 0, "gguf_repack: ", N, " rows are not a multiple of ", kX8Rows);
-  auto out = torch::empty({N / kX8Rows, nsb * kX8Bytes}, torch::dtype(torch::kUInt8));
+  auto out = torch::empty({N / kX8Rows, nb * gb}, torch::dtype(torch::kUInt8));
   const uint8_t* src = w.data_ptr<uint8_t>();
   uint8_t* dst = out.data_ptr<uint8_t>();
   const int64_t pitch = w.stride(0);
   at::parallel_for(0, N / kX8Rows, 16, [&](int64_t g0, int64_t g1) {
-    for (int64_t g = g0; g < g1; ++g) repack_q4k_x8(src + g * kX8Rows * pitch, pitch, nsb, dst + g * nsb * kX8Bytes);
+    for (int64_t g = g0; g < g1; ++g) {
+      if (type == Q4_K) {
+        repack_q4k_x8(src + g * kX8Rows * pitch, pitch, nb, dst + g * nb * gb);
+      } else {
+        repack_q50_x8(src + g * kX8Rows * pitch, pitch, nb, dst + g * nb * gb);
+      }
+    }
   });
   return out;
 }

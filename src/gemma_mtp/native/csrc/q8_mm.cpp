@@ -364,7 +364,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gguf_mm_rows", &gguf_mm_rows, "each row of x times its own list of weight rows (GGUF blocks)",
         py::arg("x"), py::arg("weight"), py::arg("type"), py::arg("ids"), py::arg("vectorized") = true,
         py::call_guard<py::gil_scoped_release>());
-  m.def("gguf_repack", &gguf_repack, "a Q4_K matrix repacked 8 rows at a time for gguf_mm (type 1012)",
+  m.def("gguf_repack", &gguf_repack, "a Q4_K or Q5_0 matrix repacked 8 rows at a time for gguf_mm (type 1000 + type)",
         py::call_guard<py::gil_scoped_release>());
   m.def("gguf_rows", &gguf_rows, "rows of a GGUF block matrix dequantized to float32",
         py::call_guard<py::gil_scoped_release>());

@@ -1,4 +1,4 @@
-"""Q4_K repacked 8 rows at a time (`native/csrc/gguf_q4k_x8.h`, `GGUFBlockWeight.repack`).
+"""Q4_K and Q5_0 repacked 8 rows at a time (`native/csrc/gguf_x8.h`, `GGUFBlockWeight.repack`).
 
 The reference no one here wrote is `gguf.quants.dequantize` (through test_quant_kernels'
 `reference`), times the activations rounded per 256 inputs as the kernel rounds them
@@ -18,12 +18,13 @@ from test_gguf_kernel import rounded
 from test_quant_kernels import K, blocks_of, reference
 
 from gemma_mtp.quant import blocks as qblocks
-from gemma_mtp.quant.blocks import Q4_K_X8, X8, GGUFBlockWeight, GGUFMultiWeight, release_pages
+from gemma_mtp.quant.blocks import Q4_K_X8, Q5_0_X8, X8, GGUFBlockWeight, GGUFMultiWeight, release_pages
 
 Q = GGMLQuantizationType
 ROWS = 96  # 12 groups of 8
-TYPES = pytest.mark.parametrize("qtype", [Q.Q4_K], ids=lambda q: q.name)
-GROUP_BYTES = {Q.Q4_K: 1184}  # per 8 rows x 256 inputs (the file: 8 x 144)
+TYPES = pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q5_0], ids=lambda q: q.name)
+# per 8 rows x one block (the file: 8 x 144 per 256 inputs, 8 x 22 per 32)
+GROUP_BYTES = {Q.Q4_K: (256, 1184), Q.Q5_0: (32, 176)}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,12 @@ def repacked(qtype=Q.Q4_K, rows: int = ROWS, k: int = K, seed: int = 0):
 def test_repacked_products_are_the_int8_activation_dot_product(native, qtype, rows):
     data, weight = repacked(qtype)
     kind = X8 + int(qtype)
-    assert weight.kernel_type == kind and weight.packed.shape == (ROWS // 8, K // 256 * GROUP_BYTES[qtype])
+    assert weight.kernel_type == kind and weight.packed.shape == (
+        ROWS // 8,
+        K // GROUP_BYTES[qtype][0] * GROUP_BYTES[qtype][1],
+    )
     x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows))
-    x[0, :256] = 0  # an all-zero activation super-block
+    x[0, :256] = 0  # an all-zero activation (super-)block
     want = rounded(x, qtype) @ reference(data, qtype).double().T
     got = {v: native.gguf_mm(x, [weight.packed], [kind], v) for v in (True, False)}
     assert torch.equal(got[True], got[False])  # the AVX2 loop and the portable one: the same bits
@@ -68,11 +72,11 @@ def test_each_row_gets_the_same_bits_in_any_batch(native, qtype):
 def test_a_call_mixing_repacked_and_file_layouts_equals_separate_calls(native):
     _, packed = repacked(rows=64, seed=1)
     other = GGUFBlockWeight.from_blocks(blocks_of(Q.Q6_K, rows=70, seed=2), Q.Q6_K)  # 70: stays
-    _, packed2 = repacked(rows=16, seed=4)
+    _, packed2 = repacked(Q.Q5_0, rows=16, seed=4)
     small = GGUFBlockWeight.from_blocks(blocks_of(Q.Q8_0, rows=24, seed=3), Q.Q8_0)
     assert not other.repack()
     fused = GGUFMultiWeight([other, packed, small, packed2])
-    assert fused.kernel_types == [int(Q.Q6_K), Q4_K_X8, int(Q.Q8_0), Q4_K_X8]
+    assert fused.kernel_types == [int(Q.Q6_K), Q4_K_X8, int(Q.Q8_0), Q5_0_X8]
     for rows in (1, 4, 12):
         x = torch.randn(rows, K, generator=torch.Generator().manual_seed(rows))
         assert torch.equal(
@@ -101,7 +105,7 @@ def test_what_is_not_repacked_and_bad_inputs(native, monkeypatch):
         native.gguf_mm(torch.randn(1, 768), [weight.packed], [Q4_K_X8])
     with pytest.raises(RuntimeError, match="not a multiple of 8"):
         native.gguf_repack(weight.data[:12], int(Q.Q4_K))
-    with pytest.raises(RuntimeError, match="only Q4_K"):
+    with pytest.raises(RuntimeError, match="only Q4_K and Q5_0"):
         native.gguf_repack(weight.data, int(Q.Q6_K))
 
 
@@ -120,7 +124,7 @@ def test_released_pages_of_a_read_only_map_read_back_the_same(native, tmp_path):
 
 
 def test_a_loaded_gguf_model_multiplies_with_repacked_q4_k(native, tmp_path, monkeypatch):
-    """The loader repacks a file's Q4_K linear layers (never an embedding table, whose rows a
+    """The loader repacks a file's Q4_K and Q5_0 linear layers (never an embedding table, whose rows a
     head's candidates read); the model's logits stay those of the file layout up to rounding."""
     from asset_helpers import gemma3_270m
 
@@ -133,7 +137,8 @@ def test_a_loaded_gguf_model_multiplies_with_repacked_q4_k(native, tmp_path, mon
         weight = getattr(module, "qweight", None)
         if isinstance(weight, GGUFBlockWeight):
             kinds.setdefault(weight.kernel_type, []).append(name)
-    assert Q4_K_X8 in kinds and not any("embed" in n for n in kinds[Q4_K_X8])
+    assert Q4_K_X8 in kinds and Q5_0_X8 in kinds
+    assert not any("embed" in n for n in kinds[Q4_K_X8] + kinds[Q5_0_X8])
     tokens = torch.tensor([[2, 818, 5279, 529, 7001, 563]])
 
     def logits(e):

@@ -1,4 +1,4 @@
-// Q4_K repacked 8 rows at a time ("x8"): the layout llama.cpp's CPU backend also repacks
+// Q4_K (and Q5_0, below) repacked 8 rows at a time ("x8"): the layout llama.cpp's CPU backend also repacks
 // Q4_K into for its GEMM (q4_K_8x8), with our own arithmetic. A group of 8 weight rows keeps, per
 // super-block of 256 inputs, the 8 rows' codes interleaved 4 bytes at a time, so one 32-byte load
 // holds 4 packed bytes (8 codes) of each row and the int32 lanes of a dot product are the 8 rows:
@@ -203,6 +203,148 @@ inline void rows_x8(bool vec, const uint8_t* w, const A256& a, int64_t M, int64_
   }
 }
 
-inline bool is_x8(int64_t type) { return type == Q4_K_X8; }
+// ---- Q5_0 x8 -------------------------------------------------------------------------------
+// Group g, block b of 32 inputs (kX8Bytes50 = 176 bytes = 8 x 22, at (g * nb + b) * kX8Bytes50),
+// with q(r, e) the 5-bit code of input e of row r (weight d * (q - 16)):
+//   [0, 16)     d of rows 0..7 (float16)
+//   [16, 144)   for c = 0..3, r = 0..7, i = 0..3 the byte q(r, 4c + i) & 15 | (q(r, 16 + 4c + i) & 15) << 4
+//               at 16 + 32c + 4r + i
+//   [144, 176)  for r, i the byte sum_c (q(r, 4c + i) >> 4) << c | (q(r, 16 + 4c + i) >> 4) << (4 + c)
+//               at 144 + 4r + i
+// Against activations rounded per 32 inputs (codes x, scale a, code sums b per 16), lane r of a
+// block is S = sum_e q(r, e) x(e) - 16 (b0 + b1), exact in int32; then acc = fma(float(S), d * a, acc).
+constexpr int64_t Q5_0_X8 = 1000 + Q5_0;
+constexpr int64_t kX8Bytes50 = 176;
+
+struct A32 {  // activation rows rounded per 32 inputs (gguf_mm.cpp's Acts, the fields used here)
+  const int8_t* q;    // [M, K]
+  const float* d;     // [M, K / 32]
+  const int16_t* bs;  // [M, K / 16]
+  int64_t K;
+};
+
+inline void repack_q50_x8(const uint8_t* w, int64_t pitch, int64_t nb, uint8_t* out) {
+  for (int64_t b = 0; b < nb; ++b) {
+    uint8_t* o = out + b * kX8Bytes50;
+    for (int r = 0; r < 8; ++r) {
+      const uint8_t* blk = w + r * pitch + b * 22;
+      std::memcpy(o + 2 * r, blk, 2);
+      uint32_t qh;
+      std::memcpy(&qh, blk + 2, 4);
+      uint8_t q[32];
+      for (int j = 0; j < 16; ++j) {
+        q[j] = uint8_t((blk[6 + j] & 15) | (((qh >> j) & 1) << 4));
+        q[j + 16] = uint8_t((blk[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+      }
+      for (int i = 0; i < 4; ++i) {
+        uint8_t hi = 0;
+        for (int c = 0; c < 4; ++c) {
+          o[16 + 32 * c + 4 * r + i] = uint8_t((q[4 * c + i] & 15) | ((q[16 + 4 * c + i] & 15) << 4));
+          hi |= uint8_t(((q[4 * c + i] >> 4) << c) | ((q[16 + 4 * c + i] >> 4) << (4 + c)));
+        }
+        o[144 + 4 * r + i] = hi;
+      }
+    }
+  }
+}
+
+template <int MB>
+void rows_q50_x8_scalar(const uint8_t* w, const A32& a, int64_t g0, int64_t g1, float* out, int64_t ldo) {
+  const int64_t nb = a.K / 32, n16 = a.K / 16;
+  for (int64_t g = g0; g < g1; ++g) {
+    float acc[MB][8] = {};
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = w + (g * nb + b) * kX8Bytes50;
+      for (int m = 0; m < MB; ++m) {
+        const int8_t* x = a.q + m * a.K + b * 32;
+        const int32_t bsum = int32_t(a.bs[m * n16 + 2 * b]) + a.bs[m * n16 + 2 * b + 1];
+        const float ad = a.d[m * nb + b];
+        for (int r = 0; r < 8; ++r) {
+          int32_t S = 0;
+          for (int c = 0; c < 4; ++c)
+            for (int i = 0; i < 4; ++i) {
+              const uint8_t lo = blk[16 + 32 * c + 4 * r + i], hi = blk[144 + 4 * r + i];
+              S += int32_t((lo & 15) | (((hi >> c) & 1) << 4)) * x[4 * c + i];
+              S += int32_t((lo >> 4) | (((hi >> (4 + c)) & 1) << 4)) * x[16 + 4 * c + i];
+            }
+          acc[m][r] = std::fma(float(S - 16 * bsum), f16(blk + 2 * r) * ad, acc[m][r]);
+        }
+      }
+    }
+    for (int m = 0; m < MB; ++m)
+      for (int r = 0; r < 8; ++r) out[m * ldo + 8 * g + r] = acc[m][r];
+  }
+}
+
+#if GG_AVX2
+template <int MB>
+void rows_q50_x8_avx2(const uint8_t* w, const A32& a, int64_t g0, int64_t g1, float* out, int64_t ldo) {
+  const int64_t nb = a.K / 32, n16 = a.K / 16;
+  const __m256i low = _mm256_set1_epi8(0x0F), bit = _mm256_set1_epi8(0x10);
+  for (int64_t g = g0; g < g1; ++g) {
+    __m256 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = w + (g * nb + b) * kX8Bytes50;
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 144));
+      __m256i S[MB];
+      for (int m = 0; m < MB; ++m) S[m] = _mm256_setzero_si256();
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
+        // bit c of each byte to bit 4 (lo), bit 4 + c to bit 4 (hi); 16-bit shifts, then per-byte masks
+        const __m256i hl = _mm256_slli_epi16(qh, 4 - c), hh = _mm256_srli_epi16(qh, c);
+        const __m256i lo = _mm256_or_si256(_mm256_and_si256(v, low), _mm256_and_si256(hl, bit));
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(v, 4), low), _mm256_and_si256(hh, bit));
+        for (int m = 0; m < MB; ++m) {
+          const int8_t* x = a.q + m * a.K + b * 32;
+          int32_t x0, x1;
+          std::memcpy(&x0, x + 4 * c, 4);
+          std::memcpy(&x1, x + 16 + 4 * c, 4);
+          S[m] = dp_acc(S[m], lo, _mm256_set1_epi32(x0));
+          S[m] = dp_acc(S[m], hi, _mm256_set1_epi32(x1));
+        }
+      }
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
+      for (int m = 0; m < MB; ++m) {
+        const int32_t bsum = int32_t(a.bs[m * n16 + 2 * b]) + a.bs[m * n16 + 2 * b + 1];
+        const __m256i s = _mm256_sub_epi32(S[m], _mm256_set1_epi32(16 * bsum));
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(d, _mm256_set1_ps(a.d[m * nb + b])), acc[m]);
+      }
+    }
+    for (int m = 0; m < MB; ++m) _mm256_storeu_ps(out + m * ldo + 8 * g, acc[m]);
+  }
+}
+#endif
+
+template <int MB>
+inline void x8_block50(bool vec, const uint8_t* w, const A32& a, int64_t g, float* out, int64_t ldo) {
+#if GG_AVX2
+  if (vec) return rows_q50_x8_avx2<MB>(w, a, g, g + 1, out, ldo);
+#endif
+  rows_q50_x8_scalar<MB>(w, a, g, g + 1, out, ldo);
+}
+
+inline void rows_x8_50(bool vec, const uint8_t* w, const A32& a, int64_t M, int64_t g0, int64_t g1, float* out,
+                       int64_t ldo) {
+  const int64_t nb = a.K / 32, n16 = a.K / 16;
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t m0 = 0; m0 < M; m0 += 4) {
+      const int64_t mb = std::min<int64_t>(4, M - m0);
+      const A32 am{a.q + m0 * a.K, a.d + m0 * nb, a.bs + m0 * n16, a.K};
+      float* om = out + m0 * ldo;
+      switch (mb) {
+        case 1: x8_block50<1>(vec, w, am, g, om, ldo); break;
+        case 2: x8_block50<2>(vec, w, am, g, om, ldo); break;
+        case 3: x8_block50<3>(vec, w, am, g, om, ldo); break;
+        default: x8_block50<4>(vec, w, am, g, om, ldo); break;
+      }
+    }
+  }
+}
+
+inline bool is_x8(int64_t type) { return type == Q4_K_X8 || type == Q5_0_X8; }
+// bytes of one repacked group of 8 rows per block of its type (256 inputs Q4_K, 32 Q5_0)
+inline int64_t x8_group_bytes(int64_t type) { return type == Q4_K_X8 ? kX8Bytes : kX8Bytes50; }
+inline int64_t x8_block_elems(int64_t type) { return type == Q4_K_X8 ? 256 : 32; }
 
 }  // namespace gguf_blocks
