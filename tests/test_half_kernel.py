@@ -11,13 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 from gguf import GGMLQuantizationType
+from native_required import native_or_skip
 
 import gemma_mtp
 from gemma_mtp.quant.half import HalfWeight
 from gemma_mtp.quant.modules import QuantLinear
 from gemma_mtp.tools.shaped_gguf import write_shaped
 from gemma_mtp.tools.shapes import shape_configs
-from native_required import native_or_skip
 
 
 def _reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,9 @@ def test_weight_from_the_files_bytes() -> None:
     assert (hw.out_features, hw.in_features, hw.nbytes) == (5, 64, 640)
     assert torch.equal(hw.dequantize(), w.float())
     h16 = torch.randn(3, 32).half()
-    assert torch.equal(HalfWeight.from_blocks(h16.numpy(), GGMLQuantizationType.F16).dequantize(), h16.float())
+    assert torch.equal(
+        HalfWeight.from_blocks(h16.numpy(), GGMLQuantizationType.F16).dequantize(), h16.float()
+    )
 
 
 @pytest.fixture(scope="module")

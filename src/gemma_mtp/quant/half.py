@@ -39,7 +39,7 @@ class HalfWeight(nn.Module):
         self.max_error = 0.0
 
     @classmethod
-    def from_blocks(cls, data: np.ndarray, qtype: GGMLQuantizationType) -> "HalfWeight":
+    def from_blocks(cls, data: np.ndarray, qtype: GGMLQuantizationType) -> HalfWeight:
         """`data`: the tensor's bytes as gguf-py maps them, `[N, K]` 2-byte values (or bytes)."""
         raw = np.ascontiguousarray(data).view(np.uint16) if data.dtype == np.uint8 else data.view(np.uint16)
         with warnings.catch_warnings():

@@ -39,8 +39,8 @@ from ..models.gemma import ScaledEmbedding, rebuild_rotary
 from ..models.native_blocks import install_native_layers
 from ..native import why_unavailable
 from ..quant.fuse import fuse_model_projections
-from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
 from ..quant.half import HALF_TYPES, half_kernel_ok
+from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
 from ..quant.torch_blocks import TorchBlockExperts, torch_kernel_ok
 from .hf import LoadReport
 from .meta import meta_model
@@ -126,7 +126,13 @@ def _wants_quantized(quantized: bool | None, dtype: torch.dtype, device: str, au
 
 
 def _half_choice(
-    model: nn.Module, ours: str, config, qtype: GGMLQuantizationType, dtype: torch.dtype, device: str, table: dict
+    model: nn.Module,
+    ours: str,
+    config,
+    qtype: GGMLQuantizationType,
+    dtype: torch.dtype,
+    device: str,
+    table: dict,
 ) -> Choice:
     """A BF16 / F16 linear layer's matrix stays as stored (`quant.half`) where the float32 CPU load
     would otherwise widen it; `--quant-kernels BF16=float` keeps the float32 copy."""
