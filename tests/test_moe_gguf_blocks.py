@@ -98,11 +98,44 @@ def test_one_stack_quantized_the_other_float_loads_both(tmp_path):
     assert torch.equal(target_logits(ours, tokens), target_logits(ref, tokens))
 
 
-def test_without_the_torch_kernel_expert_stacks_are_dequantized_and_the_report_says_why(quantized_moe):
-    model, _, report = load_gguf_model(quantized_moe, dtype="float32", quantized=True)
-    assert not _stacks(model)
+def test_on_the_cpu_expert_stacks_stay_blocks_for_the_native_kernel(quantized_moe):
+    """The CPU's default load: both stacks stay the file's bytes (`GGUFBlockExperts`), products
+    by the native kernel (int8-rounded activations, so close to the dequantized load rather than
+    equal), and a forward over several positions gives each the bits of one-position steps."""
+    from gemma_mtp.quant.experts import GGUFBlockExperts
+
+    model, config, report = load_gguf_model(quantized_moe, dtype="float32", quantized=True)
+    stacks = _stacks(model)
+    assert len(stacks) == 2 * config.num_layers and all(isinstance(s, GGUFBlockExperts) for s in stacks)
+    gf = open_gguf(quantized_moe)
+    stack = model.layers[0].experts.down_proj
+    file_bytes = np.asarray(gf.tensors["blk.0.ffn_down_exps.weight"].data).view(np.uint8)
+    assert stack.nbytes == file_bytes.size and np.array_equal(stack.data.numpy(), file_bytes)
+    assert not any(n.startswith("dequantized Q5_0") for n in report.notices), report.notices
+    ref, _, _ = load_gguf_model(quantized_moe, dtype="float32", quantized=False)
+    tokens = _tokens(config)
+    got, want = target_logits(model, tokens), target_logits(ref, tokens)
+    assert ((got - want).norm() / want.norm()).item() < 0.03
+    # the experts alone (this fixture's other matrices are F32, on torch's GEMM, which is not
+    # batch-invariant): 10 tokens routed together give each token the bits it gets alone
+    experts = model.layers[0].experts
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(10, config.hidden_size, generator=gen)
+    ids = torch.randint(0, config.num_experts, (10, 2), generator=gen)
+    weights = torch.rand(10, 2, generator=gen)
+    with torch.no_grad():
+        together = experts(x, weights, ids)
+        alone = torch.cat([experts(x[i : i + 1], weights[i : i + 1], ids[i : i + 1]) for i in range(10)])
+    assert torch.equal(together, alone)
+
+
+def test_a_type_kept_float_is_dequantized_and_the_report_says_why(quantized_moe):
+    model, _, report = load_gguf_model(
+        quantized_moe, dtype="float32", kernels={"Q5_0": "float"}, quantized=True
+    )
+    assert {s.qtype for s in _stacks(model)} == {Q.Q8_0}  # the Q8_0 stacks still stay blocks
     said = [n for n in report.notices if n.startswith("dequantized Q5_0 x4")]
-    assert said and "only on the torch kernel" in said[0]
+    assert said and "stay blocks only on the native kernel" in said[0], report.notices
 
 
 def test_the_plan_counts_the_bytes_the_load_holds(quantized_moe):

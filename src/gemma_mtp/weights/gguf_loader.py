@@ -10,9 +10,10 @@ memory stays near the file size. Everything without an exact kernel is dequantiz
 dtype. `report.notices` says, per type, which kernel holds it (and how exact it is) and what was
 dequantized; nothing is expanded silently.
 
-Where the torch kernel holds a type (every block type off the CPU; `--quant-kernels torch` on it),
-the 3-D MoE expert stacks stay blocks too (`quant.torch_blocks.TorchBlockExperts`, set with
-`models.moe.Experts.keep_blocks`), as `placement.quantized_matrices` plans them; off the CPU the
+The 3-D MoE expert stacks stay blocks too (set with `models.moe.Experts.keep_blocks`): on the CPU
+for the native kernel (`quant.experts.GGUFBlockExperts`), and where the torch kernel holds a type
+(every block type off the CPU; `--quant-kernels torch` on it) for it
+(`quant.torch_blocks.TorchBlockExperts`), as `placement.quantized_matrices` plans them; off the CPU the
 report also says which types the fused Triton kernel multiplies (`triton_blocks.fused_notice`).
 """
 
@@ -38,6 +39,7 @@ from ..gguf.reader import FLOAT_TYPES, GGUFFile, TensorInfo, open_gguf, tensor_s
 from ..models.gemma import ScaledEmbedding, rebuild_rotary
 from ..models.native_blocks import install_native_layers
 from ..native import why_unavailable
+from ..quant.experts import GGUFBlockExperts, native_experts_ok
 from ..quant.fuse import fuse_model_projections
 from ..quant.half import HALF_TYPES, half_kernel_ok
 from ..quant.plan import Choice, build_module, choose_kernel, describe_choice, fallback_notice, parse_kernels
@@ -145,17 +147,20 @@ def _half_choice(
 
 
 def _expert_choice(ours: str, t: TensorInfo, table: dict) -> Choice:
-    """A 3-D MoE expert stack stays blocks where the torch kernel holds its type (the only kernel
-    with an expert-stack form), else it is dequantized and the report says why."""
+    """A 3-D MoE expert stack stays blocks where the native kernel (the CPU's, `quant.experts`) or
+    the torch kernel holds its type, else it is dequantized and the report says why."""
     qtype = t.tensor_type
     if not ours.endswith(tuple(EXPERT_STACKS)):
         return Choice("float", "not a matrix of a linear layer or the tied head")
     width = t.data.shape[-1] // GGML_QUANT_SIZES[qtype][1] * GGML_QUANT_SIZES[qtype][0]
+    if table.get(qtype) == "gguf" and native_experts_ok(qtype, width):  # the CPU's native kernel
+        return Choice("gguf")
     if table.get(qtype) != "torch":
         return Choice(
             "float",
-            "not a matrix of a linear layer: MoE expert stacks stay blocks only on the torch kernel "
-            "(off the CPU, or --quant-kernels torch)",
+            "not a matrix of a linear layer: MoE expert stacks stay blocks only on the native "
+            "kernel (the CPU's default for this type) or the torch kernel (off the CPU, or "
+            "--quant-kernels torch)",
         )
     if not torch_kernel_ok(qtype, width):
         return Choice("float", f"no torch decoder for {qtype.name} expert rows of {width}")
@@ -286,7 +291,8 @@ def load_gguf_model(
         elif quantize and t.tensor_type in HALF_TYPES and want.dim() == 2:
             choice = _half_choice(model, ours, config, t.tensor_type, want_dtype, device, table)
         if choice.kind != "float" and want.dim() == 3:
-            stacks[ours] = TorchBlockExperts.from_blocks(t.data, t.tensor_type)
+            kind = GGUFBlockExperts if choice.kind == "gguf" else TorchBlockExperts
+            stacks[ours] = kind.from_blocks(t.data, t.tensor_type)
             kept[t.tensor_type, choice.kind].append(0.0)  # the file's weights: exact
             report.n_bytes += stacks[ours].nbytes
         elif choice.kind != "float":
