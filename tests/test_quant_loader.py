@@ -54,7 +54,12 @@ def test_quantized_load_is_as_close_to_float32_as_the_bf16_load(reference_models
     want = target_logits(load_gguf_model(path, dtype="float32")[0], tokens)
     bf16 = target_logits(load_gguf_model(path, dtype="bfloat16", quantized=False)[0], tokens)
     quant = target_logits(load_gguf_model(path)[0], tokens)
-    assert _rel(quant, want) <= 1.5 * _rel(bf16, want) + 0.01
+    # the MoE target's expert products also take int8-rounded activations since its expert stacks
+    # stay blocks on the CPU (quant/experts.py, as llama.cpp multiplies them): measured 1.95-2.1x
+    # the bf16 load's error over three prompts (0.054-0.101 against 0.028-0.049); with float32
+    # expert products it was within 1.5x
+    factor = 2.5 if name == "moe" else 1.5
+    assert _rel(quant, want) <= factor * _rel(bf16, want) + 0.01
 
 
 def test_matrices_and_the_tied_head_are_swapped_and_reported(reference_models, tmp_path):
@@ -87,10 +92,16 @@ def test_lookup_only_tables_keep_their_blocks_and_decode_exact_rows(tmp_path):
     assert any("GGUF blocks kept as stored" in n for n in report.notices)
 
 
-def test_experts_stay_float_with_a_notice(reference_models, tmp_path):
+def test_expert_stacks_stay_blocks_on_the_cpu(reference_models, tmp_path):
+    from gemma_mtp.quant.experts import GGUFBlockExperts
+
     path = _q8_file(reference_models, tmp_path, "moe")
-    _, _, report = load_gguf_model(path)
-    assert any(n.startswith("dequantized Q8_0") and "not a matrix" in n for n in report.notices)
+    model, _, report = load_gguf_model(path)
+    experts = model.layers[0].experts
+    assert isinstance(experts.gate_up_proj, GGUFBlockExperts) and isinstance(
+        experts.down_proj, GGUFBlockExperts
+    )
+    assert not any(n.startswith("dequantized Q8_0") for n in report.notices), report.notices
 
 
 def test_explicit_float32_loads_stay_dequantized_unless_asked(reference_models, tmp_path):
