@@ -10,6 +10,10 @@ summed per super-block in int32), as llama.cpp does. Over many rows (prefill) a 
 super-block weight rows is decoded once for all of them; each row's result is
 still the bits it gets alone, so prefill, decoding and verifying drafts agree. `GGUFMultiWeight`
 runs several matrices that read the same input (q/k/v, gate/up) in one call, still in place.
+
+The loader repacks the Q4_K and Q5_0 matrices of linear layers 8 rows at a time (`repack()`,
+`native/csrc/gguf_x8.h`; the file's pages are then released, so memory stays the file's size).
+Tables whose rows are read (embeddings, the tied head and its candidates) keep the file layout.
 """
 
 from __future__ import annotations
@@ -158,7 +162,8 @@ class GGUFBlockWeight(BlockBytes):
 
     def linear_rows(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """x `[M, K]`, ids `[M, n]` -> `[M, n]` float32: row m's products with the weight rows
-        `ids[m]` only (what `linear(x)[m, ids[m]]` gives, without the other rows)."""
+        `ids[m]` only (what `linear(x)[m, ids[m]]` gives, without the other rows; bit for bit in
+        the file layout, which the tables this is used on keep: after `repack()` up to rounding)."""
         return native.module().gguf_mm_rows(x, self.data, int(self.qtype), ids.to(torch.long))
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
